@@ -1,0 +1,176 @@
+"""The captioning model: CNN grid encoder + Bahdanau attention + GRU/LSTM decoder.
+
+"Show, Attend and Tell" (soft attention), split so that it maps 1:1 onto the
+ONNX bundle: ``encoder.onnx`` = backbone grid -> projection -> attention keys
+and initial state; ``decoder.onnx`` = one ``Decoder.step``.  Training (teacher
+forcing) calls the very same ``step`` in a loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from capcli.train.backbones import SPECS, Backbone, build_backbone
+
+State = tuple[torch.Tensor, ...]  # (h,) for GRU, (h, c) for LSTM; each (B, H)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model; stored inside every checkpoint."""
+
+    vocab_size: int
+    backbone: str = "efficientnet-lite2"
+    pretrained: bool = True
+    decoder: str = "gru"  # "gru" | "lstm"
+    feature_dim: int = 512  # D: projected region features
+    attention_dim: int = 512  # A
+    embed_dim: int = 256  # E
+    hidden_dim: int = 512  # H
+    dropout: float = 0.5
+    max_len: int = 20  # words, not counting <start>/<end>
+    finetune_blocks: int = 0  # top backbone stages trained; 0 = frozen backbone
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("gru", "lstm"):
+            raise ValueError(f"decoder must be 'gru' or 'lstm', not {self.decoder!r}")
+        if self.backbone not in SPECS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(SPECS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return cls(**data)
+
+    @property
+    def image_size(self) -> int:
+        return SPECS[self.backbone].image_size
+
+    @property
+    def backbone_channels(self) -> int:
+        return SPECS[self.backbone].channels
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = SPECS[self.backbone].grid
+        return (g, g)
+
+
+class Attention(nn.Module):
+    """Additive (Bahdanau) attention over L regions."""
+
+    def __init__(self, hidden_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def forward(self, h: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        q = self.query(h).unsqueeze(1)  # (B, 1, A)
+        e = self.score(torch.tanh(keys + q)).squeeze(2)  # (B, L)
+        return torch.softmax(e, dim=1)  # (B, L)
+
+
+class Decoder(nn.Module):
+    """Attention decoder whose ``step`` is exported as decoder.onnx."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, a, e, h = cfg.feature_dim, cfg.attention_dim, cfg.embed_dim, cfg.hidden_dim
+        self.kind = cfg.decoder
+        self.keys = nn.Linear(d, a)
+        self.attention = Attention(h, a)
+        self.embed = nn.Embedding(cfg.vocab_size, e)
+        self.gate = nn.Linear(h, d)  # "doubly stochastic" gate beta = sigmoid(W h)
+        cell = nn.GRUCell if cfg.decoder == "gru" else nn.LSTMCell
+        self.cell = cell(e + d, h)
+        n_states = 1 if cfg.decoder == "gru" else 2
+        self.init_state = nn.ModuleList(nn.Linear(d, h) for _ in range(n_states))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(h, cfg.vocab_size)
+
+    def init(self, features: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Per-image work done once: attention keys and the initial state."""
+        keys = self.keys(features)  # (B, L, A)
+        mean = features.mean(dim=1)  # (B, D)
+        state = tuple(torch.tanh(layer(mean)) for layer in self.init_state)  # each (B, H)
+        return keys, state
+
+    def step(
+        self, tokens: torch.Tensor, state: State, features: torch.Tensor, keys: torch.Tensor
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """One word: (logits (B, V), new state, attention weights (B, L))."""
+        h = state[0]  # (B, H)
+        alpha = self.attention(h, keys)  # (B, L)
+        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, D)
+        context = torch.sigmoid(self.gate(h)) * context  # (B, D)
+        x = torch.cat([self.embed(tokens), context], dim=1)  # (B, E + D)
+        if self.kind == "gru":
+            new_state: State = (self.cell(x, h),)
+        else:
+            new_state = tuple(self.cell(x, (state[0], state[1])))
+        logits = self.out(self.dropout(new_state[0]))  # (B, V)
+        return logits, new_state, alpha
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.backbone: Backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained)
+        c, d = cfg.backbone_channels, cfg.feature_dim
+        self.project = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, d), nn.ReLU())
+        self.decoder = Decoder(cfg)
+
+    def backbone_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) -> region grid (B, L, C): the cacheable part."""
+        return self.backbone(images).flatten(2).transpose(1, 2)  # (B, L, C)
+
+    def frozen_and_trainable_backbone(self) -> tuple[nn.Sequential, nn.Sequential]:
+        """Split at ``finetune_blocks``: cache the first part, train the second."""
+        return self.backbone.split(self.config.finetune_blocks)
+
+    def trainable_backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.frozen_and_trainable_backbone()[1].parameters()]
+
+    def features(self, grid: torch.Tensor) -> torch.Tensor:
+        """Region grid (B, L, C) -> projected features (B, L, D)."""
+        return self.project(grid)
+
+    def forward(self, grid: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: predict captions[:, 1:] from captions[:, :-1].
+
+        grid (B, L, C); captions (B, T) token ids starting with <start>.
+        Returns logits (B, T-1, V) and attention weights (B, T-1, L).
+        """
+        features = self.features(grid)  # (B, L, D)
+        keys, state = self.decoder.init(features)
+        logits, alphas = [], []
+        for t in range(captions.size(1) - 1):
+            step_logits, state, alpha = self.decoder.step(captions[:, t], state, features, keys)
+            logits.append(step_logits)
+            alphas.append(alpha)
+        return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
+
+    @torch.no_grad()
+    def greedy(self, grid: torch.Tensor, start_id: int, end_id: int, banned: list[int], max_len: int) -> torch.Tensor:
+        """Greedy decoding in PyTorch (dev evaluation during training): (B, <=max_len+1) ids."""
+        features = self.features(grid)  # (B, L, D)
+        keys, state = self.decoder.init(features)
+        tokens = torch.full((grid.size(0),), start_id, dtype=torch.long, device=grid.device)
+        done = torch.zeros_like(tokens, dtype=torch.bool)
+        out = []
+        for _ in range(max_len + 1):
+            logits, state, _ = self.decoder.step(tokens, state, features, keys)
+            logits[:, banned] = float("-inf")
+            tokens = logits.argmax(dim=1).masked_fill(done, end_id)  # (B,)
+            out.append(tokens)
+            done |= tokens == end_id
+            if bool(done.all()):
+                break
+        return torch.stack(out, dim=1)
