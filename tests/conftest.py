@@ -1,0 +1,25 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# The shared real data sits beside the repository; tests only read it.
+FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder ``tmp_path/photos`` holding 6 real Flickr8k JPEGs (sorted names)."""
+    images = FLICKR8K / "images"
+    if not images.is_dir():
+        pytest.skip(f"real photos not available at {images}")
+    names = sorted(p.name for p in images.iterdir() if p.suffix == ".jpg")[:6]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in names:
+        shutil.copyfile(images / name, folder / name)
+    return folder
