@@ -1,0 +1,149 @@
+"""Greedy and beam search on hand-made step tables whose next-token
+distribution depends on the whole prefix (carried in the state, so the
+back-pointer reordering is exercised)."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+from capcli.decode import SearchSpec, beam_search, greedy
+
+V = 7  # 4 specials + 3 words
+WORDS = (4, 5, 6)
+L = 5
+SPEC = SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=3, length_penalty=0.7)
+
+
+def _table(image: int, prefix: tuple[int, ...], end_allowed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (logprobs (V,), alpha (L,)) for one image and word prefix."""
+    rng = np.random.default_rng(zlib.crc32(repr((image, prefix)).encode()))
+    logits = rng.normal(scale=2.0, size=V)
+    if not end_allowed:
+        logits[2] = -np.inf
+    logprobs = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    alpha = rng.dirichlet(np.ones(L))
+    return logprobs, alpha
+
+
+def make_step(end_allowed: bool = True):
+    def step(tokens: np.ndarray, state: dict[str, np.ndarray]):
+        prefix = state["prefix"]  # (N, 12): image id, then words, -1 padded
+        lp, al, new = [], [], prefix.copy()
+        for r, tok in enumerate(tokens):
+            words = [int(w) for w in prefix[r, 1:] if w >= 0]
+            if tok >= 4:
+                words.append(int(tok))
+                new[r, len(words)] = tok
+            logprobs, alpha = _table(int(prefix[r, 0]), tuple(words), end_allowed)
+            lp.append(logprobs)
+            al.append(alpha)
+        return np.stack(lp).astype(np.float32), {"prefix": new}, np.stack(al).astype(np.float32)
+
+    return step
+
+
+def initial_state(images: list[int]) -> dict[str, np.ndarray]:
+    prefix = np.full((len(images), 12), -1, dtype=np.int64)  # room for max_len <= 10
+    prefix[:, 0] = images
+    return {"prefix": prefix}
+
+
+def exhaustive(image: int, spec: SearchSpec) -> tuple[list[int], float]:
+    """Best finished caption by scoring every allowed sequence."""
+    best: tuple[list[int], float] = ([], -np.inf)
+    for n in range(1, spec.max_len + 1):
+        for words in itertools.product(WORDS, repeat=n):
+            total = 0.0
+            for t in range(n + 1):
+                logprobs, _ = _table(image, tuple(words[:t]), True)
+                total += float(logprobs[words[t]] if t < n else logprobs[2])
+            score = total / (n + 1) ** spec.length_penalty
+            if score > best[1]:
+                best = (list(words), score)
+    return best
+
+
+def expected_alphas(image: int, words: list[int]) -> np.ndarray:
+    return np.stack([_table(image, tuple(words[:t]), True)[1] for t in range(len(words))])
+
+
+@pytest.mark.parametrize("image", range(6))
+def test_beam_one_is_greedy(image: int) -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=6, length_penalty=0.7)
+    g = greedy(make_step(), initial_state([image]), spec)[0]
+    b = beam_search(make_step(), initial_state([image]), spec, beam=1)[0]
+    assert g.ids == b.ids and g.finished and b.finished
+    assert g.score == pytest.approx(b.score)
+    np.testing.assert_allclose(g.alphas, b.alphas)
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.7, 1.0])
+@pytest.mark.parametrize("image", range(4))
+def test_wide_beam_equals_exhaustive_search(image: int, penalty: float) -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=3, length_penalty=penalty)
+    words, score = exhaustive(image, spec)
+    hyp = beam_search(make_step(), initial_state([image]), spec, beam=30)[0]  # 30 > 3**3 prefixes
+    assert hyp.finished
+    assert hyp.ids == words
+    assert hyp.score == pytest.approx(score, rel=1e-5)
+    np.testing.assert_allclose(hyp.alphas, expected_alphas(image, words), rtol=1e-6)
+
+
+def test_greedy_follows_the_argmax_and_reports_its_attention() -> None:
+    hyp = greedy(make_step(), initial_state([3]), SPEC)[0]
+    words: list[int] = []
+    while True:
+        logprobs, _ = _table(3, tuple(words), True)
+        masked = SPEC.mask(logprobs[None], len(words))[0]
+        nxt = int(masked.argmax())
+        if nxt == 2:
+            break
+        words.append(nxt)
+    assert hyp.ids == words
+    np.testing.assert_allclose(hyp.alphas, expected_alphas(3, words), rtol=1e-6)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 4])
+def test_no_special_token_is_ever_produced(beam: int) -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=5)
+    for hyp in beam_search(make_step(), initial_state(list(range(10))), spec, beam=beam):
+        assert hyp.ids and all(i in WORDS for i in hyp.ids)
+        assert len(hyp.ids) <= spec.max_len
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_best_partial_caption_when_no_hypothesis_can_end(search: str) -> None:
+    state = initial_state([0, 1])
+    if search == "greedy":
+        hyps = greedy(make_step(end_allowed=False), state, SPEC)
+    else:
+        hyps = beam_search(make_step(end_allowed=False), state, SPEC, beam=3)
+    for image, hyp in enumerate(hyps):
+        assert not hyp.finished
+        assert len(hyp.ids) == SPEC.max_len
+        assert np.isfinite(hyp.score)
+        assert hyp.alphas.shape == (SPEC.max_len, L)
+        np.testing.assert_allclose(hyp.alphas, expected_alphas(image, hyp.ids), rtol=1e-6)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_batched_results_equal_one_at_a_time(beam: int) -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=5)
+    images = [0, 7, 3, 3, 9]
+    together = beam_search(make_step(), initial_state(images), spec, beam=beam)
+    for image, hyp in zip(images, together):
+        alone = beam_search(make_step(), initial_state([image]), spec, beam=beam)[0]
+        assert (hyp.ids, hyp.finished) == (alone.ids, alone.finished)
+        assert hyp.score == pytest.approx(alone.score)
+        np.testing.assert_allclose(hyp.alphas, alone.alphas)
+
+
+def test_wider_beam_never_scores_worse_here() -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=3)
+    for image in range(5):
+        scores = [beam_search(make_step(), initial_state([image]), spec, beam=k)[0].score for k in (1, 30)]
+        assert scores[1] >= scores[0] - 1e-9
