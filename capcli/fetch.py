@@ -144,6 +144,10 @@ def parse_url(url: str) -> _Target:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
         raise ItemError("invalid_url", "URL contains control characters")
     try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes from the list (surrogateescape)
+        raise ItemError("invalid_url", "URL is not valid UTF-8") from None
+    try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
