@@ -14,10 +14,10 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from capcli.errors import ItemError
 
@@ -40,6 +40,7 @@ class Item:
     path: str | None = None
     url: str | None = None
     error: ItemError | None = None  # found while expanding (e.g. an unreadable directory)
+    extra: Mapping[str, Any] | None = None  # more record fields, e.g. url-list's id column
 
 
 def iter_items(specs: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[Item]:

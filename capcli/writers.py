@@ -29,7 +29,6 @@ from capcli.errors import FatalError
 
 FORMATS = ("jsonl", "csv")
 COLUMNS = ("index", "source", "status", "caption", "score", "error_kind", "error", "n_frames")
-_TEXT_COLUMNS = frozenset({"source", "status", "caption", "error_kind", "error"})
 
 # A spreadsheet reads a cell starting with one of these as a formula; "'" is
 # included so that the guard is reversible (one leading "'" is always ours).
@@ -68,13 +67,15 @@ class JsonlWriter:
 class CsvWriter:
     """RFC 4180 (``csv.writer``, CRLF) with spreadsheet-formula protection."""
 
-    def __init__(self, stream: BinaryIO, *, header: bool, close_stream: bool = True) -> None:
-        self._stream, self._close_stream = stream, close_stream
+    def __init__(
+        self, stream: BinaryIO, *, header: bool, columns: tuple[str, ...] = COLUMNS, close_stream: bool = True
+    ) -> None:
+        self._stream, self._columns, self._close_stream = stream, columns, close_stream
         if header:
-            self._put(COLUMNS)
+            self._put(columns)
 
     def write(self, record: Record) -> None:
-        self._put([_cell(name, record.get(name)) for name in COLUMNS])
+        self._put([_cell(record.get(name)) for name in self._columns])
 
     def _put(self, row) -> None:
         buf = io.StringIO()
@@ -93,11 +94,11 @@ def _close(stream: BinaryIO, close_stream: bool) -> None:
         stream.flush()
 
 
-def _cell(name: str, value: Any) -> str:
+def _cell(value: Any) -> str:
     if value is None:
         return ""
     text = str(value)
-    if name in _TEXT_COLUMNS and text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+    if isinstance(value, str) and text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
         return "'" + text
     return text
 
@@ -107,48 +108,58 @@ def _uncell(text: str) -> str:
 
 
 def open_output(
-    path: str, fmt: str, *, resume: bool = False, retry_errors: bool = False
+    path: str,
+    fmt: str,
+    *,
+    resume: bool = False,
+    retry_errors: bool = False,
+    extra_columns: tuple[str, ...] = (),
 ) -> tuple[RecordWriter, set[str]]:
     """A writer for ``path`` (``-``: stdout) and the sources it already holds.
 
     With ``resume`` an existing file is kept: a truncated last record is cut
     off, new records are appended (no second CSV header), and the returned
     set names the sources to skip. ``retry_errors`` also drops the error
-    records, so those inputs run again.
+    records, so those inputs run again. ``extra_columns`` are CSV columns
+    after the standard ones (JSONL writes whatever a record holds).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
+    columns = COLUMNS + tuple(extra_columns)
     if path == "-":
-        stream = sys.stdout.buffer
-        writer = _writer(stream, fmt, header=True, close_stream=False)
-        return writer, set()
+        return _writer(sys.stdout.buffer, fmt, columns, header=True, close_stream=False), set()
     done: set[str] = set()
     try:
         if resume and os.path.exists(path):
-            done = _prepare_resume(path, fmt, retry_errors)
+            done = _prepare_resume(path, fmt, columns, retry_errors)
         stream = open(path, "ab" if resume else "wb")
     except OSError as exc:
         raise FatalError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return _writer(stream, fmt, header=stream.tell() == 0), done
+    return _writer(stream, fmt, columns, header=stream.tell() == 0), done
 
 
-def _writer(stream: BinaryIO, fmt: str, *, header: bool, close_stream: bool = True) -> RecordWriter:
+def _writer(
+    stream: BinaryIO, fmt: str, columns: tuple[str, ...], *, header: bool, close_stream: bool = True
+) -> RecordWriter:
     if fmt == "csv":
-        return CsvWriter(stream, header=header, close_stream=close_stream)
+        return CsvWriter(stream, header=header, columns=columns, close_stream=close_stream)
     return JsonlWriter(stream, close_stream=close_stream)
 
 
-def read_records(path: str, fmt: str) -> list[Record]:
-    """The complete records of an output file (a truncated last one is left out)."""
+def read_records(path: str, fmt: str, columns: tuple[str, ...] = COLUMNS) -> list[Record]:
+    """The complete records of an output file (a truncated last one is left out).
+
+    CSV cells come back as strings, with the formula guard removed.
+    """
     with open(path, "rb") as f:
-        return [record for record, _, _ in _scan(f, fmt, path)]
+        return [record for record, _, _ in _scan(f, fmt, path, columns)]
 
 
-def _prepare_resume(path: str, fmt: str, retry_errors: bool) -> set[str]:
+def _prepare_resume(path: str, fmt: str, columns: tuple[str, ...], retry_errors: bool) -> set[str]:
     with open(path, "r+b") as f:
         kept: list[tuple[str, int, int]] = []
         end = 0
-        for record, start, end in _scan(f, fmt, path):
+        for record, start, end in _scan(f, fmt, path, columns):
             if not (retry_errors and record["status"] == "error"):
                 kept.append((str(record["source"]), start, end))
         if retry_errors:
@@ -185,9 +196,9 @@ def _rewrite(f: BinaryIO, path: str, fmt: str, spans: list[tuple[str, int, int]]
         raise
 
 
-def _scan(f: BinaryIO, fmt: str, path: str) -> Iterator[tuple[Record, int, int]]:
+def _scan(f: BinaryIO, fmt: str, path: str, columns: tuple[str, ...]) -> Iterator[tuple[Record, int, int]]:
     """(record, start, end) byte spans of the complete records in ``f``."""
-    return _scan_csv(f, path) if fmt == "csv" else _scan_jsonl(f, path)
+    return _scan_csv(f, path, columns) if fmt == "csv" else _scan_jsonl(f, path)
 
 
 def _scan_jsonl(f: BinaryIO, path: str) -> Iterator[tuple[Record, int, int]]:
@@ -221,7 +232,7 @@ class _Lines:
         self.exhausted = True
 
 
-def _scan_csv(f: BinaryIO, path: str) -> Iterator[tuple[Record, int, int]]:
+def _scan_csv(f: BinaryIO, path: str, columns: tuple[str, ...]) -> Iterator[tuple[Record, int, int]]:
     lines = _Lines(f)
     rows = csv.reader(lines, strict=True)
     start = 0
@@ -237,10 +248,10 @@ def _scan_csv(f: BinaryIO, path: str) -> Iterator[tuple[Record, int, int]]:
         if not lines.last.endswith(b"\n"):
             return  # only the last line can lack its newline: a truncated tail
         if start == 0:
-            if tuple(row) != COLUMNS:
+            if tuple(row) != columns:
                 raise FatalError(f"{path}: not a capcli CSV (header {row!r}); not resuming")
-        elif len(row) != len(COLUMNS):
+        elif len(row) != len(columns):
             raise FatalError(f"{path}: malformed CSV record near byte {start}; not resuming")
         else:
-            yield dict(zip(COLUMNS, map(_uncell, row))), start, lines.offset
+            yield dict(zip(columns, map(_uncell, row))), start, lines.offset
         start = lines.offset

@@ -151,3 +151,16 @@ def test_stdout_and_format_inference(capsysbinary: pytest.CaptureFixture[bytes])
     assert infer_format("x.CSV", None) == "csv"
     assert infer_format("x.csv", "jsonl") == "jsonl"
     assert infer_format("-", None) == infer_format("x.txt", None) == "jsonl"
+
+
+def test_extra_columns_for_csv(tmp_path: Path) -> None:
+    out = tmp_path / "o.csv"
+    writer, _ = open_output(str(out), "csv", extra_columns=("id",))
+    writer.write(ok(0, "http://h/a.jpg") | {"id": "=x1"})
+    writer.close()
+    header, row = out.read_bytes().splitlines()
+    assert header.endswith(b",n_frames,id") and row.endswith(b",'=x1")
+    [record] = read_records(str(out), "csv", COLUMNS + ("id",))
+    assert record["id"] == "=x1" and record["source"] == "http://h/a.jpg"
+    with pytest.raises(FatalError, match="not a capcli CSV"):
+        open_output(str(out), "csv", resume=True)  # without the extra column

@@ -1,0 +1,182 @@
+"""Items -> read pool -> batches -> captioner -> records, in input order, with bounded memory.
+
+A thread pool reads and preprocesses images ahead of the captioner (Pillow
+and the network release the GIL), holding at most ``window`` items in flight;
+the main thread stacks each batch, captions it and yields one record per
+item in input order. Nothing ever lists the whole input.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from capcli import images
+from capcli.errors import FatalError, ItemError
+from capcli.sources import Item
+
+if TYPE_CHECKING:
+    from capcli.bundle import Preprocess
+
+Record = dict[str, Any]
+Reader = Callable[[Item], images.Loaded]  # raises ItemError
+Fetch = Callable[[str], bytes]  # URL -> encoded image bytes; raises ItemError
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_WORKERS = max(1, min(8, os.cpu_count() or 1))
+
+# Error kinds the pipeline itself adds to those of images (and of capcli.fetch).
+ERROR_KINDS = {
+    "unsupported_source": "a URL input where no downloader is available",
+    "internal_error": "a bug in capcli while reading this input (please report it)",
+}
+
+
+class Captioner(Protocol):
+    def caption(self, images: np.ndarray) -> list[Any]: ...  # (B, 3, H, W) -> B objects with .text, .score
+
+
+def make_reader(pre: Preprocess, *, max_pixels: int = images.DEFAULT_MAX_PIXELS, fetch: Fetch | None = None) -> Reader:
+    """The standard reader: files through capcli.images, URLs through ``fetch`` first."""
+
+    def read(item: Item) -> images.Loaded:
+        if item.error is not None:
+            raise item.error
+        if item.url is not None:
+            if fetch is None:
+                raise ItemError("unsupported_source", "URL inputs are not supported here")
+            return images.load(fetch(item.url), pre, max_pixels)
+        assert item.path is not None
+        return images.load(item.path, pre, max_pixels)
+
+    return read
+
+
+@dataclass
+class Summary:
+    """Counts for the stderr summary; ``add`` every record as it is written."""
+
+    ok: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0  # already in the output (--resume)
+    elapsed: float = 0.0
+
+    def add(self, record: Record) -> None:
+        if record["status"] == "ok":
+            self.ok += 1
+        else:
+            self.failed[record["error_kind"]] += 1
+
+    @property
+    def done(self) -> int:
+        return self.ok + sum(self.failed.values())
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def describe(self) -> str:
+        text = f"{self.ok} captioned, {sum(self.failed.values())} failed"
+        if self.failed:
+            text += " (" + ", ".join(f"{kind} {n}" for kind, n in sorted(self.failed.items())) + ")"
+        if self.skipped:
+            text += f", {self.skipped} skipped (already in the output)"
+        return text + f" in {self.elapsed:.1f} s, {self.images_per_s:.1f} images/s"
+
+
+def caption_items(
+    items: Iterable[Item],
+    captioner: Captioner,
+    read: Reader,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = DEFAULT_WORKERS,
+    stop: threading.Event | None = None,
+) -> Iterator[Record]:
+    """One record per item, in input order.
+
+    When ``stop`` is set, no new batch is started: records of finished
+    batches have been yielded, the rest are left for ``--resume``.
+    """
+    stop = stop or threading.Event()
+    window = max(2 * batch_size, batch_size + 2 * workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="capcli-read")
+    try:
+        batch: list[tuple[Item, images.Loaded | ItemError]] = []
+        loaded = 0
+        for item, result in _read_ahead(items, read, pool, window, stop):
+            if stop.is_set():
+                return
+            batch.append((item, result))
+            loaded += isinstance(result, images.Loaded)
+            if loaded == batch_size:
+                yield from _caption(batch, captioner)
+                batch, loaded = [], 0
+        if batch and not stop.is_set():
+            yield from _caption(batch, captioner)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_ahead(
+    items: Iterable[Item], read: Reader, pool: ThreadPoolExecutor, window: int, stop: threading.Event
+) -> Iterator[tuple[Item, images.Loaded | ItemError]]:
+    pending: deque[tuple[Item, Future[images.Loaded | ItemError]]] = deque()
+    source = iter(items)
+    while True:
+        while len(pending) < window and not stop.is_set():
+            item = next(source, None)
+            if item is None:
+                break
+            pending.append((item, pool.submit(_read_one, read, item)))
+        if not pending:
+            return
+        item, future = pending.popleft()
+        yield item, future.result()
+
+
+def _read_one(read: Reader, item: Item) -> images.Loaded | ItemError:
+    try:
+        return read(item)
+    except ItemError as exc:
+        return exc
+    except FatalError:
+        raise  # e.g. a bundle whose preprocessing capcli cannot do: stop the run
+    except Exception as exc:  # keep the run going; the record says what happened
+        return ItemError("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _caption(batch: list[tuple[Item, images.Loaded | ItemError]], captioner: Captioner) -> Iterator[Record]:
+    arrays = [r.array for _, r in batch if isinstance(r, images.Loaded)]
+    captions = captioner.caption(np.stack(arrays)) if arrays else []  # (B, 3, H, W) in
+    if len(captions) != len(arrays):
+        raise FatalError(f"the captioner returned {len(captions)} captions for {len(arrays)} images")
+    results = iter(captions)
+    for item, result in batch:
+        if isinstance(result, ItemError):
+            yield error_record(item, result)
+        else:
+            yield ok_record(item, next(results), result.n_frames)
+
+
+def ok_record(item: Item, caption: Any, n_frames: int = 1) -> Record:
+    record = _head(item) | {"status": "ok", "caption": caption.text, "score": round(float(caption.score), 4)}
+    if n_frames > 1:
+        record["n_frames"] = n_frames
+    return record
+
+
+def error_record(item: Item, error: ItemError) -> Record:
+    return _head(item) | {"status": "error", "caption": None, "score": None,
+                          "error_kind": error.kind, "error": str(error)}
+
+
+def _head(item: Item) -> Record:
+    return {"index": item.index, "source": item.source, **(item.extra or {})}
