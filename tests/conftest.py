@@ -23,3 +23,12 @@ def photos(tmp_path: Path) -> Path:
     for name in names:
         shutil.copyfile(images / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GRU model (backbone "tiny", 64x64 input, vocabulary from real captions), exported once."""
+    pytest.importorskip("torch", reason="building a bundle needs the train extra")
+    from tiny_bundle import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-gru")
