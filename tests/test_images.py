@@ -138,6 +138,7 @@ def test_exif_orientation_is_applied(orientation: int, size, top_left) -> None:
     assert rgb.getpixel((size[0] - 1, size[1] - 1)) == (BLUE if top_left == RED else RED)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's "Corrupt EXIF data": expected here
 def test_corrupt_exif_is_tolerated() -> None:
     jpeg = encode(halves(), "JPEG", quality=95)
     junk = b"Exif\0\0MM\0\x2a\xff\xff\xff\xf0" + b"\x13" * 40  # IFD offset far past the end
@@ -261,12 +262,14 @@ def survives(data: bytes) -> None:
         assert rgb.mode == "RGB"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512))
 def test_fuzz_arbitrary_bytes(data: bytes) -> None:
     survives(data)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), max_size=8),
        st.integers(0, 10**6))

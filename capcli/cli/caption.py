@@ -1,0 +1,37 @@
+"""``capcli caption INPUT...``: caption files, directories, globs, stdin lists and URLs."""
+
+from __future__ import annotations
+
+import click
+
+from capcli.cli import main
+from capcli.cli.options import EXIT_CODES_HELP, CaptionSettings, caption_options, run_captioning
+from capcli.sources import iter_items
+
+
+@main.command("caption", epilog=EXIT_CODES_HELP)
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@caption_options
+@click.pass_context
+def caption(ctx: click.Context, inputs: tuple[str, ...], **options: object) -> None:
+    """Caption images; one JSONL/CSV record per input, in input order.
+
+    \b
+    INPUT is an image file, a directory (walked recursively, sorted, image
+    suffixes only), a quoted glob ('shots/**/*.png'), an http(s) URL, or -
+    for newline-separated paths read from stdin. Inputs that cannot be
+    read become error records and the run goes on.
+
+    \b
+    Examples:
+      capcli caption ./photos -o captions.jsonl
+      capcli caption 'shots/**/*.png' --format csv > captions.csv
+      find . -name '*.jpg' | capcli caption - | jq -r .caption
+      capcli caption ./photos -o out.csv --resume
+    """
+    if inputs.count("-") > 1:
+        raise click.UsageError("- (stdin) can be given only once")
+    from capcli.fetch import fetch_bytes  # URL arguments are downloaded with the default limits
+
+    status = run_captioning(iter_items(inputs), CaptionSettings(**options), fetch=fetch_bytes)
+    ctx.exit(int(status))

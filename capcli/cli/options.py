@@ -1,0 +1,206 @@
+"""Options and the run loop shared by ``capcli caption`` and ``capcli url-list``.
+
+A command adds ``@caption_options``, turns its inputs into an iterable of
+:class:`~capcli.sources.Item`, and returns ``run_captioning(items, settings)``
+as its exit status. This module is the one place that maps failures to exit
+codes: fatal errors print one line (never a traceback), a closed stdout
+(``| head``) ends quietly, and Ctrl-C stops after the current batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+
+from capcli.errors import ExitStatus, FatalError
+from capcli.images import DEFAULT_MAX_PIXELS
+from capcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Captioner, Fetch, Summary, caption_items, make_reader
+from capcli.progress import ProgressLine
+from capcli.sources import Item
+from capcli.writers import FORMATS, RecordWriter, infer_format, open_output
+
+if TYPE_CHECKING:
+    from capcli.bundle import Preprocess
+
+EXIT_CODES_HELP = """\b
+Exit codes: 0 all captioned; 1 fatal (no model, unwritable output);
+2 usage; 3 finished but some inputs failed (see error_kind in the
+output); 130 interrupted (Ctrl-C; the output ends on a whole record)."""
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    output: str = "-"
+    fmt: str | None = None  # None: from the output's suffix
+    model: str | None = None  # None: $CAPCLI_MODEL, then the packaged default
+    batch_size: int = DEFAULT_BATCH_SIZE
+    beam: int = 3
+    max_len: int | None = None  # None: the bundle's
+    device: str = "auto"
+    workers: int = DEFAULT_WORKERS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    resume: bool = False
+    retry_errors: bool = False
+
+
+_OPTIONS = [
+    click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
+                 help="Where records go; - is stdout."),
+    click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                 help="Output format [default: csv for a .csv output, else jsonl]."),
+    click.option("--model", metavar="PATH", default=None,
+                 help="Model bundle directory [default: $CAPCLI_MODEL, then the packaged model]."),
+    click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=DEFAULT_BATCH_SIZE, show_default=True,
+                 help="Images captioned together."),
+    click.option("--beam", type=click.IntRange(min=1), metavar="N", default=3, show_default=True,
+                 help="Beam width; 1 is greedy decoding."),
+    click.option("--max-len", type=click.IntRange(min=1), metavar="N", default=None,
+                 help="Longest caption in words [default: the bundle's]."),
+    click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+                 help="Where the model runs; auto uses CUDA when it works, else the CPU."),
+    click.option("--workers", type=click.IntRange(min=1), metavar="N", default=DEFAULT_WORKERS,
+                 show_default="CPU count, at most 8",
+                 help="Threads reading and decoding images ahead of the model."),
+    click.option("--max-pixels", type=click.IntRange(min=1), metavar="N", default=DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Refuse images with more pixels (checked from the header: too_large)."),
+    click.option("--resume", is_flag=True,
+                 help="Keep an existing output file, skip inputs it already holds, append the rest."),
+    click.option("--retry-errors", is_flag=True,
+                 help="With --resume (implied): also run again the inputs that failed."),
+]
+
+
+def caption_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the captioning options; the command receives them as keyword arguments."""
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
+
+
+def load_captioner(settings: CaptionSettings) -> tuple[Captioner, Preprocess]:
+    """The bundle's captioner and preprocessing; tests replace this function."""
+    from capcli.bundle import load_bundle
+
+    bundle = load_bundle(settings.model)
+    from capcli.runtime import Captioner as OrtCaptioner  # onnxruntime: imported only when needed
+
+    try:
+        captioner = OrtCaptioner(bundle, device=settings.device, beam=settings.beam, max_len=settings.max_len)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--device'") from None
+    return captioner, bundle.preprocess
+
+
+def run_captioning(
+    items: Iterable[Item],
+    settings: CaptionSettings,
+    *,
+    fetch: Fetch | None = None,
+    extra_columns: tuple[str, ...] = (),
+) -> ExitStatus:
+    """Caption ``items`` into ``settings.output``; the summary goes to stderr."""
+    resume = settings.resume or settings.retry_errors
+    if resume and settings.output == "-":
+        raise click.UsageError("--resume and --retry-errors need -o FILE")
+    fmt = infer_format(settings.output, settings.fmt)
+    console = Console(stderr=True)
+    summary = Summary()
+    stop = threading.Event()
+    started = time.monotonic()
+    writer: RecordWriter | None = None
+    device = ""
+    try:
+        captioner, pre = load_captioner(settings)
+        device = str(getattr(captioner, "device", ""))
+        writer, done = open_output(settings.output, fmt, resume=resume, retry_errors=settings.retry_errors,
+                                   extra_columns=extra_columns)
+        read = make_reader(pre, max_pixels=settings.max_pixels, fetch=fetch)
+        todo = _skip(items, done, summary)
+        records = caption_items(todo, captioner, read, batch_size=settings.batch_size, workers=settings.workers,
+                                stop=stop)
+        with contextlib.closing(records), _first_sigint_sets(stop), ProgressLine(console) as progress:
+            for record in records:
+                _write(writer, record, settings.output)
+                summary.add(record)
+                progress.update(summary)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        _silence_stdout()
+        return ExitStatus.OK
+    except FatalError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return ExitStatus.FATAL
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before captioning started
+        stop.set()
+    finally:
+        if writer is not None:
+            _close(writer)
+    summary.elapsed = time.monotonic() - started
+    text = summary.describe() + (f" on {device}" if device else "")
+    console.print(("interrupted: " if stop.is_set() else "") + text, markup=False, highlight=False, soft_wrap=True)
+    if stop.is_set():
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.ITEMS_FAILED if summary.failed else ExitStatus.OK
+
+
+def _skip(items: Iterable[Item], done: set[str], summary: Summary) -> Iterator[Item]:
+    for item in items:
+        if item.source in done:
+            summary.skipped += 1
+        else:
+            yield item
+
+
+def _write(writer: RecordWriter, record: dict[str, Any], output: str) -> None:
+    try:
+        writer.write(record)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a full disk, a vanished network share
+        raise FatalError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def _close(writer: RecordWriter) -> None:
+    try:
+        writer.close()
+    except BrokenPipeError:
+        _silence_stdout()
+    except OSError as exc:
+        click.echo(f"Error: closing the output failed: {exc.strerror or exc}", err=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. under a test runner)
+        pass
+
+
+@contextlib.contextmanager
+def _first_sigint_sets(stop: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C asks the pipeline to stop after the current batch; a second one interrupts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

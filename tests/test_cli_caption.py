@@ -1,0 +1,270 @@
+"""``capcli caption`` end to end with a fake captioner: records, exit codes, resume, signals, pipes.
+
+The fake stands in for the ONNX bundle (``load_captioner`` is replaced), so
+these tests pin the command's behaviour without a trained model; the same
+paths with a real exported bundle are covered by the end-to-end test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from capcli.cli import main
+from capcli.cli import options as cli_options
+from capcli.writers import read_records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Pre:
+    size: tuple[int, int] = (8, 8)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+
+
+@dataclass
+class FakeCaption:
+    text: str
+    score: float
+
+
+class FakeCaptioner:
+    """Captions an image by its mean brightness; ``on_batch`` lets a test act mid-run."""
+
+    device = "cpu"
+
+    def __init__(self, on_batch=None) -> None:
+        self.calls = 0
+        self.on_batch = on_batch
+
+    def caption(self, images: np.ndarray) -> list[FakeCaption]:
+        assert images.shape[1:] == (3, 8, 8)
+        self.calls += 1
+        if self.on_batch:
+            self.on_batch(self.calls)
+        return [FakeCaption(f"Brightness {x.mean():.3f}.", -1.0) for x in images]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCaptioner:
+    captioner = FakeCaptioner()
+    monkeypatch.setattr(cli_options, "load_captioner", lambda settings: (captioner, Pre()))
+    return captioner
+
+
+def run(*args: str, input: bytes | None = None):
+    return CliRunner().invoke(main, ["caption", *args], input=input)
+
+
+def make_pngs(folder: Path, n: int) -> list[str]:
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i:03d}.png"
+        Image.new("L", (4, 4), i * 5 % 256).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def jsonl(text: str | bytes) -> list[dict]:
+    return [json.loads(line) for line in (text.decode() if isinstance(text, bytes) else text).splitlines()]
+
+
+# --- records and exit codes ----------------------------------------------------------------------
+
+
+def test_a_folder_of_real_photos_plus_bad_inputs_exits_3_with_one_record_each(photos: Path, fake) -> None:
+    (photos / "broken.jpg").write_bytes(b"")
+    (photos / "notes.txt").write_text("not an image, not picked by the walk")
+    result = run(str(photos), str(photos / "missing.jpg"))
+    assert result.exit_code == 3, result.output
+    records = jsonl(result.stdout)
+    names = sorted(p.name for p in photos.iterdir() if p.suffix == ".jpg")
+    assert [Path(r["source"]).name for r in records] == names + ["missing.jpg"]
+    assert [r["index"] for r in records] == list(range(len(records)))
+    by_name = {Path(r["source"]).name: r for r in records}
+    assert by_name["broken.jpg"]["error_kind"] == "empty_file"
+    assert by_name["missing.jpg"]["error_kind"] == "not_found"
+    captions = [r["caption"] for r in records if r["status"] == "ok"]
+    assert len(captions) == 6 and len(set(captions)) == 6 and all(c.startswith("Brightness") for c in captions)
+    assert "6 captioned, 2 failed (empty_file 1, not_found 1)" in result.stderr
+    assert "on cpu" in result.stderr
+
+
+def test_csv_output_file_all_ok_exits_0(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 5)
+    out = tmp_path / "out.csv"
+    result = run(str(tmp_path / "in"), "-o", str(out), "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    records = read_records(str(out), "csv")
+    assert [r["source"] for r in records] == paths and {r["status"] for r in records} == {"ok"}
+    assert out.read_bytes().startswith(b"index,source,status,caption,score,error_kind,error,n_frames\r\n")
+    assert fake.calls == 3
+
+
+def test_stdin_list_and_odd_names(tmp_path: Path, fake) -> None:
+    weird = os.path.join(str(tmp_path), os.fsdecode(b"caf\xe9, \"quoted\"\nname.png"))
+    Image.new("RGB", (4, 4)).save(weird, format="PNG")
+    plain = make_pngs(tmp_path / "in", 1)[0]
+    result = run("-", weird, input=os.fsencode(plain) + b"\n")
+    assert result.exit_code == 0, result.output
+    records = jsonl(result.stdout)
+    assert [r["source"] for r in records] == [plain, weird]
+    assert os.path.exists(records[1]["source"])  # the name read back opens the file
+    out = tmp_path / "o.csv"
+    assert run(weird, "-o", str(out)).exit_code == 0
+    [record] = read_records(str(out), "csv")
+    assert os.path.exists(record["source"])
+
+
+def test_no_model_is_one_clear_line_exit_1(tmp_path: Path) -> None:
+    result = run("x.jpg", "--model", str(tmp_path / "nope"))
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"Error: model bundle '{tmp_path / 'nope'}' (from --model) does not exist"]
+    assert result.stdout == "" and "Traceback" not in result.output
+
+
+def test_unwritable_output_exit_1(tmp_path: Path, fake) -> None:
+    result = run(*make_pngs(tmp_path, 1), "-o", str(tmp_path / "no" / "such" / "dir.jsonl"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot write") and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["x.jpg", "--batch-size", "0"],
+    ["x.jpg", "--format", "xml"],
+    ["x.jpg", "--resume"],  # resuming needs an output file
+    ["-", "-"],
+    [],
+])
+def test_usage_errors_exit_2(args, fake) -> None:
+    assert run(*args).exit_code == 2
+
+
+# --- interruption and resume ---------------------------------------------------------------------
+
+
+def test_ctrl_c_writes_finished_batches_then_exits_130_and_resume_completes(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 9)
+    out = tmp_path / "out.jsonl"
+    fake.on_batch = lambda n: n == 2 and os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during batch 2
+    result = run(str(tmp_path / "in"), "-o", str(out), "--batch-size", "2", "--workers", "1")
+    assert result.exit_code == 130, result.output
+    assert "interrupted: 4 captioned" in result.stderr
+    assert [r["source"] for r in read_records(str(out), "jsonl")] == paths[:4]  # batch 2 was finished
+    assert out.read_bytes().endswith(b"\n")
+
+    fake.on_batch = None
+    result = run(str(tmp_path / "in"), "-o", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "5 captioned, 0 failed, 4 skipped" in result.stderr
+    assert [r["source"] for r in read_records(str(out), "jsonl")] == paths
+
+
+def test_second_ctrl_c_or_keyboard_interrupt_still_exits_130(tmp_path: Path, fake) -> None:
+    def interrupt(n: int) -> None:
+        if n == 2:
+            raise KeyboardInterrupt
+
+    fake.on_batch = interrupt
+    make_pngs(tmp_path / "in", 4)
+    out = tmp_path / "out.csv"
+    result = run(str(tmp_path / "in"), "-o", str(out), "--batch-size", "1", "--workers", "1")
+    assert result.exit_code == 130
+    assert len(read_records(str(out), "csv")) == 1 and out.read_bytes().endswith(b"\r\n")
+
+
+def test_retry_errors_reruns_only_the_failures(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 3)
+    late = tmp_path / "in" / "late.png"
+    out = tmp_path / "out.csv"
+    assert run(*paths, str(late), "-o", str(out)).exit_code == 3
+    Image.new("RGB", (4, 4)).save(late)
+    result = run(*paths, str(late), "-o", str(out), "--retry-errors")
+    assert result.exit_code == 0 and "1 captioned, 0 failed, 3 skipped" in result.stderr
+    records = read_records(str(out), "csv")
+    assert sorted(r["source"] for r in records) == sorted(paths + [str(late)])
+    assert {r["status"] for r in records} == {"ok"}
+
+
+# --- a real process: pipes, kill -9, SIGINT --------------------------------------------------------
+
+FAKE_MAIN = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_cli_caption import FakeCaptioner, Pre
+    from capcli.cli import main, options
+    delay = float({delay!r})
+    options.load_captioner = lambda settings: (FakeCaptioner(on_batch=lambda n: time.sleep(delay)), Pre())
+    main(prog_name="capcli")
+""")
+
+
+def fake_capcli(tmp_path: Path, delay: float = 0.0) -> list[str]:
+    script = tmp_path / "fake_capcli.py"
+    script.write_text(FAKE_MAIN.format(tests=str(Path(__file__).parent), delay=delay))
+    return [sys.executable, str(script)]
+
+
+def test_pipe_to_head_ends_quietly(tmp_path: Path) -> None:
+    make_pngs(tmp_path / "in", 40)
+    cmd = fake_capcli(tmp_path, delay=0.01) + ["caption", str(tmp_path / "in"), "--batch-size", "2"]
+    proc = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | head -1', "sh", *cmd], capture_output=True, timeout=60, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(jsonl(proc.stdout)) == 1
+    assert proc.stderr == b""  # no traceback, no "Exception ignored", no summary
+
+
+def test_kill_9_mid_run_then_resume_gives_exactly_one_record_per_input(tmp_path: Path) -> None:
+    paths = make_pngs(tmp_path / "in", 60)
+    out = tmp_path / "out.jsonl"
+    cmd = fake_capcli(tmp_path, delay=0.03) + ["caption", str(tmp_path / "in"), "-o", str(out), "--batch-size", "3"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 10):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    written = out.read_bytes().count(b"\n")
+    assert 10 <= written < 60
+    with open(out, "ab") as f:
+        f.write(b'{"index": 99, "source": "half a rec')  # what a kill mid-write could leave
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr.decode()
+    records = jsonl(out.read_bytes())  # every line parses: the partial one was cut
+    assert [r["source"] for r in records] == paths
+    assert [r["index"] for r in records] == list(range(60))
+
+
+def test_sigint_to_a_real_process(tmp_path: Path) -> None:
+    make_pngs(tmp_path / "in", 60)
+    out = tmp_path / "out.csv"
+    cmd = fake_capcli(tmp_path, delay=0.05) + ["caption", str(tmp_path / "in"), "-o", str(out), "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, cwd=REPO)
+    while not out.exists() or out.read_bytes().count(b"\n") < 4:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr.decode()
+    assert b"interrupted:" in stderr and b"Traceback" not in stderr
+    records = read_records(str(out), "csv")
+    assert 2 <= len(records) < 60 and out.read_bytes().endswith(b"\r\n")
