@@ -268,3 +268,28 @@ def test_sigint_to_a_real_process(tmp_path: Path) -> None:
     assert b"interrupted:" in stderr and b"Traceback" not in stderr
     records = read_records(str(out), "csv")
     assert 2 <= len(records) < 60 and out.read_bytes().endswith(b"\r\n")
+
+
+# --- with a real exported bundle -------------------------------------------------------------------
+
+
+@pytest.fixture
+def real_bundle(request: pytest.FixtureRequest) -> Path:
+    pytest.importorskip("export", reason="the exporter is needed to build a bundle")
+    return request.getfixturevalue("tiny_bundle")
+
+
+def test_real_bundle_jsonl_csv_and_head(photos: Path, real_bundle: Path, tmp_path: Path) -> None:
+    capcli = [sys.executable, "-m", "capcli", "caption", "--model", str(real_bundle), "--device", "cpu"]
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"out.{fmt}"
+        proc = subprocess.run(capcli + [str(photos), "-o", str(out)], capture_output=True, timeout=120, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr.decode()
+        records = read_records(str(out), fmt)
+        assert [Path(r["source"]).name for r in records] == sorted(p.name for p in photos.iterdir())
+        assert all(r["status"] == "ok" and r["caption"].endswith(".") for r in records)
+        assert not any("<" in r["caption"] for r in records)  # no special tokens
+    proc = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" | head -1', "sh", *capcli, *[str(photos)] * 20],
+                          capture_output=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and len(jsonl(proc.stdout)) == 1
+    assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr

@@ -122,6 +122,7 @@ def run_captioning(
     try:
         captioner, pre = load_captioner(settings)
         device = str(getattr(captioner, "device", ""))
+        started = time.monotonic()  # the rate counts captioning, not loading the model
         writer, done = open_output(settings.output, fmt, resume=resume, retry_errors=settings.retry_errors,
                                    extra_columns=extra_columns)
         read = make_reader(pre, max_pixels=settings.max_pixels, fetch=fetch)
