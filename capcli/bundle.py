@@ -1,0 +1,274 @@
+"""The model bundle: locate it, read and validate ``model.json``, check every file.
+
+A bundle is a directory holding ``encoder.onnx``, ``decoder.onnx`` (one decode
+step) and ``model.json`` (format in the README).  :func:`load_bundle` checks
+everything a run depends on before any image is touched -- the JSON, the
+format version, the sha256 of each ONNX file, and the ONNX graphs' input and
+output shapes against the vocabulary, grid and sizes that ``model.json``
+declares -- and raises :class:`~capcli.errors.BundleError` naming the file and
+the problem.  The ONNX bytes that were checked are the bytes the runtime loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from capcli.errors import BundleError
+from capcli.onnxinfo import Shape, Signature, read_signature
+from capcli.text import SPECIALS, Vocab
+
+FORMAT = "capcli-bundle"
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
+ENV_VAR = "CAPCLI_MODEL"
+DECODER_KINDS = ("gru", "lstm")
+RESIZE_RULES = ("squash",)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes the encoder's input: resize, then (x/255 - mean) / std, CHW."""
+
+    size: tuple[int, int]  # (H, W)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "squash"  # stretch to size, ignoring the aspect ratio
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": list(self.size),
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    meta: dict[str, Any]  # model.json as read
+    vocab: Vocab
+    preprocess: Preprocess
+    grid: tuple[int, int]  # (gh, gw) attention grid; L = gh * gw regions
+    decoder: str  # "gru" | "lstm"
+    max_len: int  # words, not counting <end>
+    provenance: dict[str, Any]
+    files: Mapping[str, bytes] = field(repr=False)  # checked ONNX bytes by file name
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Recurrent state tensors: encoder outputs and decoder inputs (``*_out`` outputs)."""
+        return ("h",) if self.decoder == "gru" else ("h", "c")
+
+    @property
+    def backbone(self) -> str:
+        return str(self.meta["backbone"]["name"])
+
+
+def default_bundle_path() -> Path | None:
+    """The bundle shipped inside the package, when this install has one."""
+    folder = resources.files("capcli").joinpath("models").joinpath("default")
+    if folder.joinpath(MODEL_JSON).is_file():
+        return Path(str(folder))
+    return None
+
+
+def resolve_bundle_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """(bundle directory, where it came from): argument, $CAPCLI_MODEL, or the packaged default."""
+    if path is not None and str(path) != "":
+        return Path(path), "--model"
+    env = os.environ.get(ENV_VAR, "")
+    if env:
+        return Path(env), f"${ENV_VAR}"
+    default = default_bundle_path()
+    if default is not None:
+        return default, "packaged default"
+    raise BundleError(
+        f"no model: pass --model PATH or set {ENV_VAR} to a bundle directory "
+        "(this installation ships no default model; `capcli export` makes one from a checkpoint)"
+    )
+
+
+def load_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
+    """Find and fully validate a bundle; see the module docstring."""
+    root, origin = resolve_bundle_path(path)
+    if not root.is_dir():
+        what = "not a directory" if root.exists() else "does not exist"
+        raise BundleError(f"model bundle {str(root)!r} (from {origin}) {what}")
+    meta = _read_meta(root / MODEL_JSON)
+    spec = _parse_meta(meta, root / MODEL_JSON)
+    files = {name: _read_checked(root / name, meta) for name in (ENCODER, DECODER)}
+    bundle = Bundle(root, meta, files=files, **spec)
+    for name, data in files.items():
+        try:
+            signature = read_signature(data)
+        except ValueError as exc:
+            raise BundleError(f"{root / name}: not a readable ONNX model ({exc})") from None
+        _check_signature(bundle, name, signature)
+    return bundle
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing (a bundle directory needs {MODEL_JSON}, {ENCODER}, {DECODER})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: cannot read: {exc}") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a capcli bundle (format is {meta.get('format')!r}, expected {FORMAT!r})")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        hint = " (newer than this capcli: upgrade capcli)" if isinstance(version, int) and version > 1 else ""
+        raise BundleError(f"{path}: unsupported format_version {version!r}{hint}; this capcli reads {FORMAT_VERSION}")
+    return meta
+
+
+def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The typed fields of model.json; BundleError naming the first bad one."""
+
+    def bad(key: str, expected: str) -> BundleError:
+        return BundleError(f"{path}: field {key!r} must be {expected}, found {meta.get(key)!r}"[:500])
+
+    def ints(value: Any, n: int) -> bool:
+        return isinstance(value, list) and len(value) == n and all(type(v) is int and v > 0 for v in value)
+
+    def floats(value: Any, n: int) -> bool:
+        return isinstance(value, list) and len(value) == n and all(isinstance(v, (int, float)) for v in value)
+
+    tokens = meta.get("vocab", {}).get("tokens") if isinstance(meta.get("vocab"), dict) else None
+    if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+        raise bad("vocab", '{"tokens": [strings]}')
+    try:
+        vocab = Vocab(tuple(tokens))
+    except ValueError:
+        raise BundleError(f"{path}: vocabulary must start with the special tokens {list(SPECIALS)}") from None
+    if len(set(tokens)) != len(tokens):
+        raise BundleError(f"{path}: vocabulary has duplicate tokens")
+    if type(meta.get("max_len")) is not int or meta["max_len"] < 1:
+        raise bad("max_len", "a positive integer")
+    pre = meta.get("preprocess")
+    if not (
+        isinstance(pre, dict)
+        and ints(pre.get("size"), 2)
+        and floats(pre.get("mean"), 3)
+        and floats(pre.get("std"), 3)
+        and all(s != 0 for s in pre["std"])
+        and pre.get("resize") in RESIZE_RULES
+        and pre.get("interpolation") in INTERPOLATIONS
+    ):
+        raise bad(
+            "preprocess",
+            f'{{"size": [H, W], "mean": [3 numbers], "std": [3 non-zero numbers], '
+            f'"resize": one of {list(RESIZE_RULES)}, "interpolation": one of {list(INTERPOLATIONS)}}}',
+        )
+    if not ints(meta.get("grid"), 2):
+        raise bad("grid", "[gh, gw], positive integers")
+    for key in ("feature_dim", "attention_dim"):
+        if type(meta.get(key)) is not int or meta[key] < 1:
+            raise bad(key, "a positive integer")
+    dec = meta.get("decoder")
+    if not (
+        isinstance(dec, dict)
+        and dec.get("kind") in DECODER_KINDS
+        and all(type(dec.get(k)) is int and dec[k] > 0 for k in ("hidden", "embed"))
+    ):
+        raise bad("decoder", '{"kind": "gru"|"lstm", "hidden": int, "embed": int}')
+    if not (isinstance(meta.get("backbone"), dict) and isinstance(meta["backbone"].get("name"), str)):
+        raise bad("backbone", '{"name": string, ...}')
+    files = meta.get("files")
+    if not (isinstance(files, dict) and all(isinstance(files.get(n), dict) for n in (ENCODER, DECODER))):
+        raise bad("files", f'{{"{ENCODER}": {{"sha256": hex}}, "{DECODER}": {{"sha256": hex}}}}')
+    provenance = meta.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise bad("provenance", "an object")
+    return {
+        "vocab": vocab,
+        "preprocess": Preprocess(
+            size=(pre["size"][0], pre["size"][1]),
+            mean=(float(pre["mean"][0]), float(pre["mean"][1]), float(pre["mean"][2])),
+            std=(float(pre["std"][0]), float(pre["std"][1]), float(pre["std"][2])),
+            resize=pre["resize"],
+            interpolation=pre["interpolation"],
+        ),
+        "grid": (meta["grid"][0], meta["grid"][1]),
+        "decoder": dec["kind"],
+        "max_len": meta["max_len"],
+        "provenance": provenance,
+    }
+
+
+def _read_checked(path: Path, meta: dict[str, Any]) -> bytes:
+    expected = meta["files"][path.name].get("sha256")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing from the bundle") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    actual = sha256_bytes(data)
+    if actual != expected:
+        raise BundleError(
+            f"{path}: sha256 mismatch (model.json expects {expected}, the file has {actual}): "
+            "the file is corrupt or belongs to another bundle"
+        )
+    return data
+
+
+def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
+    """The graph's names and fixed sizes must agree with model.json."""
+    meta = bundle.meta
+    hidden = meta["decoder"]["hidden"]
+    regions = bundle.grid[0] * bundle.grid[1]
+    d, a, v = meta["feature_dim"], meta["attention_dim"], len(bundle.vocab)
+    states = {s: (None, hidden) for s in bundle.state_names}
+    if name == ENCODER:
+        inputs: dict[str, Shape] = {"image": (None, 3, *bundle.preprocess.size)}
+        outputs: dict[str, Shape] = {"features": (None, regions, d), "keys": (None, regions, a), **states}
+    else:
+        inputs = {"token": (None,), **states, "features": (None, regions, d), "keys": (None, regions, a)}
+        outputs = {"logprobs": (None, v), **{f"{s}_out": shape for s, shape in states.items()}, "alpha": (None, regions)}
+    what = {
+        ("logprobs", 1): f"the vocabulary size ({v} tokens in {MODEL_JSON})",
+        ("alpha", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
+        ("features", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
+        ("keys", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
+    }
+    path = bundle.path / name
+    for kind, expected, actual in (("input", inputs, sig.inputs), ("output", outputs, sig.outputs)):
+        if set(expected) != set(actual):
+            raise BundleError(
+                f"{path}: {kind}s are {sorted(actual)}, expected {sorted(expected)} "
+                f"for a {bundle.decoder} decoder"
+            )
+        for tensor, shape in expected.items():
+            found = actual[tensor]
+            if len(found) != len(shape):
+                raise BundleError(f"{path}: {kind} {tensor!r} has rank {len(found)}, expected {len(shape)}")
+            for axis, (want, got) in enumerate(zip(shape, found)):
+                if want is not None and isinstance(got, int) and got != want:
+                    meaning = what.get((tensor, axis), f"{want} from {MODEL_JSON}")
+                    raise BundleError(
+                        f"{path}: {kind} {tensor!r} has size {got} on axis {axis}, which does not match {meaning}"
+                    )
