@@ -1,0 +1,91 @@
+"""``capcli info``: which model and which onnxruntime providers a run would use."""
+
+from __future__ import annotations
+
+import json
+import platform
+from typing import Any
+
+import click
+
+from capcli import __version__
+from capcli.cli import main
+from capcli.errors import CapcliError
+
+
+@main.command("info")
+@click.option("--model", "model", type=click.Path(), default=None,
+              help="Bundle directory (default: $CAPCLI_MODEL, then the packaged model).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N: the device whose providers to report.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def info_command(model: str | None, device: str, as_json: bool) -> None:
+    """Show the model bundle, the providers available and used, and versions.
+
+    Works without a model (it says so); exits 1 when the bundle is broken or
+    the requested device cannot be used.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from capcli.bundle import load_bundle, resolve_bundle_path
+    from capcli.runtime import Captioner, parse_device
+
+    try:
+        parse_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+    facts: dict[str, Any] = {
+        "capcli": __version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "providers_available": ort.get_available_providers(),
+    }
+    try:
+        where, origin = resolve_bundle_path(model)
+    except CapcliError as exc:
+        facts["model"] = None
+        facts["model_note"] = str(exc)
+        _show(facts, as_json)
+        return
+    try:
+        bundle = load_bundle(where)
+        captioner = Captioner(bundle, device=device, beam=1)
+    except CapcliError as exc:
+        raise click.ClickException(f"model from {origin}: {exc}") from None
+    prov = bundle.provenance
+    facts.update(
+        {
+            "model": str(bundle.path),
+            "model_from": origin,
+            "backbone": bundle.backbone,
+            "decoder": bundle.decoder,
+            "vocab_size": len(bundle.vocab),
+            "grid": list(bundle.grid),
+            "image_size": list(bundle.preprocess.size),
+            "max_len": bundle.max_len,
+            "providers_used": captioner.providers,
+            "device": captioner.device,
+        }
+    )
+    if captioner.cuda_problem:
+        facts["cuda_note"] = captioner.cuda_problem
+    for key in ("dataset", "metrics", "licence"):
+        if key in prov:
+            facts[key] = prov[key]
+    _show(facts, as_json)
+
+
+def _show(facts: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(facts, ensure_ascii=False))
+        return
+    for key, value in facts.items():
+        if key == "model" and value is None:
+            value = "none"
+        elif isinstance(value, list):
+            value = "x".join(map(str, value)) if key in ("grid", "image_size") else ", ".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value, ensure_ascii=False)
+        click.echo(f"{key + ':':<21} {value}")

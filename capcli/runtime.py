@@ -1,0 +1,260 @@
+"""onnxruntime sessions for a bundle: providers, ``encode()``, ``step()``, ``caption()``.
+
+Layers, bottom up: :meth:`Captioner.encode` runs encoder.onnx once per image;
+:meth:`Captioner.step` runs one decoder step over ``N`` rows; :meth:`Captioner.caption`
+binds each image's context to its rows and hands the step to the numpy search
+in :mod:`capcli.decode`.
+
+Providers: ``device="auto"`` uses CUDA when onnxruntime offers it *and* it
+really initialises (onnxruntime silently falls back to the CPU when a CUDA
+library is missing, so the session's providers are checked after creation),
+else the CPU; ``"cuda"``/``"cuda:N"`` insists and fails with the reason
+onnxruntime logged; ``"cpu"`` never tries CUDA.  Under CUDA the per-image
+context (features, attention keys) is uploaded once per batch and bound to
+every step with IOBinding; the small recurrent state travels with the step
+because the beam search reorders it on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from capcli.bundle import DECODER, ENCODER, Bundle
+from capcli.decode import Hypothesis, SearchSpec, State, beam_search, greedy
+from capcli.errors import FatalError
+from capcli.text import detokenize
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+Context = dict[str, Any]  # "features"/"keys" as numpy arrays (CPU) or OrtValues on the GPU
+
+
+@dataclass
+class Caption:
+    text: str  # rendered sentence: "A dog runs through the grass."
+    tokens: list[str]  # the words, no special tokens
+    score: float  # length-normalised log-probability (see capcli.decode)
+    alphas: np.ndarray | None  # (T, gh, gw) attention behind each word of the chosen hypothesis
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """"auto" | "cpu" | "cuda" | "cuda:N" -> (kind, device id)."""
+    match = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", device.strip().lower())
+    if not match or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    return match.group(1), int(match.group(2) or 0)
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads slow ORT's CPU kernels down)."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return allowed
+    cores = set(re.findall(r"physical id\s*:\s*(\d+)[^\n]*\n(?:[^\n]+\n)*?core id\s*:\s*(\d+)", text))
+    return max(1, min(allowed, len(cores))) if cores else allowed
+
+
+class Captioner:
+    """Caption preprocessed images with a bundle on onnxruntime."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        beam: int = 3,
+        max_len: int | None = None,
+        length_penalty: float = 0.7,
+        threads: int | None = None,
+    ) -> None:
+        if beam < 1:
+            raise ValueError("beam must be at least 1")
+        if max_len is not None and max_len < 1:
+            raise ValueError("max_len must be at least 1")
+        self.bundle = bundle
+        self.beam = beam
+        vocab = bundle.vocab
+        self.spec = SearchSpec(
+            start_id=vocab.start_id,
+            end_id=vocab.end_id,
+            banned=(vocab.pad_id, vocab.start_id, vocab.unk_id),
+            max_len=max_len or bundle.max_len,
+            length_penalty=length_penalty,
+        )
+        kind, device_id = parse_device(device)
+        self.cuda_problem: str | None = None  # why CUDA is not used, when it was tried
+        self._cuda_id: int | None = None
+        if kind in ("auto", "cuda") and CUDA in ort.get_available_providers():
+            sessions, problem = _cuda_sessions(bundle, device_id)
+            if sessions is not None:
+                self._encoder, self._decoder = sessions
+                self._cuda_id = device_id
+            else:
+                self.cuda_problem = problem
+        elif kind == "cuda":
+            self.cuda_problem = (
+                f"this onnxruntime build has no CUDA provider (it offers {', '.join(ort.get_available_providers())}); "
+                "install onnxruntime-gpu"
+            )
+        if self._cuda_id is None:
+            if kind == "cuda":
+                raise FatalError(f"--device {device}: CUDA is not usable: {self.cuda_problem}")
+            options = _session_options(threads or physical_cores())
+            self._encoder = ort.InferenceSession(bundle.files[ENCODER], options, providers=[CPU])
+            self._decoder = ort.InferenceSession(bundle.files[DECODER], options, providers=[CPU])
+        self.providers: list[str] = self._encoder.get_providers()
+        self._encoder_outputs = [o.name for o in self._encoder.get_outputs()]
+        self._decoder_outputs = [o.name for o in self._decoder.get_outputs()]
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: "cuda:N" or "cpu"."""
+        return f"cuda:{self._cuda_id}" if self._cuda_id is not None else "cpu"
+
+    def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Images (B, 3, H, W) -> {"features" (B, L, D), "keys" (B, L, A), "h" (B, H)[, "c"]}."""
+        outputs = self._encoder.run(self._encoder_outputs, {"image": self._check_images(images)})
+        return dict(zip(self._encoder_outputs, outputs))
+
+    def bind_context(self, encoded: dict[str, np.ndarray], repeat: int) -> Context:
+        """Each image's features and keys repeated for its ``repeat`` rows (image-major)."""
+        context = {name: np.repeat(encoded[name], repeat, axis=0) for name in ("features", "keys")}  # (B*K, L, .)
+        if self._cuda_id is not None:  # upload once; every step binds the same device buffers
+            return {name: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self._cuda_id) for name, v in context.items()}
+        return context
+
+    def step(self, tokens: np.ndarray, state: State, context: Context) -> tuple[np.ndarray, State, np.ndarray]:
+        """One decoder step over N rows: (logprobs (N, V), new state, alpha (N, L))."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        if self._cuda_id is not None:
+            binding = self._decoder.io_binding()
+            binding.bind_cpu_input("token", tokens)
+            for name, value in state.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            for name, value in context.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in self._decoder_outputs:
+                binding.bind_output(name, "cpu")
+            self._decoder.run_with_iobinding(binding)
+            outputs = binding.copy_outputs_to_cpu()
+        else:
+            outputs = self._decoder.run(self._decoder_outputs, {"token": tokens, **state, **context})
+        out = dict(zip(self._decoder_outputs, outputs))
+        new_state = {name: out[f"{name}_out"] for name in self.bundle.state_names}
+        return out["logprobs"], new_state, out["alpha"]
+
+    def caption(self, images: np.ndarray) -> list[Caption]:
+        """Images (B, 3, H, W) float32, preprocessed per ``bundle.preprocess`` -> B captions."""
+        if len(images) == 0:
+            return []
+        encoded = self.encode(images)
+        state = {name: encoded[name] for name in self.bundle.state_names}
+        context = self.bind_context(encoded, self.beam)
+
+        def step(tokens: np.ndarray, st: State) -> tuple[np.ndarray, State, np.ndarray]:
+            return self.step(tokens, st, context)
+
+        if self.beam == 1:
+            hyps = greedy(step, state, self.spec)
+        else:
+            hyps = beam_search(step, state, self.spec, beam=self.beam)
+        return [self._to_caption(h) for h in hyps]
+
+    def _to_caption(self, hyp: Hypothesis) -> Caption:
+        words = [self.bundle.vocab.tokens[i] for i in hyp.ids]
+        gh, gw = self.bundle.grid
+        return Caption(detokenize(words), words, hyp.score, hyp.alphas.reshape(len(words), gh, gw))
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        h, w = self.bundle.preprocess.size
+        if images.ndim != 4 or images.shape[1:] != (3, h, w):
+            raise ValueError(f"images must be (B, 3, {h}, {w}), got {images.shape}")
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: per-node placement warnings are noise here
+    return options
+
+
+def _cuda_sessions(
+    bundle: Bundle, device_id: int
+) -> tuple[tuple[ort.InferenceSession, ort.InferenceSession] | None, str]:
+    """Both sessions on CUDA, or (None, the reason onnxruntime gave for falling back)."""
+    providers: list[Any] = [(CUDA, {"device_id": device_id}), CPU]
+    with _native_stderr() as log:
+        _preload_cuda_libraries()
+        try:
+            encoder = ort.InferenceSession(bundle.files[ENCODER], _session_options(None), providers=providers)
+            decoder = ort.InferenceSession(bundle.files[DECODER], _session_options(None), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeError/Fail
+            return None, f"creating a CUDA session failed: {exc}"
+    if encoder.get_providers()[0] == CUDA and decoder.get_providers()[0] == CUDA:
+        return (encoder, decoder), ""
+    return None, _cuda_reason(log.getvalue())
+
+
+def _cuda_reason(log: str) -> str:
+    """The useful line of onnxruntime's log about a CUDA provider that did not load."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    missing = re.search(r"with error: (\S+: cannot open shared object file[^\n]*)", text)
+    if missing and missing.group(1).startswith("libcuda.so"):
+        return f"no NVIDIA driver: {missing.group(1).strip()}"
+    if missing:
+        return f"a library is missing: {missing.group(1).strip()} (install CUDA 13 and cuDNN 9, or use --device cpu)"
+    lines = [re.sub(r"^.*?\] ", "", line).strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "onnxruntime fell back to the CPU without saying why"
+
+
+def _preload_cuda_libraries() -> None:
+    """Let onnxruntime find CUDA/cuDNN installed as pip packages (nvidia-*); quiet, best effort."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints warnings to stdout, where records go
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - missing optional libraries surface at session creation
+            pass
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[io.StringIO]:
+    """Capture what native code writes to file descriptor 2 (onnxruntime's default logger).
+
+    Meant for start-up, before worker threads write to stderr.
+    """
+    captured = io.StringIO()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): don't capture
+        yield captured
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.write(tmp.read().decode("utf-8", "replace"))
