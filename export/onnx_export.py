@@ -1,0 +1,281 @@
+"""Checkpoint or model -> bundle directory (encoder.onnx, decoder.onnx, model.json).
+
+The two graphs are thin wrappers around the training model, so what runs in
+onnxruntime is the code that was trained:
+
+- ``EncoderGraph``: backbone -> flatten -> ``model.project`` -> ``decoder.init``
+  (features, attention keys, initial state), once per image;
+- ``DecoderStep``: ``decoder.step`` + log-softmax, one word.
+
+Exported in eval mode with torch's TorchScript-based exporter (``dynamo=False``:
+with torch 2.14 the dynamo exporter cannot write opset 17 for these graphs),
+batch axis dynamic, checked with ``onnx.checker``.  Everything is written into
+a temporary directory beside the target, checked there (bundle validation and
+the parity check, see :mod:`export.parity`), and only then moved into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from capcli import __version__
+from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, Preprocess, sha256_bytes
+from capcli.errors import FatalError
+from capcli.text import Vocab
+from capcli.train.backbones import SPECS
+from capcli.train.model import CaptionModel, ModelConfig
+
+DEFAULT_OPSET = 17
+BATCH = "batch"
+
+
+@dataclass
+class Checkpoint:
+    model: CaptionModel  # eval mode, on the CPU
+    vocab: Vocab
+    extra: dict[str, Any]  # every other key of the checkpoint (provenance, train settings, ...)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Rebuild the model from a training checkpoint: needs only "config", "vocab" and "model"."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FatalError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise FatalError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})"[:800]) from None
+    missing = [k for k in ("config", "vocab", "model") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise FatalError(f"{path}: not a capcli checkpoint (missing {', '.join(missing)})")
+    try:
+        config = ModelConfig.from_dict(data["config"])
+        vocab = Vocab(tuple(data["vocab"]))
+    except (TypeError, ValueError) as exc:
+        raise FatalError(f"{path}: bad config or vocabulary: {exc}") from None
+    if len(vocab) != config.vocab_size:
+        raise FatalError(f"{path}: vocabulary has {len(vocab)} tokens but the model expects {config.vocab_size}")
+    # The state dict holds every weight: never fetch pretrained ones just to overwrite them.
+    model = CaptionModel(dataclasses.replace(config, pretrained=False))
+    model.config = config
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise FatalError(f"{path}: weights do not fit the model config: {exc}"[:800]) from None
+    extra = {k: v for k, v in data.items() if k not in ("config", "vocab", "model")}
+    return Checkpoint(model.eval(), vocab, extra)
+
+
+class EncoderGraph(nn.Module):
+    """encoder.onnx: image -> features, keys, h[, c]."""
+
+    def __init__(self, model: CaptionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.model.features(self.model.backbone_grid(image))  # (B, L, D)
+        keys, state = self.model.decoder.init(features)  # (B, L, A), each (B, H)
+        return (features, keys, *state)
+
+
+class DecoderStep(nn.Module):
+    """decoder.onnx: token, h[, c], features, keys -> logprobs, h_out[, c_out], alpha."""
+
+    def __init__(self, model: CaptionModel) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, token: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        *state, features, keys = inputs
+        logits, new_state, alpha = self.decoder.step(token, tuple(state), features, keys)
+        return (torch.log_softmax(logits, dim=1), *new_state, alpha)  # (B, V), each (B, H), (B, L)
+
+
+def state_names(config: ModelConfig) -> list[str]:
+    return ["h"] if config.decoder == "gru" else ["h", "c"]
+
+
+def preprocess_for(config: ModelConfig) -> Preprocess:
+    spec = SPECS[config.backbone]
+    return Preprocess((spec.image_size, spec.image_size), spec.mean, spec.std, "squash", "bilinear")
+
+
+def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Write encoder.onnx and decoder.onnx into ``folder`` and check them."""
+    import onnx
+
+    cfg = model.config
+    states = state_names(cfg)
+    size = cfg.image_size
+    encoder, step = EncoderGraph(model).eval(), DecoderStep(model).eval()
+    images = torch.randn(2, 3, size, size)  # (2, 3, S, S): batch 2 so no size-1 axis is specialised
+    with torch.no_grad():
+        features, keys, *state = encoder(images)
+    tokens = torch.tensor([1, 4 % cfg.vocab_size], dtype=torch.long)
+    enc_out = ["features", "keys", *states]
+    dec_in = ["token", *states, "features", "keys"]
+    dec_out = ["logprobs", *(f"{s}_out" for s in states), "alpha"]
+    with _quiet_exporter():
+        torch.onnx.export(
+            encoder, (images,), str(folder / ENCODER), input_names=["image"], output_names=enc_out,
+            dynamic_axes={name: {0: BATCH} for name in ["image", *enc_out]},
+            opset_version=opset, dynamo=False,
+        )  # fmt: skip
+        torch.onnx.export(
+            step, (tokens, *state, features, keys), str(folder / DECODER), input_names=dec_in, output_names=dec_out,
+            dynamic_axes={name: {0: BATCH} for name in dec_in + dec_out},
+            opset_version=opset, dynamo=False,
+        )  # fmt: skip
+    regions = cfg.grid[0] * cfg.grid[1]
+    fixed = {"features": [regions, cfg.feature_dim], "keys": [regions, cfg.attention_dim]}  # beyond the batch axis
+    for name in (ENCODER, DECODER):
+        path = str(folder / name)
+        graph = onnx.load(path)
+        for value in graph.graph.output:
+            # The tracer leaves the region axis symbolic after flatten(); it is fixed by the backbone.
+            for dim, size in zip(value.type.tensor_type.shape.dim[1:], fixed.get(value.name, [])):
+                dim.Clear()
+                dim.dim_value = size
+        onnx.save(graph, path)
+        onnx.checker.check_model(path, full_check=True)
+
+
+def bundle_meta(
+    model: CaptionModel, vocab: Vocab, folder: Path, opset: int, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """model.json for the ONNX files already in ``folder``."""
+    cfg = model.config
+    spec = SPECS[cfg.backbone]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vocab": {"tokens": list(vocab.tokens)},
+        "max_len": cfg.max_len,
+        "preprocess": preprocess_for(cfg).to_dict(),
+        "grid": list(cfg.grid),
+        "feature_dim": cfg.feature_dim,
+        "attention_dim": cfg.attention_dim,
+        "decoder": {"kind": cfg.decoder, "hidden": cfg.hidden_dim, "embed": cfg.embed_dim},
+        "backbone": {"name": cfg.backbone, "image_size": spec.image_size, "channels": spec.channels,
+                     "pretrained": cfg.pretrained},  # fmt: skip
+        "model_config": cfg.to_dict(),
+        "opset": opset,
+        "files": {name: {"sha256": sha256_bytes((folder / name).read_bytes())} for name in (ENCODER, DECODER)},
+        "provenance": provenance,
+    }
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    (folder / MODEL_JSON).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def base_provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the checkpoint says about itself, plus when and with what it was exported."""
+    import onnx
+
+    provenance: dict[str, Any] = {}
+    for key in ("provenance", "train"):
+        if extra and isinstance(extra.get(key), dict):
+            provenance.update(extra[key] if key == "provenance" else {"train": extra[key]})
+    provenance["export"] = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "capcli": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+    }
+    return provenance
+
+
+def export_bundle(
+    model: CaptionModel,
+    vocab: Vocab,
+    out_dir: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    provenance: dict[str, Any] | None = None,
+    check: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export ``model`` as a bundle at ``out_dir``, atomically.
+
+    ``check(folder)`` runs on the finished temporary bundle before it is moved
+    into place (the parity check); it may return a dict that is stored as
+    ``provenance["parity"]``, and raises to abort (nothing is left behind).
+    """
+    target = Path(out_dir)
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    with _temp_dir_beside(target) as tmp:
+        export_onnx(model, tmp, opset)
+        meta = bundle_meta(model, vocab, tmp, opset, dict(provenance or {}))
+        write_meta(tmp, meta)
+        if check is not None:
+            result = check(tmp)
+            if result is not None:
+                meta["provenance"]["parity"] = result
+                write_meta(tmp, meta)
+        _move_into_place(tmp, target)
+    return target
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FatalError(f"{target}: exists and is not a directory")
+    if any(target.iterdir()):
+        if not (target / MODEL_JSON).is_file():
+            raise FatalError(f"{target}: exists, is not empty and is not a capcli bundle; refusing to replace it")
+        if not overwrite:
+            raise FatalError(f"{target}: a bundle is already there (pass --force to replace it)")
+
+
+@contextlib.contextmanager
+def _temp_dir_beside(target: Path) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the bundle's mode
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished bundle onto ``target``; an old bundle is renamed aside first, then removed."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old)  # onto an empty directory: allowed
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.onnx's deprecation and tracer warnings say nothing about the result."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
