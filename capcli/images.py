@@ -118,12 +118,7 @@ def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image
                 raise ItemError("too_large", f"{width}x{height} is over the limit of {max_pixels} pixels")
             if draft_to and image.format == "JPEG":
                 image.draft(None, (draft_to, draft_to))  # a square request: safe under any rotation
-            try:
-                image.load()
-            except OSError as exc:
-                if "truncated" in str(exc):
-                    raise ItemError("truncated", str(exc)) from None
-                raise
+            image.load()
             rgb = _to_rgb(_upright(image))
             return rgb, _n_frames(image)
     except ItemError:
@@ -132,6 +127,10 @@ def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image
         raise ItemError("too_large", str(exc)) from None
     except MemoryError:
         raise ItemError("too_large", "not enough memory to decode this image") from None
+    except OSError as exc:
+        # Pillow says "image file is truncated" (pixel data) or "Truncated File Read" (headers).
+        kind = "truncated" if "truncated" in str(exc).lower() else "decode_error"
+        raise ItemError(kind, str(exc)) from None
     except Exception as exc:  # Pillow signals corrupt data with many exception types
         raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from None
 

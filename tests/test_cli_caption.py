@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -293,3 +294,60 @@ def test_real_bundle_jsonl_csv_and_head(photos: Path, real_bundle: Path, tmp_pat
                           capture_output=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0 and len(jsonl(proc.stdout)) == 1
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
+
+
+# --- issue 5's fixtures folder: every awkward case in one run ------------------------------------------
+
+
+def make_cases(folder: Path) -> dict[str, str | None]:
+    """Write one file per case; map its name to the expected error_kind (None: captioned)."""
+    from test_images import encode, halves, png_claiming
+
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8))
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue", "green")]
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([255, 0, 0, 0, 0, 0] + [0] * 762)
+    files = {
+        "empty.jpg": (b"", "empty_file"),
+        "text.jpg": (b"hello, I am not a picture", "not_an_image"),
+        "truncated.jpg": (encode(noise, "JPEG")[:300], "truncated"),
+        "truncated.png": (encode(noise, "PNG")[:1000], "truncated"),
+        "bomb.png": (png_claiming(100_000, 100_000), "too_large"),
+        "over-limit.png": (encode(Image.new("L", (300, 300)), "PNG"), "too_large"),  # --max-pixels 50000
+        "photo.heic": (struct.pack(">I", 24) + b"ftypheic" + bytes(12), "unsupported_format"),
+        "rotated.jpg": (encode(halves(), "JPEG", exif=exif.tobytes()), None),
+        "mode-1.png": (encode(Image.new("1", (4, 4), 1), "PNG"), None),
+        "mode-LA.png": (encode(Image.new("LA", (4, 4), (0, 0)), "PNG"), None),
+        "mode-P-transparent.png": (encode(pal, "PNG", transparency=1), None),
+        "mode-RGBA.png": (encode(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), "PNG"), None),
+        "mode-CMYK.jpg": (encode(Image.new("CMYK", (4, 4)), "JPEG"), None),
+        "mode-I16.png": (encode(Image.fromarray(np.full((4, 4), 40000, np.uint16)), "PNG"), None),
+        "mode-F.tif": (encode(Image.fromarray(np.eye(4, dtype=np.float32)), "TIFF"), None),
+        "anim.gif": (encode(frames[0], "GIF", save_all=True, append_images=frames[1:]), None),
+        "anim.webp": (encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]), None),
+        "one-pixel.png": (encode(Image.new("RGB", (1, 1)), "PNG"), None),
+        "strip.png": (encode(Image.new("RGB", (1, 10_000)), "PNG"), None),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "loop").symlink_to(folder)  # a directory symlink loop: walked once, no record
+    (folder / "dangling.jpg").symlink_to(folder / "gone.jpg")
+    return {name: kind for name, (_, kind) in files.items()} | {"dangling.jpg": "not_found"}
+
+
+def test_every_awkward_case_in_one_run(tmp_path: Path, fake) -> None:
+    expected = make_cases(tmp_path / "cases")
+    out = tmp_path / "out.jsonl"
+    result = run(str(tmp_path / "cases"), "-o", str(out), "--max-pixels", "50000")
+    assert result.exit_code == 3, result.output
+    records = read_records(str(out), "jsonl")
+    assert sorted(Path(r["source"]).name for r in records) == sorted(expected)  # one record per file
+    got = {Path(r["source"]).name: r.get("error_kind") for r in records}
+    assert got == expected
+    frames = {Path(r["source"]).name: r.get("n_frames") for r in records}
+    assert frames["anim.gif"] == frames["anim.webp"] == 3
+    failed = sum(kind is not None for kind in expected.values())
+    assert f"{len(expected) - failed} captioned, {failed} failed" in result.stderr
