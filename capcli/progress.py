@@ -1,4 +1,4 @@
-"""Progress on stderr: a live line on a terminal, nothing at all otherwise."""
+"""Progress on stderr: a live line when asked for (a terminal), nothing at all otherwise."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from capcli.pipeline import Summary
 class ProgressLine:
     """``with ProgressLine(console) as p: ... p.update(summary)`` after each record."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, live: bool) -> None:
         self._started = time.monotonic()
         self._progress = Progress(
             SpinnerColumn(),
@@ -22,7 +22,8 @@ class ProgressLine:
             TimeElapsedColumn(),
             console=console,
             transient=True,  # the summary line replaces it
-            disable=not console.is_terminal,
+            redirect_stdout=False,  # records go to stdout's bytes directly, never through rich
+            disable=not live,
         )
         self._task = self._progress.add_task("starting", total=None)
 

@@ -129,7 +129,9 @@ def run_captioning(
         todo = _skip(items, done, summary)
         records = caption_items(todo, captioner, read, batch_size=settings.batch_size, workers=settings.workers,
                                 stop=stop)
-        with contextlib.closing(records), _first_sigint_sets(stop), ProgressLine(console) as progress:
+        # A live line only on a terminal, and not when records scroll past on that terminal too.
+        live = console.is_terminal and not (settings.output == "-" and _isatty(sys.stdout))
+        with contextlib.closing(records), _first_sigint_sets(stop), ProgressLine(console, live=live) as progress:
             for record in records:
                 _write(writer, record, settings.output)
                 summary.add(record)
@@ -177,6 +179,13 @@ def _close(writer: RecordWriter) -> None:
         _silence_stdout()
     except OSError as exc:
         click.echo(f"Error: closing the output failed: {exc.strerror or exc}", err=True)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _silence_stdout() -> None:
