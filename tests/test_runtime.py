@@ -1,0 +1,173 @@
+"""The onnxruntime Captioner on a tiny exported bundle, and ``capcli info``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from tiny_bundle import FLICKR8K
+
+from capcli.bundle import load_bundle
+from capcli.cli import main
+from capcli.errors import FatalError
+from capcli.images import load
+from capcli.runtime import CPU, CUDA, Captioner, parse_device
+from capcli.text import SPECIALS, detokenize
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle: Path):
+    return load_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def images(bundle) -> np.ndarray:
+    """Four real photos preprocessed the runtime's way (random pixels when the data is absent)."""
+    folder = FLICKR8K / "images"
+    if folder.is_dir():
+        files = sorted(folder.iterdir())[:4]
+        return np.stack([load(str(f), bundle.preprocess).array for f in files])
+    return np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_captions_are_sentences_of_vocabulary_words(bundle, images: np.ndarray, beam: int) -> None:
+    captions = Captioner(bundle, device="cpu", beam=beam).caption(images)
+    assert len(captions) == len(images)
+    for cap in captions:
+        assert 1 <= len(cap.tokens) <= bundle.max_len
+        assert all(t in bundle.vocab.tokens and t not in SPECIALS for t in cap.tokens)
+        assert cap.text == detokenize(cap.tokens) and cap.text.endswith(".") and cap.text[0].isupper()
+        assert np.isfinite(cap.score) and cap.score <= 0
+        assert cap.alphas is not None and cap.alphas.shape == (len(cap.tokens), 8, 8)
+        np.testing.assert_allclose(cap.alphas.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_batch_equals_one_image_at_a_time(bundle, images: np.ndarray, beam: int) -> None:
+    captioner = Captioner(bundle, device="cpu", beam=beam)
+    together = captioner.caption(images)
+    for i, cap in enumerate(together):
+        alone = captioner.caption(images[i : i + 1])[0]
+        assert alone.tokens == cap.tokens
+        assert alone.score == pytest.approx(cap.score, abs=1e-5)
+
+
+def test_greedy_equals_greedy_decoding_in_pytorch(tmp_path: Path, images: np.ndarray) -> None:
+    """onnxruntime + numpy search pick the words PyTorch picks under the same masking rules."""
+    torch = pytest.importorskip("torch")
+    from tiny_bundle import make_tiny_model, tiny_vocab
+
+    from export import export_bundle
+
+    vocab = tiny_vocab()
+    model = make_tiny_model(vocab, "lstm", seed=3)
+    bundle = load_bundle(export_bundle(model, vocab, tmp_path / "b"))
+    captioner = Captioner(bundle, device="cpu", beam=1)
+    ours = captioner.caption(images)
+    for image, cap in zip(images, ours):
+        words: list[int] = []
+        with torch.no_grad():
+            features = model.features(model.backbone_grid(torch.from_numpy(image[None])))  # (1, L, D)
+            keys, state = model.decoder.init(features)
+            token = torch.tensor([vocab.start_id])
+            for t in range(bundle.max_len + 1):
+                logits, state, _ = model.decoder.step(token, state, features, keys)
+                masked = captioner.spec.mask(torch.log_softmax(logits, 1).numpy(), t)
+                token = torch.from_numpy(masked.argmax(axis=1))
+                if int(token) == vocab.end_id:
+                    break
+                words.append(int(token))
+        assert cap.tokens == [vocab.tokens[i] for i in words]
+
+
+def test_max_len_and_threads(bundle, images: np.ndarray) -> None:
+    for cap in Captioner(bundle, device="cpu", beam=2, max_len=2, threads=1).caption(images):
+        assert 1 <= len(cap.tokens) <= 2
+
+
+def test_empty_batch_and_bad_arguments(bundle) -> None:
+    captioner = Captioner(bundle, device="cpu")
+    assert captioner.caption(np.zeros((0, 3, 64, 64), np.float32)) == []
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, 64, 64\)"):
+        captioner.caption(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="beam"):
+        Captioner(bundle, beam=0)
+    with pytest.raises(ValueError, match="device must be"):
+        Captioner(bundle, device="tpu")
+
+
+def test_parse_device() -> None:
+    assert parse_device("auto") == ("auto", 0)
+    assert parse_device("CUDA:1") == ("cuda", 1)
+    for bad in ("cpu:0", "gpu", "cuda:x", ""):
+        with pytest.raises(ValueError):
+            parse_device(bad)
+
+
+def test_cpu_device_uses_only_the_cpu(bundle) -> None:
+    captioner = Captioner(bundle, device="cpu")
+    assert captioner.providers == [CPU] and captioner.device == "cpu" and captioner.cuda_problem is None
+
+
+def test_auto_and_cuda_report_what_happened(bundle, images: np.ndarray) -> None:
+    auto = Captioner(bundle, device="auto", beam=3)
+    if auto.device.startswith("cuda"):  # a GPU machine: CUDA must give the CPU's captions
+        assert auto.providers[0] == CUDA and auto.cuda_problem is None
+        cpu = Captioner(bundle, device="cpu", beam=3).caption(images)
+        gpu = auto.caption(images)
+        assert [c.tokens for c in gpu] == [c.tokens for c in cpu]
+        np.testing.assert_allclose([c.score for c in gpu], [c.score for c in cpu], atol=1e-3)
+        assert Captioner(bundle, device="cuda:0").providers[0] == CUDA
+        return
+    assert auto.providers == [CPU]  # silently on the CPU, but it knows why
+    if CUDA in ort.get_available_providers():
+        assert auto.cuda_problem
+    with pytest.raises(FatalError, match=r"--device cuda: CUDA is not usable: \S"):
+        Captioner(bundle, device="cuda")
+
+
+def test_caption_path_never_imports_torch() -> None:
+    code = (
+        "import sys, capcli.bundle, capcli.runtime, capcli.decode, capcli.cli\n"
+        "bad = [m for m in ('torch', 'onnx', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_info_without_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAPCLI_MODEL", raising=False)
+    monkeypatch.setattr("capcli.bundle.default_bundle_path", lambda: None)
+    result = CliRunner().invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "model:" in result.output and "none" in result.output and "--model PATH" in result.output
+    assert "onnxruntime:" in result.output and "providers_available:" in result.output
+
+
+def test_info_with_a_bundle(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPCLI_MODEL", str(tiny_bundle))
+    result = CliRunner().invoke(main, ["info", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["model"] == str(tiny_bundle) and facts["model_from"] == "$CAPCLI_MODEL"
+    assert facts["vocab_size"] == 107 and facts["decoder"] == "gru" and facts["backbone"] == "tiny"
+    assert facts["grid"] == [8, 8] and facts["providers_used"] == [CPU] and facts["device"] == "cpu"
+    assert facts["onnxruntime"] == ort.__version__ and facts["numpy"] == np.__version__
+    text = CliRunner().invoke(main, ["info", "--model", str(tiny_bundle), "--device", "cpu"]).output
+    assert "vocab_size:" in text and "107" in text and "grid:" in text and "8x8" in text
+
+
+def test_info_with_a_broken_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    (broken / "encoder.onnx").write_bytes(b"junk")
+    result = CliRunner().invoke(main, ["info", "--model", str(broken)])
+    assert result.exit_code == 1
+    assert "encoder.onnx: sha256 mismatch" in result.output
