@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from capcli.bundle import Preprocess
 from capcli.cli import main
 from capcli.cli import options as cli_options
 from capcli.writers import read_records
@@ -30,13 +31,7 @@ from capcli.writers import read_records
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Pre:
-    size: tuple[int, int] = (8, 8)
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    resize: str = "squash"
-    interpolation: str = "bilinear"
+PRE = Preprocess(size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
 @dataclass
@@ -65,7 +60,7 @@ class FakeCaptioner:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCaptioner:
     captioner = FakeCaptioner()
-    monkeypatch.setattr(cli_options, "load_captioner", lambda settings: (captioner, Pre()))
+    monkeypatch.setattr(cli_options, "load_captioner", lambda settings: (captioner, PRE))
     return captioner
 
 
@@ -135,11 +130,17 @@ def test_stdin_list_and_odd_names(tmp_path: Path, fake) -> None:
     assert os.path.exists(record["source"])
 
 
-def test_no_model_is_one_clear_line_exit_1(tmp_path: Path) -> None:
-    result = run("x.jpg", "--model", str(tmp_path / "nope"))
-    assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [f"Error: model bundle '{tmp_path / 'nope'}' (from --model) does not exist"]
-    assert result.stdout == "" and "Traceback" not in result.output
+def test_no_model_is_one_clear_line_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import capcli.bundle
+
+    monkeypatch.delenv("CAPCLI_MODEL", raising=False)
+    monkeypatch.setattr(capcli.bundle, "default_bundle_path", lambda: None)  # as if none were packaged
+    for args in (["x.jpg"], ["x.jpg", "--model", str(tmp_path / "nope")]):
+        result = run(*args)
+        assert result.exit_code == 1
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("Error: ") and ("no model" in line or "nope" in line)
+        assert result.stdout == "" and "Traceback" not in result.output
 
 
 def test_unwritable_output_exit_1(tmp_path: Path, fake) -> None:
@@ -210,10 +211,10 @@ def test_retry_errors_reruns_only_the_failures(tmp_path: Path, fake) -> None:
 FAKE_MAIN = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
-    from test_cli_caption import FakeCaptioner, Pre
+    from test_cli_caption import FakeCaptioner, PRE
     from capcli.cli import main, options
     delay = float({delay!r})
-    options.load_captioner = lambda settings: (FakeCaptioner(on_batch=lambda n: time.sleep(delay)), Pre())
+    options.load_captioner = lambda settings: (FakeCaptioner(on_batch=lambda n: time.sleep(delay)), PRE)
     main(prog_name="capcli")
 """)
 

@@ -16,22 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from capcli import images
+from capcli.bundle import Preprocess
 from capcli.errors import ItemError
 from capcli.images import load, open_rgb, to_array
-
-try:
-    from capcli.bundle import Preprocess
-except ImportError:  # the bundle module lands separately; same fields
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Preprocess:  # type: ignore[no-redef]
-        size: tuple[int, int]
-        mean: tuple[float, ...]
-        std: tuple[float, ...]
-        resize: str = "squash"
-        interpolation: str = "bilinear"
-
 
 PRE = Preprocess(size=(16, 24), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="squash",
                  interpolation="bilinear")

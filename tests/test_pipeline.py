@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from capcli.bundle import Preprocess
 from capcli.errors import FatalError, ItemError
 from capcli.images import Loaded
 from capcli.pipeline import Summary, caption_items, make_reader
@@ -121,8 +122,7 @@ def png_bytes(color=(255, 0, 0)) -> bytes:
     return buf.getvalue()
 
 
-class Pre:
-    size, mean, std, resize, interpolation = (4, 4), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "squash", "bilinear"
+PRE = Preprocess(size=(4, 4), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
 def test_standard_reader_dispatches_files_urls_and_expansion_errors(tmp_path: Path) -> None:
@@ -135,12 +135,12 @@ def test_standard_reader_dispatches_files_urls_and_expansion_errors(tmp_path: Pa
         fetched.append(url)
         return png_bytes((0, 0, 255))
 
-    with_fetch = list(caption_items(iter_items(specs), FakeCaptioner(), make_reader(Pre(), fetch=fetch)))
+    with_fetch = list(caption_items(iter_items(specs), FakeCaptioner(), make_reader(PRE, fetch=fetch)))
     assert [r["status"] for r in with_fetch] == ["ok", "ok", "error", "error"]
     assert [r.get("error_kind") for r in with_fetch[2:]] == ["not_found", "not_found"]
     assert fetched == ["https://example.org/b.png"]
 
-    read = make_reader(Pre())
+    read = make_reader(PRE)
     with pytest.raises(ItemError) as info:
         read(Item(0, "https://x/y.png", url="https://x/y.png"))
     assert info.value.kind == "unsupported_source"
