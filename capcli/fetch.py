@@ -50,10 +50,10 @@ Connector = Callable[[str, int, float], socket.socket]
 class FetchOptions:
     """Limits and policy for one download; every field has a sensible default."""
 
-    timeout_connect: float = 5.0  # seconds per connection attempt
+    timeout_connect: float = 10.0  # seconds per connection attempt
     timeout_read: float = 10.0  # seconds of silence tolerated on a socket
     deadline: float = 30.0  # wall-clock seconds per item: all hops, retries, waits
-    max_bytes: int = 20 * 1024 * 1024  # after Content-Encoding is undone
+    max_bytes: int = 20_000_000  # after Content-Encoding is undone
     retries: int = 2  # extra attempts after a transient failure
     max_redirects: int = 5
     allow_private_network: bool = False
