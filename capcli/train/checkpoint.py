@@ -1,0 +1,83 @@
+"""Training checkpoints: plain dicts of tensors and Python values, written atomically.
+
+A checkpoint loads with ``torch.load(path, weights_only=True)`` (no pickled
+classes).  Keys:
+
+- ``format`` ("capcli-checkpoint"), ``format_version``
+- ``config``: ``ModelConfig.to_dict()``; ``vocab``: the token list (specials first)
+- ``model``: the model's ``state_dict``
+- ``optimizer``, ``scheduler``: their ``state_dict``s; ``rng``: RNG states
+- ``epoch`` (last finished, 1-based), ``step``, ``finished`` (bool)
+- ``options``: the training options (JSON-able dict); ``history``: per-epoch metrics
+- ``best``: {"epoch", "metrics"} of the best dev epoch so far
+- ``provenance``: data set, command, hardware, time and dev metrics with their protocol
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from capcli.errors import FatalError
+from capcli.text import Vocab
+
+FORMAT = "capcli-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (tensors on the CPU); a clear error when it is not one of ours."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FatalError(f"checkpoint not found: {path}") from None
+    except Exception as exc:  # truncated file, pickle refused by weights_only, ...
+        raise FatalError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FatalError(f"{path} is not a capcli checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise FatalError(f"{path}: checkpoint format version {payload.get('format_version')} is not supported")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> tuple[torch.nn.Module, Vocab]:
+    """Rebuild the model (eval mode, CPU) and its vocabulary from a loaded checkpoint."""
+    from capcli.train.model import CaptionModel, ModelConfig
+
+    config = ModelConfig.from_dict(payload["config"])
+    # The state dict holds every weight: skip loading (or downloading) pretrained ones.
+    model = CaptionModel(dataclasses.replace(config, pretrained=False))
+    model.config = config
+    model.load_state_dict(payload["model"])
+    return model.eval(), Vocab(tuple(payload["vocab"]))
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

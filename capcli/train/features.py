@@ -1,0 +1,200 @@
+"""A disk cache of the frozen backbone's output, computed once per image list.
+
+Training never runs the frozen part of the backbone more than once per image:
+its output (the region grid for a fully frozen backbone, or the input of the
+fine-tuned top blocks) is computed in batches, stored as float16
+``<key>.npy`` plus a ``<key>.json`` sidecar, and reused across epochs and runs.
+
+The key hashes everything the numbers depend on: the frozen module's weights,
+the preprocessing, and the image list (path, size, mtime).  Both files are
+written under temporary names and ``os.replace``d, the sidecar last, so a
+half-written cache is never found.  Images that fail to decode get zero rows
+and are listed in the sidecar (``failed``) for the trainer to drop.
+
+Pixels are read with :mod:`capcli.images`, the very code the runtime uses, so
+training and captioning see identical inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from capcli import images
+from capcli.bundle import Preprocess
+from capcli.errors import ItemError
+from capcli.train.backbones import SPECS
+
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "capcli" / "features"
+
+
+def preprocess_for(backbone: str) -> Preprocess:
+    """The bundle-format preprocessing a backbone expects (export writes the same to model.json)."""
+    spec = SPECS[backbone]
+    return Preprocess(size=(spec.image_size, spec.image_size), mean=spec.mean, std=spec.std)
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    array: np.ndarray  # (N, C, h, w) float16, row i = image i
+    failed: tuple[int, ...]  # rows whose image could not be decoded (zeros)
+    path: Path
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(identity: dict[str, Any], preprocess: dict[str, Any], paths: Sequence[Path]) -> str:
+    files = []
+    for path in paths:
+        st = path.stat()
+        files.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"version": FORMAT_VERSION, "module": identity, "preprocess": preprocess, "images": files})
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cached_features(
+    module: nn.Module,
+    identity: dict[str, Any],
+    preprocess: Preprocess,
+    paths: Sequence[Path],
+    *,
+    cache_dir: Path,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 2,
+    console: Console | None = None,
+    label: str = "features",
+) -> CachedFeatures:
+    """``module``'s float16 output for every image in ``paths``, from the cache or computed now.
+
+    ``identity`` names the module (e.g. backbone, cut, weights fingerprint);
+    ``preprocess`` is applied by ``capcli.images`` exactly as at caption time.
+    """
+    pre_dict = preprocess.to_dict()
+    key = cache_key(identity, pre_dict, paths)
+    npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    found = _open(npy, meta, len(paths))
+    if found is not None:
+        if console:
+            console.print(f"{label}: {len(paths):,} images from cache {npy}")
+        return found
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    failed = _compute(module, preprocess, paths, npy, device, batch_size, workers, console, label)
+    sidecar = {"format_version": FORMAT_VERSION, "key": key, "count": len(paths), "failed": failed,
+               "module": identity, "preprocess": pre_dict}  # fmt: skip
+    atomic_write_text(meta, json.dumps(sidecar, indent=1))
+    found = _open(npy, meta, len(paths))
+    assert found is not None
+    return found
+
+
+def _open(npy: Path, meta: Path, count: int) -> CachedFeatures | None:
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        array = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if info.get("format_version") != FORMAT_VERSION or info.get("count") != count or array.shape[0] != count:
+        return None
+    return CachedFeatures(array, tuple(info.get("failed", [])), npy)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path], preprocess: Preprocess) -> None:
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        try:
+            return torch.from_numpy(images.load(str(self.paths[i]), self.preprocess).array), True
+        except ItemError:
+            h, w = self.preprocess.size
+            return torch.zeros(3, h, w), False
+
+
+@torch.inference_mode()
+def _compute(
+    module: nn.Module,
+    preprocess: Preprocess,
+    paths: Sequence[Path],
+    npy: Path,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    console: Console | None,
+    label: str,
+) -> list[int]:
+    module = module.eval().to(device)
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # its own seed source: a cache hit or miss leaves the global RNG alone
+    )  # fmt: skip
+    fd, tmp = tempfile.mkstemp(dir=npy.parent, prefix=npy.stem, suffix=".npy.tmp")
+    os.close(fd)
+    failed: list[int] = []
+    out = None
+    columns = (TextColumn(f"{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console or Console(stderr=True), transient=False) as progress:
+            task = progress.add_task(label, total=len(paths))
+            row = 0
+            for batch, ok in loader:
+                y = module(batch.to(device, non_blocking=True))  # (B, C, h, w)
+                if out is None:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), *y.shape[1:]))
+                y = y.to(torch.float16).cpu().numpy()
+                y[~ok.numpy()] = 0
+                out[row : row + len(y)] = y
+                failed += [row + i for i in np.flatnonzero(~ok.numpy()).tolist()]
+                row += len(y)
+                progress.advance(task, len(y))
+        assert out is not None, "no images to compute features for"
+        out.flush()
+        del out
+        os.replace(tmp, npy)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return failed
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file all at once: temporary file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise

@@ -1,0 +1,538 @@
+"""The training run: data -> vocabulary -> cached features -> epochs -> checkpoints.
+
+One epoch: every training caption once, teacher forcing, cross-entropy over
+the words (padding masked, optional label smoothing) plus the doubly
+stochastic attention penalty ``lambda * mean((1 - sum_t alpha)^2)``, AdamW,
+gradient-norm clipping and a one-cycle learning rate.  After each epoch the
+dev split is captioned with the runtime's own search rules
+(:mod:`capcli.decode`) and scored (BLEU-4, CIDEr-D, Java-free); the best dev
+CIDEr is kept in ``best.pt`` and training stops after ``patience`` epochs
+without a new best.  ``last.pt`` is written after every epoch and ``--resume``
+continues from it exactly as if the run had not stopped.
+
+The frozen part of the backbone runs once per image (:mod:`capcli.train.features`);
+with ``finetune_blocks > 0`` its top stages run in every step on the cached
+input, once per image in the batch, shared by that image's captions.
+
+Run folder: ``last.pt``, ``best.pt``, ``metrics.jsonl`` (one line per epoch),
+``best_dev_captions.jsonl`` (the best epoch's dev captions, ``capcli eval
+--captions`` reads it), ``curves.png`` and ``train.json`` (what ran, on what,
+for how long).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from capcli import __version__, decode
+from capcli.errors import FatalError
+from capcli.metrics import QUICK_PROTOCOL, quick_scores
+from capcli.text import Vocab, detokenize, tokenize
+from capcli.train import checkpoint
+from capcli.train.datasets import Sample, Split, load_split
+from capcli.train.features import (
+    atomic_write_text,
+    cached_features,
+    default_cache_dir,
+    module_fingerprint,
+    preprocess_for,
+)
+from capcli.train.model import CaptionModel, ModelConfig
+
+# Options that describe the machine, not the run: --resume takes them from the new command line.
+LOCAL_OPTIONS = ("out", "device", "workers", "cache_dir")
+LICENCES = {
+    "flickr8k": "Flickr8k: research use only (Hodosh, Young & Hockenmaier 2013); photos from Flickr",
+    "flickr30k": "Flickr30k: research use only; photos from Flickr",
+    "coco": "COCO captions: CC BY 4.0; photos from Flickr under their own licences",
+}
+
+
+@dataclass
+class TrainOptions:
+    dataset: str
+    data: str
+    out: str
+    images: str | None = None
+    # model
+    backbone: str = "efficientnet-lite2"
+    pretrained: bool = True
+    decoder: str = "gru"
+    feature_dim: int = 512
+    attention_dim: int = 512
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    dropout: float = 0.5
+    finetune_blocks: int = 0
+    # text
+    min_count: int = 5
+    max_len: int = 20
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64  # captions per step
+    batch_by: str = "auto"  # "caption" | "image" (all captions of each image together) | "auto"
+    lr: float = 4e-4
+    backbone_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of the steps spent rising to the peak learning rate
+    clip: float = 5.0
+    label_smoothing: float = 0.0
+    attention_penalty: float = 1.0
+    patience: int = 3  # epochs without a better dev CIDEr before stopping; 0 = never stop early
+    dev_beam: int = 1  # dev decoding: 1 = greedy
+    limit: int | None = None  # debug: first N images of each split
+    seed: int = 0
+    # machine
+    device: str = "auto"
+    workers: int = 2
+    cache_dir: str | None = None
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=vocab_size, backbone=self.backbone, pretrained=self.pretrained, decoder=self.decoder,
+            feature_dim=self.feature_dim, attention_dim=self.attention_dim, embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim, dropout=self.dropout, max_len=self.max_len,
+            finetune_blocks=self.finetune_blocks,
+        )  # fmt: skip
+
+
+@dataclass
+class _Data:
+    """One split ready for the model: cached backbone input, captions as ids."""
+
+    samples: list[Sample]
+    inputs: torch.Tensor  # (N_images, C, h, w) float16: the frozen backbone's output
+    captions: torch.Tensor  # (N_captions, max_len + 2) long: <start> words <end> <pad>...
+    lengths: torch.Tensor  # (N_captions,) tokens including <start> and <end>
+    image_of: torch.Tensor  # (N_captions,) image row of each caption
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FatalError("--device cuda: no CUDA GPU is available to torch")
+    return torch.device(name)
+
+
+def train(
+    options: TrainOptions,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) a training run; returns the ``train.json`` record."""
+    console = console or Console(stderr=True)
+    started = time.time()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = checkpoint.load(out / "last.pt") if resume else None
+    if state is not None:
+        saved = TrainOptions(**state["options"])
+        options = dataclasses.replace(saved, **{k: getattr(options, k) for k in LOCAL_OPTIONS})
+    elif (out / "last.pt").exists():
+        raise FatalError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+    device = resolve_device(options.device)
+    torch.manual_seed(options.seed)
+
+    train_split, dev_split = (
+        load_split(options.dataset, Path(options.data), split, Path(options.images) if options.images else None)
+        .limited(options.limit)
+        for split in ("train", "dev")
+    )
+    for split in (train_split, dev_split):
+        console.print(split.describe())
+        if not split.samples:
+            raise FatalError(f"no usable images in the {split.split} split of {split.source}")
+
+    if state is not None:
+        vocab = Vocab(tuple(state["vocab"]))
+        config = ModelConfig.from_dict(state["config"])
+        model = CaptionModel(dataclasses.replace(config, pretrained=False))
+        model.config = config
+        model.load_state_dict(state["model"])
+    else:
+        vocab = Vocab.build((tokenize(c) for s in train_split.samples for c in s.captions), options.min_count)
+        config = options.model_config(len(vocab))
+        model = CaptionModel(config)
+    model.to(device)
+    frozen, tuned = model.frozen_and_trainable_backbone()
+    frozen.requires_grad_(False)
+    console.print(
+        f"vocabulary: {len(vocab):,} tokens (words seen >= {options.min_count} times); "
+        f"backbone {config.backbone}, {options.finetune_blocks} top stages fine-tuned; device {device}"
+    )
+
+    t0 = time.time()
+    identity = {"backbone": config.backbone, "frozen_stages": len(frozen), "weights": module_fingerprint(frozen)}
+    train_data, dev_data = (
+        _prepare(split, vocab, config, frozen, identity, options, device, console) for split in (train_split, dev_split)
+    )
+    feature_seconds = time.time() - t0
+
+    steps_per_epoch = len(list(_batches(train_data, options, config, epoch=1)))
+    optimizer = _optimizer(model, tuned, options)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=options.epochs * steps_per_epoch, pct_start=options.warmup,
+    )  # fmt: skip
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": 0, "metrics": {}}
+    first_epoch, step, finished = 1, 0, False
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.restore_rng(state["rng"])
+        history, best = state["history"], state["best"]
+        first_epoch, step, finished = state["epoch"] + 1, state["step"], state["finished"]
+        console.print(f"resuming after epoch {state['epoch']} (step {step:,})")
+
+    run = _RunInfo(options, train_split, dev_split, device, feature_seconds)
+    if state is not None:  # the run's command and feature time are those of its first session
+        run.command = state["provenance"]["command"]
+        run.feature_seconds += state["provenance"]["feature_seconds"]
+    for epoch in range(first_epoch, options.epochs + 1):
+        if finished:
+            break
+        t_epoch = time.time()
+        train_stats = _train_epoch(model, tuned, train_data, options, config, optimizer, scheduler, epoch, console)
+        step += steps_per_epoch
+        dev_stats, dev_captions = evaluate(model, dev_data, vocab, config, options.dev_beam, options.label_smoothing)
+        record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], **train_stats, **dev_stats,
+                  "seconds": round(time.time() - t_epoch, 1)}  # fmt: skip
+        history.append(record)
+        improved = dev_stats["dev_CIDEr"] > best["metrics"].get("dev_CIDEr", -1.0)
+        if improved:
+            best = {"epoch": epoch, "metrics": dev_stats}
+        finished = epoch == options.epochs or (options.patience > 0 and epoch - best["epoch"] >= options.patience)
+        payload = {
+            "config": config.to_dict(), "vocab": list(vocab.tokens), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
+            "epoch": epoch, "step": step, "finished": finished, "options": dataclasses.asdict(options),
+            "history": history, "best": best, "provenance": run.provenance(history, best),
+        }  # fmt: skip
+        if improved:
+            checkpoint.save(out / "best.pt", payload)
+            _write_jsonl(out / "best_dev_captions.jsonl",
+                         [{"source": source, "caption": text} for source, text in dev_captions.items()])
+        checkpoint.save(out / "last.pt", payload)
+        _write_jsonl(out / "metrics.jsonl", history)
+        console.print(_epoch_line(record, options.epochs, improved))
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    if finished and history and history[-1]["epoch"] < options.epochs:
+        console.print(f"early stop: no better dev CIDEr for {options.patience} epochs")
+
+    from capcli.train.plot import plot_history
+
+    plot_history(history, out / "curves.png", title=f"{options.dataset} · {config.backbone} · {config.decoder}")
+    record = run.record(history, best, time.time() - started, len(vocab))
+    atomic_write_text(out / "train.json", json.dumps(record, indent=2) + "\n")
+    console.print(
+        f"best dev CIDEr {best['metrics'].get('dev_CIDEr', float('nan')):.3f} "
+        f"(BLEU-4 {best['metrics'].get('dev_BLEU-4', float('nan')):.3f}) at epoch {best['epoch']}; "
+        f"checkpoints in {out}"
+    )
+    return record
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+def _prepare(
+    split: Split,
+    vocab: Vocab,
+    config: ModelConfig,
+    frozen: nn.Module,
+    identity: dict[str, Any],
+    options: TrainOptions,
+    device: torch.device,
+    console: Console,
+) -> _Data:
+    cache = cached_features(
+        frozen, identity, preprocess_for(config.backbone), [s.image for s in split.samples],
+        cache_dir=Path(options.cache_dir) if options.cache_dir else default_cache_dir(), device=device,
+        workers=options.workers, console=console, label=f"{split.split} features",
+    )  # fmt: skip
+    failed = set(cache.failed)
+    keep = [i for i in range(len(split.samples)) if i not in failed]
+    if cache.failed:
+        console.print(f"{split.split}: {len(cache.failed):,} images could not be decoded and are left out")
+    samples = [split.samples[i] for i in keep]
+    inputs = torch.from_numpy(np.ascontiguousarray(cache.array[keep]))  # (N, C, h, w) float16
+    rows, image_of = [], []
+    for i, sample in enumerate(samples):
+        for caption in sample.captions:
+            ids = vocab.encode(tokenize(caption)[: config.max_len])
+            rows.append([vocab.start_id, *ids, vocab.end_id])
+            image_of.append(i)
+    width = config.max_len + 2
+    captions = torch.zeros(len(rows), width, dtype=torch.long)  # <pad> = 0
+    for r, ids in enumerate(rows):
+        captions[r, : len(ids)] = torch.tensor(ids)
+    lengths = torch.tensor([len(ids) for ids in rows])
+    return _Data(samples, inputs.to(device), captions.to(device), lengths.to(device),
+                 torch.tensor(image_of).to(device))  # fmt: skip
+
+
+def _batches(data: _Data, options: TrainOptions, config: ModelConfig, epoch: int) -> Iterator[torch.Tensor]:
+    """Caption rows of each step; the order depends only on (seed, epoch), so a resumed run repeats it."""
+    generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+    by = options.batch_by
+    if by == "auto":
+        by = "image" if config.finetune_blocks > 0 else "caption"
+    n_captions, n_images = len(data.captions), len(data.samples)
+    if by == "caption":
+        order = torch.randperm(n_captions, generator=generator)
+        for start in range(0, n_captions, options.batch_size):
+            yield order[start : start + options.batch_size]
+        return
+    # By image: every caption of an image in the same step, so its backbone pass is shared.
+    per_image = max(1, round(options.batch_size * n_images / n_captions))
+    image_of = data.image_of.cpu()
+    by_image = [[] for _ in range(n_images)]
+    for row, image in enumerate(image_of.tolist()):
+        by_image[image].append(row)
+    order = torch.randperm(n_images, generator=generator).tolist()
+    for start in range(0, n_images, per_image):
+        yield torch.tensor([row for image in order[start : start + per_image] for row in by_image[image]])
+
+
+def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Cached frozen output (B, C', h', w') -> region grid (B, L, C) through the tuned stages."""
+    return tuned(inputs).flatten(2).transpose(1, 2)  # (B, L, C)
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA: no loss scaling needed; the CPU stays in float32.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _losses(
+    model: CaptionModel, tuned: nn.Module, data: _Data, rows: torch.Tensor, label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token cross-entropy, attention penalty) for caption ``rows``."""
+    rows = rows.to(data.captions.device)
+    images, local = torch.unique(data.image_of[rows], return_inverse=True)
+    length = int(data.lengths[rows].max())
+    captions = data.captions[rows, :length]  # (B, T)
+    with _autocast(data.captions.device):
+        grid = _grid(tuned, data.inputs[images].float())[local]  # (B, L, C)
+        logits, alphas = model(grid, captions)  # (B, T-1, V), (B, T-1, L)
+    targets = captions[:, 1:]  # (B, T-1)
+    xent = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing)
+    mask = (targets != 0).unsqueeze(2)  # (B, T-1, 1): padding steps attend to nothing
+    coverage = (alphas.float() * mask).sum(dim=1)  # (B, L)
+    return xent, ((1.0 - coverage) ** 2).mean()
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    # Fine-tuned blocks keep their ImageNet statistics: batches of a few images would skew them.
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+# -- optimisation ------------------------------------------------------------------------
+
+
+def _optimizer(model: CaptionModel, tuned: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only; the tuned backbone stages at their own learning rate."""
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    tuned_ids = {id(p) for p in tuned.parameters()}
+    head = [p for p in model.parameters() if id(p) not in backbone_ids]
+    groups = []
+    for params, lr in ((head, options.lr), ([p for p in model.backbone.parameters() if id(p) in tuned_ids],
+                                             options.backbone_lr)):  # fmt: skip
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups += [{"params": decay, "lr": lr, "weight_decay": options.weight_decay},
+                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]  # fmt: skip
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def _train_epoch(
+    model: CaptionModel,
+    tuned: nn.Module,
+    data: _Data,
+    options: TrainOptions,
+    config: ModelConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    console: Console,
+) -> dict[str, float]:
+    model.train()
+    _freeze_batchnorm(model.backbone)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    batches = list(_batches(data, options, config, epoch))
+    total_xent = total_att = 0.0
+    columns = (TextColumn(f"epoch {epoch}/{options.epochs}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("train", total=len(batches), loss="")
+        for i, rows in enumerate(batches):
+            xent, attention = _losses(model, tuned, data, rows, options.label_smoothing)
+            loss = xent + options.attention_penalty * attention
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, options.clip)
+            optimizer.step()
+            scheduler.step()
+            total_xent += xent.item()
+            total_att += attention.item()
+            progress.update(task, advance=1, loss=f"loss {total_xent / (i + 1):.3f}")
+    return {"train_loss": total_xent / len(batches), "train_attention": total_att / len(batches)}
+
+
+# -- dev evaluation ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: CaptionModel,
+    data: _Data,
+    vocab: Vocab,
+    config: ModelConfig,
+    beam: int = 1,
+    label_smoothing: float = 0.0,
+    batch_size: int = 128,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Dev loss (teacher forcing) and BLEU-4/CIDEr of captions decoded like the runtime does.
+
+    Returns ({"dev_loss", "dev_BLEU-4", "dev_CIDEr"}, {image path: caption}).
+    """
+    model.eval()
+    _, tuned = model.frozen_and_trainable_backbone()
+    total, count = 0.0, 0
+    for start in range(0, len(data.captions), 4 * batch_size):
+        rows = torch.arange(start, min(start + 4 * batch_size, len(data.captions)))
+        xent, _ = _losses(model, tuned, data, rows, label_smoothing)
+        total += float(xent) * len(rows)
+        count += len(rows)
+    spec = decode.SearchSpec(vocab.start_id, vocab.end_id, banned=[vocab.pad_id, vocab.start_id, vocab.unk_id],
+                             max_len=config.max_len)  # fmt: skip
+    hypotheses: dict[str, str] = {}
+    for start in range(0, len(data.samples), batch_size):
+        images = torch.arange(start, min(start + batch_size, len(data.samples)), device=data.inputs.device)
+        for i, hyp in zip(images.tolist(), _search(model, tuned, data.inputs[images], spec, beam)):
+            hypotheses[str(data.samples[i].image)] = detokenize(vocab.decode(hyp.ids))
+    references = {str(s.image): list(s.captions) for s in data.samples}
+    scores = quick_scores(references, hypotheses)
+    return {"dev_loss": total / count, **{f"dev_{k}": v for k, v in scores.items()}}, hypotheses
+
+
+def _search(
+    model: CaptionModel, tuned: nn.Module, inputs: torch.Tensor, spec: decode.SearchSpec, beam: int
+) -> list[decode.Hypothesis]:
+    """capcli.decode's greedy/beam search driving the PyTorch decoder step."""
+    device = inputs.device
+    with _autocast(device):
+        features = model.features(_grid(tuned, inputs.float()))  # (B, L, D)
+        keys, state = model.decoder.init(features)  # (B, L, A), each (B, H)
+    names = ("h",) if len(state) == 1 else ("h", "c")
+    if beam > 1:  # rows are image-major: image b owns rows b*K .. b*K+K-1
+        features, keys = features.repeat_interleave(beam, 0), keys.repeat_interleave(beam, 0)
+
+    def step(tokens: np.ndarray, st: decode.State) -> tuple[np.ndarray, decode.State, np.ndarray]:
+        with _autocast(device):
+            logits, new, alpha = model.decoder.step(
+                torch.from_numpy(tokens).to(device), tuple(torch.from_numpy(st[n]).to(device) for n in names),
+                features, keys,
+            )  # fmt: skip
+        logprobs = torch.log_softmax(logits.float(), dim=1)  # (N, V)
+        return logprobs.cpu().numpy(), {n: s.float().cpu().numpy() for n, s in zip(names, new)}, alpha.float().cpu().numpy()
+
+    initial = {n: s.float().cpu().numpy() for n, s in zip(names, state)}
+    if beam > 1:
+        return decode.beam_search(step, initial, spec, beam=beam)
+    return decode.greedy(step, initial, spec)
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+class _RunInfo:
+    """What train.json and the checkpoint's provenance say about the run."""
+
+    def __init__(self, options: TrainOptions, train: Split, dev: Split, device: torch.device, feature_seconds: float):
+        self.options, self.train, self.dev, self.device = options, train, dev, device
+        self.feature_seconds = feature_seconds
+        self.command = " ".join(["capcli", *sys.argv[1:]]) if Path(sys.argv[0]).name == "capcli" else " ".join(sys.argv)
+
+    def hardware(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "device": str(self.device),
+                                "torch": str(torch.__version__), "python": platform.python_version()}  # fmt: skip
+        if self.device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+        return info
+
+    def data(self) -> dict[str, Any]:
+        return {
+            split.split: {"source": split.source, "images": len(split.samples), "captions": split.n_captions,
+                          "missing_images": split.missing_images, "bad_rows": split.bad_rows,
+                          "uncaptioned": split.uncaptioned}  # fmt: skip
+            for split in (self.train, self.dev)
+        }
+
+    def provenance(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "dataset": self.options.dataset, "trained_on": "train", "selected_on": "dev",
+            "data": self.data(), "command": self.command,
+            "training_seconds": round(self.feature_seconds + sum(h["seconds"] for h in history), 1),
+            "feature_seconds": round(self.feature_seconds, 1),
+            "hardware": self.hardware(), "epochs": len(history), "best_epoch": best["epoch"],
+            "dev_metrics": best["metrics"],
+            "dev_protocol": f"{QUICK_PROTOCOL}; {'greedy' if self.options.dev_beam == 1 else f'beam {self.options.dev_beam}'}",
+            "licence": LICENCES.get(self.options.dataset, "see the data set's terms"),
+        }  # fmt: skip
+
+    def record(self, history: list[dict[str, Any]], best: dict[str, Any], seconds: float, vocab_size: int) -> dict:
+        return {
+            "capcli": __version__, "command": self.command, "options": dataclasses.asdict(self.options),
+            "data": self.data(), "vocab_size": vocab_size, "epochs_run": len(history), "best": best,
+            "seconds": {"features": round(self.feature_seconds, 1),
+                        "epochs": round(sum(h["seconds"] for h in history), 1),
+                        "this_session": round(seconds, 1)},
+            "hardware": self.hardware(), "dev_protocol": QUICK_PROTOCOL, "history": history,
+        }  # fmt: skip
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
+    return (
+        f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.3f}  dev loss {record['dev_loss']:.3f}  "
+        f"BLEU-4 {record['dev_BLEU-4']:.3f}  CIDEr {record['dev_CIDEr']:.3f}  lr {record['lr']:.2e}  "
+        f"{record['seconds']:.0f} s" + ("  [best]" if improved else "")
+    )
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

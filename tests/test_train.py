@@ -1,0 +1,131 @@
+"""The training loop on a tiny model and four real photos: it learns, resumes exactly, saves safely."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from capcli.errors import FatalError  # noqa: E402
+from capcli.text import detokenize, tokenize  # noqa: E402
+from capcli.train import checkpoint  # noqa: E402
+from capcli.train.features import cached_features, module_fingerprint, preprocess_for  # noqa: E402
+from capcli.train.loop import TrainOptions, train  # noqa: E402
+
+FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+TINY = dict(backbone="tiny", pretrained=False, feature_dim=32, attention_dim=32, embed_dim=32, hidden_dim=64,
+            min_count=1, workers=0, batch_size=4, lr=1e-2, warmup=0.05, patience=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """4 real photos, one caption each, as a generic CSV whose dev split is copies of the same photos."""
+    if not (FLICKR8K / "captions.txt").is_file():
+        pytest.skip("shared Flickr8k not present")
+    root = tmp_path_factory.mktemp("tiny")
+    lines = (FLICKR8K / "captions.txt").read_text().splitlines()[1:]
+    first: dict[str, str] = {}
+    for line in lines:
+        name, caption = line.split(",", 1)
+        if '"' not in caption and name not in first:
+            first[name] = caption
+        if len(first) == 4:
+            break
+    rows = ["image,caption,split"]
+    for name, caption in first.items():
+        shutil.copyfile(FLICKR8K / "images" / name, root / name)
+        shutil.copyfile(FLICKR8K / "images" / name, root / f"dev-{name}")
+        rows += [f"{name},{caption},train", f"dev-{name},{caption},dev"]
+    (root / "captions.csv").write_text("\n".join(rows) + "\n")
+    return root, {str(root / f"dev-{name}"): caption for name, caption in first.items()}
+
+
+def _options(data: Path, out: Path, cache: Path, **kw) -> TrainOptions:
+    return TrainOptions(dataset="csv", data=str(data), out=str(out), cache_dir=str(cache), **{**TINY, **kw})
+
+
+def test_tiny_model_overfits_four_photos(tiny_data: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    data, dev_captions = tiny_data
+    out = tmp_path / "run"
+    record = train(_options(data, out, tmp_path / "cache", epochs=60, patience=10, dropout=0.0))
+    captions = {json.loads(line)["source"]: json.loads(line)["caption"]
+                for line in (out / "best_dev_captions.jsonl").read_text().splitlines()}  # fmt: skip
+    # Greedy decoding reproduces every training caption (the dev photos are the training photos).
+    assert captions == {k: detokenize(tokenize(v)) for k, v in dev_captions.items()}
+    assert record["best"]["metrics"]["dev_BLEU-4"] > 0.99
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["epoch"] == record["best"]["epoch"] + 10 < 60  # early stop after 10 epochs without gain
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 10
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((out / "train.json").read_text())
+    assert run["data"]["train"]["images"] == 4 and run["hardware"]["torch"] == torch.__version__
+    assert run["vocab_size"] == record["vocab_size"]
+    # The checkpoint is plain data: it loads with weights_only=True and rebuilds the model.
+    payload = torch.load(out / "best.pt", weights_only=True)
+    model, vocab = checkpoint.model_from_checkpoint(payload)
+    assert len(vocab) == model.config.vocab_size and payload["provenance"]["dataset"] == "csv"
+
+
+def test_resume_continues_bit_for_bit(tiny_data: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    data = tiny_data[0]
+    cache = tmp_path / "cache"
+    straight = tmp_path / "straight"
+    train(_options(data, straight, cache, epochs=3, dropout=0.3, batch_size=2))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise Interrupt
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupt):
+        train(_options(data, resumed, cache, epochs=3, dropout=0.3, batch_size=2), on_epoch_end=stop_after_first)
+    assert checkpoint.load(resumed / "last.pt")["epoch"] == 1
+    with pytest.raises(FatalError, match="--resume"):
+        train(_options(data, resumed, cache, epochs=3))
+    # Options come from the checkpoint; the new command line's are ignored except the machine-local ones.
+    train(_options(data, resumed, cache, epochs=99, lr=1.0), resume=True)
+
+    a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(resumed / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    assert a["scheduler"] == b["scheduler"]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_feature_cache_is_keyed_and_reused(tiny_data: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    from capcli.train.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny", pretrained=False)
+    paths = sorted(tiny_data[0].glob("[0-9]*.jpg"))
+    pre = preprocess_for("tiny")
+    identity = {"backbone": "tiny", "weights": module_fingerprint(backbone)}
+    kw = dict(cache_dir=tmp_path, device=torch.device("cpu"), workers=0)
+    first = cached_features(backbone, identity, pre, paths, **kw)
+    assert first.array.shape == (4, 32, 8, 8) and first.array.dtype == np.float16 and not first.failed
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and not any(".tmp" in f for f in files)
+    # Same key: read back, not recomputed (a module that would crash proves it).
+    again = cached_features(torch.nn.Identity(), identity, pre, paths, **kw)
+    assert again.path == first.path and np.array_equal(again.array, first.array)
+    # A different image list is a different entry; a sidecar-less .npy (a crash mid-write) is ignored.
+    other = cached_features(backbone, identity, pre, paths[:2], **kw)
+    assert other.path != first.path and np.array_equal(other.array, first.array[:2])
+    first.path.with_suffix(".json").unlink()
+    rebuilt = cached_features(backbone, identity, pre, paths, **kw)
+    assert np.array_equal(rebuilt.array, first.array)
+    with torch.no_grad():
+        torch.nn.init.zeros_(next(backbone.parameters()))
+    assert module_fingerprint(backbone) != identity["weights"]
