@@ -51,6 +51,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stalled handlers must not hold up teardown
+    request_queue_size = 128  # the default 5 drops bursts of connections: 1 s SYN retries
     owner: LocalServer
 
     def handle_error(self, request: object, client_address: object) -> None:
