@@ -193,6 +193,8 @@ def _attempt(url: str, opts: FetchOptions, deadline: float) -> _Body | str:
         outcome = _exchange(sock, target, url, opts, watch)
     except ssl.SSLCertVerificationError as exc:
         raise ItemError("tls_error", f"certificate rejected: {exc.verify_message}") from exc
+    except zlib.error as exc:  # the server's fault: not retried
+        raise ItemError("protocol_error", f"corrupt compressed body: {exc}") from exc
     except (ItemError, _Transient):
         if watch.fired:
             raise _deadline_error(opts) from None
@@ -313,11 +315,11 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
         if len(body) > max_bytes:
             raise _too_large(max_bytes, "body is larger")
     if declared is not None and received < declared:
-        raise http.client.IncompleteRead(bytes(received), declared - received)
+        raise http.client.IncompleteRead(b"", declared - received)
     if decoder is not None:
         body += decoder.flush()
-        if not decoder.eof:
-            raise http.client.IncompleteRead(b"", None)
+        if not decoder.eof:  # all the framing promised arrived: the data itself is cut
+            raise ItemError("protocol_error", "compressed body ends early")
         if len(body) > max_bytes:
             raise _too_large(max_bytes, "body is larger")
     return bytes(body)

@@ -239,6 +239,13 @@ def test_gzip_encoded_image_is_decoded(server: LocalServer, opts: FetchOptions) 
     assert fetch_bytes(server.url("/gz"), opts) == IMAGE
 
 
+def test_corrupt_gzip_is_a_protocol_error_not_retried(server: LocalServer, opts: FetchOptions) -> None:
+    body = gzip.compress(IMAGE)[:12] + b"garbage" * 10
+    server.routes["/bad"] = lambda h: h.send_body(200, body, "image/png", Content_Encoding="gzip")
+    fails(server.url("/bad"), opts, "protocol_error")
+    assert server.hits["/bad"] == 1
+
+
 def test_redirects_are_followed(server: LocalServer, opts: FetchOptions) -> None:
     server.routes["/a"] = lambda h: h.send_body(302, b"", "text/plain", Location="/b")
     server.routes["/b"] = lambda h: h.send_body(
