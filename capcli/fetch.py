@@ -75,6 +75,12 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class _Body:
+    data: bytes
+    content_type: str | None
+
+
 def fetch_bytes(url: str, options: FetchOptions | None = None) -> bytes:
     """Download one image URL and return its (content-decoded) body.
 
@@ -101,12 +107,6 @@ def fetch_bytes(url: str, options: FetchOptions | None = None) -> bytes:
     raise ItemError(
         "too_many_redirects", f"more than {opts.max_redirects} redirects (last to {current})"
     )
-
-
-@dataclass(frozen=True)
-class _Body:
-    data: bytes
-    content_type: str | None
 
 
 class _RetryBudget:
