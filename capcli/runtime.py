@@ -144,7 +144,10 @@ class Captioner:
             for name, value in state.items():
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
             for name, value in context.items():
-                binding.bind_ortvalue_input(name, value)
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, value)
+                else:
+                    binding.bind_ortvalue_input(name, value)
             for name in self._decoder_outputs:
                 binding.bind_output(name, "cpu")
             self._decoder.run_with_iobinding(binding)
