@@ -30,20 +30,23 @@ def export_checkpoint(
     tolerance: float = DEFAULT_TOLERANCE,
     images: Sequence[str | os.PathLike[str]] = (),
     overwrite: bool = False,
-    provenance: dict[str, Any] | None = None,
+    command: str | None = None,
     report: Callable[[ParityReport], None] = lambda r: None,
 ) -> Path:
     """Export a training checkpoint as a bundle; ParityError (nothing written) above ``tolerance``.
 
     ``images``: photos (or folders) for the parity check; by default the
-    ``images/`` folder of the data set the checkpoint records (``train.data``
-    or ``provenance.data``) when it is there, else random inputs.  ``report`` sees the parity result before the verdict.
+    ``images/`` folder of the data set the checkpoint records
+    (``provenance.data_dir`` or ``.data``, or the same under ``train``) when it
+    is there, else random inputs.  ``command`` is recorded in
+    ``provenance.export``; ``report`` sees the parity result before the verdict.
     """
     ckpt = load_checkpoint(checkpoint)
     images = list(images) or _training_photos(ckpt.extra)
     meta = base_provenance(ckpt.extra)
     meta["checkpoint"] = {"file": Path(checkpoint).name, "sha256": sha256_bytes(Path(checkpoint).read_bytes())}
-    meta.update(provenance or {})
+    if command:
+        meta["export"]["command"] = command
 
     def check(folder: Path) -> dict[str, Any]:
         result = check_parity(ckpt.model, folder, images, tolerance=tolerance)
@@ -61,7 +64,7 @@ def export_checkpoint(
 
 
 def _training_photos(extra: dict[str, Any]) -> list[Path]:
-    for section in ("train", "provenance"):
+    for section in ("provenance", "train"):
         info = extra.get(section)
         if isinstance(info, dict):
             for key in ("data", "data_dir"):

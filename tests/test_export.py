@@ -132,8 +132,8 @@ def test_checkpoint_loader_needs_only_three_keys(tmp_path: Path) -> None:
 
 
 def test_cli_export(tmp_path: Path) -> None:
-    ckpt = make_tiny_checkpoint(tmp_path / "best.pt", "gru", provenance={"dataset": "flickr8k", "licence": "CC"},
-                                train={"epochs": 1})  # fmt: skip
+    provenance = {"dataset": "flickr8k", "licence": "CC", "command": "capcli train ..."}
+    ckpt = make_tiny_checkpoint(tmp_path / "best.pt", "gru", provenance=provenance, train={"epochs": 1})
     out = tmp_path / "models" / "f8k"
     args = ["export", str(ckpt), "-o", str(out)] + [a for p in REAL for a in ("--check-images", str(p))]
     result = CliRunner().invoke(main, args)
@@ -142,7 +142,8 @@ def test_cli_export(tmp_path: Path) -> None:
     prov = load_bundle(out).provenance
     assert prov["dataset"] == "flickr8k" and prov["licence"] == "CC" and prov["train"] == {"epochs": 1}
     assert prov["checkpoint"] == {"file": "best.pt", "sha256": sha256_bytes(ckpt.read_bytes())}
-    assert prov["command"].startswith("capcli export ")
+    assert prov["command"] == "capcli train ..."  # the training command is kept
+    assert prov["export"]["command"].startswith("capcli export ")
     assert prov["parity"]["tolerance"] == 1e-3
 
     again = CliRunner().invoke(main, args)

@@ -44,7 +44,7 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     try:
         path = export_checkpoint(
             checkpoint, out_dir, opset=opset, tolerance=tolerance, images=images, overwrite=force,
-            provenance={"command": shlex.join(command)},
+            command=shlex.join(command),
             report=lambda r: click.echo("\n".join(r.lines()), err=True),
         )  # fmt: skip
     except CapcliError as exc:
