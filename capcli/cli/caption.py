@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from capcli.cli import main
+from capcli.cli.fetchopts import fetch_from, fetch_options
 from capcli.cli.options import EXIT_CODES_HELP, CaptionSettings, caption_options, run_captioning
 from capcli.sources import iter_items
 
@@ -12,6 +13,7 @@ from capcli.sources import iter_items
 @main.command("caption", epilog=EXIT_CODES_HELP)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @caption_options
+@fetch_options
 @click.pass_context
 def caption(ctx: click.Context, inputs: tuple[str, ...], **options: object) -> None:
     """Caption images; one JSONL/CSV record per input, in input order.
@@ -31,7 +33,6 @@ def caption(ctx: click.Context, inputs: tuple[str, ...], **options: object) -> N
     """
     if inputs.count("-") > 1:
         raise click.UsageError("- (stdin) can be given only once")
-    from capcli.fetch import fetch_bytes  # URL arguments are downloaded with the default limits
-
-    status = run_captioning(iter_items(inputs), CaptionSettings(**options), fetch=fetch_bytes)
+    fetch = fetch_from(options)  # removes the download options from ``options``
+    status = run_captioning(iter_items(inputs), CaptionSettings(**options), fetch=fetch)
     ctx.exit(int(status))
