@@ -115,9 +115,10 @@ def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> 
 
     ``state`` holds the initial state per image, (B, ...); it is repeated here.
     Per image, every step ranks all ``beam x V`` extensions of its live
-    hypotheses by raw log-probability; <end> extensions are set aside as
-    finished (the best one per image is kept), the best ``beam`` others live
-    on.  An image is done once it holds ``beam`` finished hypotheses and its
+    hypotheses by raw log-probability; <end> extensions ranked within the best
+    ``beam`` are set aside as finished (the best one per image is kept; as in
+    fairseq, so beam 1 is exactly greedy), the best ``beam`` word extensions
+    live on.  An image is done once it holds ``beam`` finished hypotheses and its
     best live one, normalised at its current length, no longer beats the best
     finished one.  Each image returns its best finished hypothesis, or its best
     partial one when none could end.
