@@ -47,3 +47,64 @@ def test_coco_protocol() -> None:
     mixed = coco_scores(REFS, {"a.jpg": "", "b.jpg": REFS["b.jpg"][1], "c.jpg": "A dog ."}, meteor=False)
     assert "METEOR" not in mixed
     assert 0.0 < mixed["CIDEr"] < perfect["CIDEr"] and mixed["BLEU-1"] < 1.0
+
+
+@pytest.fixture
+def flickr_dev(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    lines = ["image,caption"]
+    for name, refs in REFS.items():
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
+        lines += [f"{name},{r}" for r in refs]
+    (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "Flickr_8k.devImages.txt").write_text("\n".join(REFS) + "\n")
+    return tmp_path
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+def test_eval_scores_a_captions_file(flickr_dev, tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+
+    # capcli's own CSV output: full paths, one error record, one row of another data set.
+    out = tmp_path / "captions.csv"
+    out.write_text(
+        "index,source,status,caption,score,error_kind,error,n_frames\n"
+        f"0,{flickr_dev / 'images' / 'a.jpg'},ok,{REFS['a.jpg'][0]},-1.0,,,\n"
+        f"1,{flickr_dev / 'images' / 'b.jpg'},error,,,decode_error,broken,\n"
+        "2,elsewhere/zzz.jpg,ok,A cat.,-1.0,,,\n"
+    )
+    args = ["eval", "--captions", str(out), "--dataset", "flickr8k", "--data", str(flickr_dev), "--no-meteor",
+            "--json-out", str(tmp_path / "report.json")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["protocol"]["images"] == 1 and report["protocol"]["split_images"] == 3
+    assert report["protocol"]["images_failed"] == {"decode_error": 1}
+    assert report["metrics"]["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    assert "dev: 1 of 3 images, 2 references" in result.stdout and "BLEU-4   1.000" in result.stdout
+    assert "1 rows" in result.stderr and "2 images of the split have no caption" in result.stderr
+
+    # A plain image,caption JSONL matched by file name; identical to the quick (Java-free) direction.
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"image": k, "caption": "A dog is running ."}) + "\n" for k in REFS))
+    result = CliRunner().invoke(main, [*args[:2], str(plain), *args[3:]])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["protocol"]["images"] == 3 and 0 < report["metrics"]["CIDEr"] < 1
+
+
+def test_eval_needs_a_usable_split(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+
+    (tmp_path / "c.jsonl").write_text("")
+    result = CliRunner().invoke(main, ["eval", "--captions", str(tmp_path / "c.jsonl"), "--dataset", "flickr8k",
+                                       "--data", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 1 and "captions file not found" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,15 @@ from capcli.train.loop import TrainOptions, train  # noqa: E402
 FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 TINY = dict(backbone="tiny", pretrained=False, feature_dim=32, attention_dim=32, embed_dim=32, hidden_dim=64,
             min_count=1, workers=0, batch_size=4, lr=1e-2, warmup=0.05, patience=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run several times faster on one thread than on two busy shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +59,19 @@ def _options(data: Path, out: Path, cache: Path, **kw) -> TrainOptions:
     return TrainOptions(dataset="csv", data=str(data), out=str(out), cache_dir=str(cache), **{**TINY, **kw})
 
 
-def test_tiny_model_overfits_four_photos(tiny_data: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    data, dev_captions = tiny_data
-    out = tmp_path / "run"
-    record = train(_options(data, out, tmp_path / "cache", epochs=60, patience=10, dropout=0.0))
-    captions = {json.loads(line)["source"]: json.loads(line)["caption"]
-                for line in (out / "best_dev_captions.jsonl").read_text().splitlines()}  # fmt: skip
+@pytest.fixture(scope="module")
+def overfit_run(tiny_data: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny model trained until it has memorised the four photos' captions."""
+    root = tmp_path_factory.mktemp("overfit")
+    record = train(_options(tiny_data[0], root / "run", root / "cache", epochs=60, patience=10, dropout=0.0))
+    return root / "run", record
+
+
+def test_tiny_model_overfits_four_photos(tiny_data: tuple[Path, dict[str, str]], overfit_run: tuple[Path, dict]) -> None:
+    out, record = overfit_run
+    captions = _read_captions(out / "best_dev_captions.jsonl")
     # Greedy decoding reproduces every training caption (the dev photos are the training photos).
-    assert captions == {k: detokenize(tokenize(v)) for k, v in dev_captions.items()}
+    assert captions == {k: detokenize(tokenize(v)) for k, v in tiny_data[1].items()}
     assert record["best"]["metrics"]["dev_BLEU-4"] > 0.99
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["epoch"] == record["best"]["epoch"] + 10 < 60  # early stop after 10 epochs without gain
@@ -69,6 +84,35 @@ def test_tiny_model_overfits_four_photos(tiny_data: tuple[Path, dict[str, str]],
     payload = torch.load(out / "best.pt", weights_only=True)
     model, vocab = checkpoint.model_from_checkpoint(payload)
     assert len(vocab) == model.config.vocab_size and payload["provenance"]["dataset"] == "csv"
+
+
+def test_export_and_runtime_caption_like_training(
+    tiny_data: tuple[Path, dict[str, str]], overfit_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """best.pt -> capcli export -> capcli eval --beam 1: the ONNX runtime writes the training loop's captions."""
+    pytest.importorskip("onnx")
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+
+    out, _ = overfit_run
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(out / "best.pt"), "-o", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    args = ["eval", "--model", str(tmp_path / "bundle"), "--dataset", "csv", "--data", str(tiny_data[0]),
+            "--beam", "1", "--no-meteor", "--captions-out", str(tmp_path / "captions.jsonl"),
+            "--json-out", str(tmp_path / "eval.json")]  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert _read_captions(tmp_path / "captions.jsonl") == _read_captions(out / "best_dev_captions.jsonl")
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["metrics"]["BLEU-4"] > 0.99 and report["protocol"]["beam"] == 1
+    assert "BLEU-4   1.000" in result.stdout
+
+
+def _read_captions(path: Path) -> dict[str, str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {row["source"]: row["caption"] for row in rows}
 
 
 def test_resume_continues_bit_for_bit(tiny_data: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
@@ -129,3 +173,19 @@ def test_feature_cache_is_keyed_and_reused(tiny_data: tuple[Path, dict[str, str]
     with torch.no_grad():
         torch.nn.init.zeros_(next(backbone.parameters()))
     assert module_fingerprint(backbone) != identity["weights"]
+
+
+def test_finetuning_trains_only_the_top_stages(tiny_data: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    from capcli.train.backbones import build_backbone
+
+    out = tmp_path / "run"
+    train(_options(tiny_data[0], out, tmp_path / "cache", epochs=2, finetune_blocks=1, backbone_lr=1e-2))
+    state = checkpoint.load(out / "last.pt")["model"]
+    torch.manual_seed(0)  # the run's seed: the same initial backbone
+    initial = {f"backbone.{k}": v for k, v in build_backbone("tiny", pretrained=False).state_dict().items()}
+    changed = {k for k, v in initial.items() if not torch.equal(v, state[k])}
+    assert changed == {"backbone.stages.2.0.weight", "backbone.stages.2.0.bias"}  # the last of three stages
+    # The cache holds the frozen stages' output (32 channels at 16x16), not the final 8x8 grid.
+    sidecars = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]
+    assert {s["module"]["frozen_stages"] for s in sidecars} == {2}
+    assert np.load(next((tmp_path / "cache").glob("*.npy"))).shape[1:] == (32, 16, 16)

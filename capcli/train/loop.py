@@ -139,12 +139,14 @@ def train(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) a training run; returns the ``train.json`` record."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     started = time.time()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     state = checkpoint.load(out / "last.pt") if resume else None
     if state is not None:
+        if state["finished"]:
+            raise FatalError(f"the run in {out} has already finished (epoch {state['epoch']}): nothing to resume")
         saved = TrainOptions(**state["options"])
         options = dataclasses.replace(saved, **{k: getattr(options, k) for k in LOCAL_OPTIONS})
     elif (out / "last.pt").exists():
@@ -195,13 +197,13 @@ def train(
     )  # fmt: skip
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "metrics": {}}
-    first_epoch, step, finished = 1, 0, False
+    first_epoch, step = 1, 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         checkpoint.restore_rng(state["rng"])
         history, best = state["history"], state["best"]
-        first_epoch, step, finished = state["epoch"] + 1, state["step"], state["finished"]
+        first_epoch, step = state["epoch"] + 1, state["step"]
         console.print(f"resuming after epoch {state['epoch']} (step {step:,})")
 
     run = _RunInfo(options, train_split, dev_split, device, feature_seconds)
@@ -209,13 +211,11 @@ def train(
         run.command = state["provenance"]["command"]
         run.feature_seconds += state["provenance"]["feature_seconds"]
     for epoch in range(first_epoch, options.epochs + 1):
-        if finished:
-            break
         t_epoch = time.time()
         train_stats = _train_epoch(model, tuned, train_data, options, config, optimizer, scheduler, epoch, console)
         step += steps_per_epoch
         dev_stats, dev_captions = evaluate(model, dev_data, vocab, config, options.dev_beam, options.label_smoothing)
-        record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], **train_stats, **dev_stats,
+        record = {"epoch": epoch, "step": step, **train_stats, **dev_stats,
                   "seconds": round(time.time() - t_epoch, 1)}  # fmt: skip
         history.append(record)
         improved = dev_stats["dev_CIDEr"] > best["metrics"].get("dev_CIDEr", -1.0)
@@ -234,10 +234,12 @@ def train(
                          [{"source": source, "caption": text} for source, text in dev_captions.items()])
         checkpoint.save(out / "last.pt", payload)
         _write_jsonl(out / "metrics.jsonl", history)
-        console.print(_epoch_line(record, options.epochs, improved))
+        console.print(_epoch_line(record, options.epochs, improved), markup=False, highlight=False)
         if on_epoch_end is not None:
             on_epoch_end(record)
-    if finished and history and history[-1]["epoch"] < options.epochs:
+        if finished:
+            break
+    if history[-1]["epoch"] < options.epochs:
         console.print(f"early stop: no better dev CIDEr for {options.patience} epochs")
 
     from capcli.train.plot import plot_history
@@ -386,7 +388,8 @@ def _train_epoch(
     total_xent = total_att = 0.0
     columns = (TextColumn(f"epoch {epoch}/{options.epochs}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))  # fmt: skip
-    with Progress(*columns, console=console, transient=True) as progress:
+    lr = 0.0
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("train", total=len(batches), loss="")
         for i, rows in enumerate(batches):
             xent, attention = _losses(model, tuned, data, rows, options.label_smoothing)
@@ -394,12 +397,13 @@ def _train_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, options.clip)
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             total_xent += xent.item()
             total_att += attention.item()
             progress.update(task, advance=1, loss=f"loss {total_xent / (i + 1):.3f}")
-    return {"train_loss": total_xent / len(batches), "train_attention": total_att / len(batches)}
+    return {"lr": lr, "train_loss": total_xent / len(batches), "train_attention": total_att / len(batches)}
 
 
 # -- dev evaluation ----------------------------------------------------------------------------
@@ -495,7 +499,7 @@ class _RunInfo:
     def provenance(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         return {
             "dataset": self.options.dataset, "trained_on": "train", "selected_on": "dev",
-            "data": self.data(), "command": self.command,
+            "data": self.data(), "data_dir": self.options.data, "command": self.command,
             "training_seconds": round(self.feature_seconds + sum(h["seconds"] for h in history), 1),
             "feature_seconds": round(self.feature_seconds, 1),
             "hardware": self.hardware(), "epochs": len(history), "best_epoch": best["epoch"],

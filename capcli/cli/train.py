@@ -1,0 +1,93 @@
+"""``capcli train``: a captioned image data set -> checkpoints in a run folder."""
+
+from __future__ import annotations
+
+import click
+
+from capcli.cli import main
+from capcli.errors import CapcliError, ExitStatus
+
+DATASET_KINDS = ("flickr8k", "flickr30k", "coco", "karpathy", "csv")  # as capcli.train.datasets.DATASETS
+
+
+@main.command("train")
+@click.option("--dataset", type=click.Choice(DATASET_KINDS), required=True, help="Annotation format of --data.")
+@click.option("--data", type=click.Path(exists=True), required=True,
+              help="Data set folder (or its annotation file).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder holding the photos [default: found beside the annotations].")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Run folder: checkpoints, metrics.jsonl, curves.png, train.json.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt with its saved settings.")
+@click.option("--backbone", default="efficientnet-lite2", show_default=True,
+              help="efficientnet-lite0|efficientnet-lite2|torchvision:resnet50|torchvision:efficientnet_b0|"
+                   "torchvision:inception_v3|tiny.")
+@click.option("--no-pretrained", is_flag=True, help="Random backbone weights instead of ImageNet ones.")
+@click.option("--decoder", type=click.Choice(["gru", "lstm"]), default="gru", show_default=True)
+@click.option("--hidden-dim", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--embed-dim", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--attention-dim", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--feature-dim", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.5, show_default=True)
+@click.option("--finetune-blocks", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train the backbone's top K stages too (at --backbone-lr); the rest stays frozen and cached.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Captions per step.")
+@click.option("--batch-by", type=click.Choice(["auto", "caption", "image"]), default="auto", show_default=True,
+              help="Shuffle captions, or images with all their captions together (auto: image when fine-tuning).")
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True,
+              help="Peak learning rate of the one-cycle schedule.")
+@click.option("--backbone-lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-4, show_default=True,
+              help="Peak learning rate of fine-tuned backbone stages.")
+@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.01, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Fraction of the steps spent rising to the peak learning rate.")
+@click.option("--clip", type=click.FloatRange(min=0.0, min_open=True), default=5.0, show_default=True,
+              help="Gradient norm clipping.")
+@click.option("--label-smoothing", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+@click.option("--attention-penalty", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="Weight of the doubly stochastic attention penalty.")
+@click.option("--min-count", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Keep words seen at least this often in the training captions.")
+@click.option("--max-len", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Longest caption in words; longer training captions are cut.")
+@click.option("--patience", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Stop after this many epochs without a better dev CIDEr (0: never).")
+@click.option("--dev-beam", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Beam width of the per-epoch dev captions (1: greedy).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Debug: only the first N images of each split.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Processes decoding images for the feature cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Feature cache folder [default: ~/.cache/capcli/features].")
+@click.pass_context
+def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **options: object) -> None:
+    """Train a captioning model on a data set's train split, selecting on its dev split.
+
+    \b
+    Frozen backbone features are computed once and cached; each epoch prints
+    the training loss and the dev BLEU-4 / CIDEr (Java-free quick scores of
+    captions decoded like the runtime does). best.pt (best dev CIDEr) and
+    last.pt are written after every epoch; --resume continues a stopped run.
+
+    \b
+    Example:
+      capcli train --dataset flickr8k --data ../shared/data/flickr8k --out runs/f8k
+      capcli export runs/f8k/best.pt -o models/f8k
+    """
+    try:
+        from capcli.train.loop import TrainOptions, train
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"training needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
+        ) from None
+    try:
+        train(TrainOptions(pretrained=not no_pretrained, **options), resume=resume)  # type: ignore[arg-type]
+    except CapcliError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(int(ExitStatus.FATAL))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; continue with: capcli train --out {options['out']} --resume", err=True)
+        ctx.exit(int(ExitStatus.INTERRUPTED))

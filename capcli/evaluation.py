@@ -1,0 +1,172 @@
+"""``capcli eval``: caption a data set split with a bundle (or read captions) and score them.
+
+Hypotheses come either from running a bundle over the split's images
+(:func:`caption_split`, the same read/batch/decode pipeline as ``capcli
+caption``) or from an existing captions file (:func:`read_hypotheses`:
+capcli's JSONL/CSV output, or any ``image,caption`` CSV/JSONL).  They are
+scored with the standard protocol (:func:`capcli.metrics.coco_scores`), and
+the report states that protocol beside the numbers.
+
+No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capcli.errors import FatalError
+from capcli.metrics import METRICS, PROTOCOL, coco_scores
+from capcli.train.datasets import Split
+from capcli.writers import COLUMNS, read_records
+
+
+@dataclass
+class Hypotheses:
+    captions: dict[str, str]  # str(image path) -> caption, for images of the split
+    failed: Counter[str] = field(default_factory=Counter)  # error kind -> images that got no caption
+    unmatched: int = 0  # captions-file rows naming no image of the split
+
+
+@dataclass
+class Report:
+    metrics: dict[str, float]
+    protocol: dict[str, Any]
+
+    def lines(self) -> list[str]:
+        p = self.protocol
+        scored = f"{p['images']:,}" + (f" of {p['split_images']:,}" if p["split_images"] != p["images"] else "")
+        head = f"{p['dataset']} {p['split']}: {scored} images, {p['references']:,} references"
+        how = f"beam {p['beam']}" if "beam" in p else f"captions from {p['captions']}"
+        out = [head, f"{how}; {PROTOCOL}"]
+        out += [f"{name:<8} {self.metrics[name]:.3f}" for name in METRICS if name in self.metrics]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "protocol": self.protocol}
+
+
+def score(split: Split, hypotheses: Hypotheses, protocol: dict[str, Any], meteor: bool = True) -> Report:
+    """Score the hypotheses against every reference of their images."""
+    if not hypotheses.captions:
+        raise FatalError(f"no captions to score for the {split.split} split of {split.dataset}")
+    references = {str(s.image): list(s.captions) for s in split.samples}
+    refs = {k: references[k] for k in hypotheses.captions}
+    metrics = coco_scores(refs, hypotheses.captions, meteor=meteor)
+    protocol = {
+        "dataset": split.dataset, "split": split.split, "images": len(hypotheses.captions),
+        "split_images": len(split.samples), "references": sum(len(r) for r in refs.values()),
+        **protocol, "scorer": PROTOCOL,
+    }  # fmt: skip
+    if hypotheses.failed:
+        protocol["images_failed"] = dict(hypotheses.failed)
+    return Report(metrics, protocol)
+
+
+def caption_split(
+    split: Split,
+    model: str | None,
+    *,
+    beam: int = 3,
+    max_len: int | None = None,
+    length_penalty: float = 0.7,
+    device: str = "auto",
+    batch_size: int = 16,
+    workers: int = 2,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Hypotheses, dict[str, Any]]:
+    """Caption every image of ``split`` with a bundle; (hypotheses, protocol facts)."""
+    from capcli.bundle import load_bundle
+    from capcli.pipeline import caption_items, make_reader
+    from capcli.runtime import Captioner
+    from capcli.sources import Item
+
+    bundle = load_bundle(model)
+    captioner = Captioner(bundle, device=device, beam=beam, max_len=max_len, length_penalty=length_penalty)
+    items = (Item(index=i, source=str(s.image), path=str(s.image)) for i, s in enumerate(split.samples))
+    result = Hypotheses({})
+    for record in caption_items(items, captioner, make_reader(bundle.preprocess), batch_size=batch_size,
+                                workers=workers):  # fmt: skip
+        if record["status"] == "ok":
+            result.captions[record["source"]] = record["caption"]
+        else:
+            result.failed[record["error_kind"]] += 1
+        if on_record is not None:
+            on_record(record)
+    protocol = {"model": str(bundle.path), "beam": beam, "length_penalty": length_penalty,
+                "max_len": captioner.spec.max_len, "device": captioner.device}  # fmt: skip
+    return result, protocol
+
+
+def read_hypotheses(path: Path, split: Split) -> Hypotheses:
+    """Captions from a capcli output (JSONL/CSV) or an ``image,caption`` file, matched to the split's images.
+
+    A row's ``source`` (or ``image``) matches an image by its path as the data
+    set names it, its absolute path, or its file name when that is unique.
+    """
+    index: dict[str, str] = {}
+    names = Counter(s.image.name for s in split.samples)
+    for s in split.samples:
+        key = str(s.image)
+        index[key] = index[str(s.image.resolve())] = key
+        if names[s.image.name] == 1:
+            index[s.image.name] = key
+    result = Hypotheses({})
+    for source, caption, status, kind in _rows(path):
+        key = index.get(source) or index.get(str(Path(source).resolve())) or index.get(Path(source).name)
+        if key is None:
+            result.unmatched += 1
+        elif status == "ok" and isinstance(caption, str):
+            result.captions[key] = caption
+        else:
+            result.failed[kind or "error"] += 1
+    return result
+
+
+def _rows(path: Path) -> Iterator[tuple[str, Any, str, str | None]]:
+    """(source, caption, status, error kind) of every row."""
+    try:
+        if path.suffix.lower() == ".csv":
+            yield from _csv_rows(path)
+        else:
+            yield from _jsonl_rows(path)
+    except OSError as exc:
+        raise FatalError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Any, str, str | None]]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        header = next(csv.reader(f), [])
+    if tuple(header[: len(COLUMNS)]) == COLUMNS:  # capcli's own CSV (formula guard undone)
+        rows: list[dict[str, Any]] = read_records(str(path), "csv", tuple(header))
+    else:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            rows = list(csv.DictReader(f))
+    for row in rows:
+        yield _row(row, path)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any, str, str | None]]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise FatalError(f"{path}: line {number} is not JSON") from None
+            if not isinstance(row, dict):
+                raise FatalError(f"{path}: line {number} is not a JSON object")
+            yield _row(row, path)
+
+
+def _row(row: dict[str, Any], path: Path) -> tuple[str, Any, str, str | None]:
+    source = row.get("source") or row.get("image")
+    if not isinstance(source, str) or "caption" not in row:
+        raise FatalError(f"{path}: every row needs 'source' (or 'image') and 'caption'")
+    return source, row.get("caption"), row.get("status") or "ok", row.get("error_kind")
