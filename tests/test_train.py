@@ -160,7 +160,7 @@ def test_feature_cache_is_keyed_and_reused(tiny_data: tuple[Path, dict[str, str]
     first = cached_features(backbone, identity, pre, paths, **kw)
     assert first.array.shape == (4, 32, 8, 8) and first.array.dtype == np.float16 and not first.failed
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and not any(".tmp" in f for f in files)
+    assert len(files) == 2 and not any(".tmp" in f for f in files)  # <key>.npy and <key>.json
     # Same key: read back, not recomputed (a module that would crash proves it).
     again = cached_features(torch.nn.Identity(), identity, pre, paths, **kw)
     assert again.path == first.path and np.array_equal(again.array, first.array)
@@ -170,6 +170,11 @@ def test_feature_cache_is_keyed_and_reused(tiny_data: tuple[Path, dict[str, str]
     first.path.with_suffix(".json").unlink()
     rebuilt = cached_features(backbone, identity, pre, paths, **kw)
     assert np.array_equal(rebuilt.array, first.array)
+    # An image that does not decode gets a zero row and is listed, not a crash.
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    mixed = cached_features(backbone, identity, pre, [paths[0], broken, paths[1]], **kw)
+    assert mixed.failed == (1,) and not mixed.array[1].any() and np.array_equal(mixed.array[2], first.array[1])
     with torch.no_grad():
         torch.nn.init.zeros_(next(backbone.parameters()))
     assert module_fingerprint(backbone) != identity["weights"]

@@ -60,6 +60,8 @@ DATASET_KINDS = ("flickr8k", "flickr30k", "coco", "karpathy", "csv")  # as capcl
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Processes decoding images for the feature cache.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch [default: torch's choice]; 1 can be faster on a busy machine.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder [default: ~/.cache/capcli/features].")
 @click.pass_context

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from capcli import images
 from capcli.bundle import Preprocess
 from capcli.errors import ItemError
 from capcli.train.backbones import SPECS
+from capcli.train.checkpoint import atomic_write_text, temp_sibling
 
 FORMAT_VERSION = 1
 
@@ -53,7 +53,7 @@ def preprocess_for(backbone: str) -> Preprocess:
 
 @dataclass(frozen=True)
 class CachedFeatures:
-    array: np.ndarray  # (N, C, h, w) float16, row i = image i
+    array: np.ndarray  # (N, C, h, w) float16 memory map, row i = image i
     failed: tuple[int, ...]  # rows whose image could not be decoded (zeros)
     path: Path
 
@@ -64,7 +64,7 @@ def module_fingerprint(module: nn.Module) -> str:
     for name, tensor in module.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -118,7 +118,7 @@ def _open(npy: Path, meta: Path, count: int) -> CachedFeatures | None:
         return None
     try:
         info = json.loads(meta.read_text())
-        array = np.load(npy, mmap_mode="r")
+        array = np.load(npy, mmap_mode="c")  # copy-on-write: torch can wrap it; the file is never changed
     except (OSError, ValueError):
         return None
     if info.get("format_version") != FORMAT_VERSION or info.get("count") != count or array.shape[0] != count:
@@ -159,8 +159,7 @@ def _compute(
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # its own seed source: a cache hit or miss leaves the global RNG alone
     )  # fmt: skip
-    fd, tmp = tempfile.mkstemp(dir=npy.parent, prefix=npy.stem, suffix=".npy.tmp")
-    os.close(fd)
+    tmp = temp_sibling(npy)
     failed: list[int] = []
     out = None
     columns = (TextColumn(f"{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -183,18 +182,5 @@ def _compute(
         del out
         os.replace(tmp, npy)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
     return failed
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file all at once: temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise

@@ -46,8 +46,8 @@ from capcli.metrics import QUICK_PROTOCOL, quick_scores
 from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint
 from capcli.train.datasets import Sample, Split, load_split
+from capcli.train.checkpoint import atomic_write_text
 from capcli.train.features import (
-    atomic_write_text,
     cached_features,
     default_cache_dir,
     module_fingerprint,
@@ -56,7 +56,7 @@ from capcli.train.features import (
 from capcli.train.model import CaptionModel, ModelConfig
 
 # Options that describe the machine, not the run: --resume takes them from the new command line.
-LOCAL_OPTIONS = ("out", "device", "workers", "cache_dir")
+LOCAL_OPTIONS = ("out", "device", "workers", "threads", "cache_dir")
 LICENCES = {
     "flickr8k": "Flickr8k: research use only (Hodosh, Young & Hockenmaier 2013); photos from Flickr",
     "flickr30k": "Flickr30k: research use only; photos from Flickr",
@@ -101,6 +101,7 @@ class TrainOptions:
     # machine
     device: str = "auto"
     workers: int = 2
+    threads: int | None = None  # torch CPU threads; None: torch's default
     cache_dir: str | None = None
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -116,11 +117,17 @@ class TrainOptions:
 class _Data:
     """One split ready for the model: cached backbone input, captions as ids."""
 
-    samples: list[Sample]
-    inputs: torch.Tensor  # (N_images, C, h, w) float16: the frozen backbone's output
+    samples: list[Sample]  # the images that decoded
+    cache: torch.Tensor  # (N_cached, C, h, w) float16 frozen-backbone output: in GPU memory, or a CPU memory map
+    rows: torch.Tensor  # (N_images,) cache row of each sample
     captions: torch.Tensor  # (N_captions, max_len + 2) long: <start> words <end> <pad>...
     lengths: torch.Tensor  # (N_captions,) tokens including <start> and <end>
-    image_of: torch.Tensor  # (N_captions,) image row of each caption
+    image_of: torch.Tensor  # (N_captions,) sample index of each caption
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Cached frozen output of samples ``images`` as float32 on the training device."""
+        x = self.cache[self.rows[images.to(self.rows.device)]]  # (B, C, h, w) float16
+        return x.to(self.captions.device, non_blocking=True).float()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,6 +159,8 @@ def train(
     elif (out / "last.pt").exists():
         raise FatalError(f"{out} already holds a run: continue it with --resume, or choose another --out")
     device = resolve_device(options.device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
 
     train_split, dev_split = (
@@ -165,11 +174,8 @@ def train(
             raise FatalError(f"no usable images in the {split.split} split of {split.source}")
 
     if state is not None:
-        vocab = Vocab(tuple(state["vocab"]))
-        config = ModelConfig.from_dict(state["config"])
-        model = CaptionModel(dataclasses.replace(config, pretrained=False))
-        model.config = config
-        model.load_state_dict(state["model"])
+        model, vocab = checkpoint.model_from_checkpoint(state)
+        config = model.config
     else:
         vocab = Vocab.build((tokenize(c) for s in train_split.samples for c in s.captions), options.min_count)
         config = options.model_config(len(vocab))
@@ -278,7 +284,8 @@ def _prepare(
     if cache.failed:
         console.print(f"{split.split}: {len(cache.failed):,} images could not be decoded and are left out")
     samples = [split.samples[i] for i in keep]
-    inputs = torch.from_numpy(np.ascontiguousarray(cache.array[keep]))  # (N, C, h, w) float16
+    # On a GPU the whole cache moves to its memory once; on the CPU batches are gathered from the map.
+    inputs = torch.from_numpy(cache.array).to(device)  # (N, C, h, w) float16
     rows, image_of = [], []
     for i, sample in enumerate(samples):
         for caption in sample.captions:
@@ -290,7 +297,7 @@ def _prepare(
     for r, ids in enumerate(rows):
         captions[r, : len(ids)] = torch.tensor(ids)
     lengths = torch.tensor([len(ids) for ids in rows])
-    return _Data(samples, inputs.to(device), captions.to(device), lengths.to(device),
+    return _Data(samples, inputs, torch.tensor(keep, device=inputs.device), captions.to(device), lengths.to(device),
                  torch.tensor(image_of).to(device))  # fmt: skip
 
 
@@ -336,7 +343,7 @@ def _losses(
     length = int(data.lengths[rows].max())
     captions = data.captions[rows, :length]  # (B, T)
     with _autocast(data.captions.device):
-        grid = _grid(tuned, data.inputs[images].float())[local]  # (B, L, C)
+        grid = _grid(tuned, data.inputs(images))[local]  # (B, L, C)
         logits, alphas = model(grid, captions)  # (B, T-1, V), (B, T-1, L)
     targets = captions[:, 1:]  # (B, T-1)
     xent = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing)
@@ -426,8 +433,8 @@ def evaluate(
     model.eval()
     _, tuned = model.frozen_and_trainable_backbone()
     total, count = 0.0, 0
-    for start in range(0, len(data.captions), 4 * batch_size):
-        rows = torch.arange(start, min(start + 4 * batch_size, len(data.captions)))
+    for start in range(0, len(data.captions), 2 * batch_size):
+        rows = torch.arange(start, min(start + 2 * batch_size, len(data.captions)))
         xent, _ = _losses(model, tuned, data, rows, label_smoothing)
         total += float(xent) * len(rows)
         count += len(rows)
@@ -435,8 +442,8 @@ def evaluate(
                              max_len=config.max_len)  # fmt: skip
     hypotheses: dict[str, str] = {}
     for start in range(0, len(data.samples), batch_size):
-        images = torch.arange(start, min(start + batch_size, len(data.samples)), device=data.inputs.device)
-        for i, hyp in zip(images.tolist(), _search(model, tuned, data.inputs[images], spec, beam)):
+        images = torch.arange(start, min(start + batch_size, len(data.samples)))
+        for i, hyp in zip(images.tolist(), _search(model, tuned, data.inputs(images), spec, beam)):
             hypotheses[str(data.samples[i].image)] = detokenize(vocab.decode(hyp.ids))
     references = {str(s.image): list(s.captions) for s in data.samples}
     scores = quick_scores(references, hypotheses)
@@ -449,7 +456,7 @@ def _search(
     """capcli.decode's greedy/beam search driving the PyTorch decoder step."""
     device = inputs.device
     with _autocast(device):
-        features = model.features(_grid(tuned, inputs.float()))  # (B, L, D)
+        features = model.features(_grid(tuned, inputs))  # (B, L, D)
         keys, state = model.decoder.init(features)  # (B, L, A), each (B, H)
     names = ("h",) if len(state) == 1 else ("h", "c")
     if beam > 1:  # rows are image-major: image b owns rows b*K .. b*K+K-1
