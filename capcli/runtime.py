@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,7 @@ class Captioner:
         )
         kind, device_id = parse_device(device)
         self.cuda_problem: str | None = None  # why CUDA is not used, when it was tried
+        self.threads: int | None = None  # onnxruntime intra-op threads on the CPU; None under CUDA
         self._cuda_id: int | None = None
         if kind in ("auto", "cuda") and CUDA in ort.get_available_providers():
             sessions, problem = _cuda_sessions(bundle, device_id)
@@ -111,12 +113,14 @@ class Captioner:
         if self._cuda_id is None:
             if kind == "cuda":
                 raise FatalError(f"--device {device}: CUDA is not usable: {self.cuda_problem}")
-            options = _session_options(threads or physical_cores())
+            self.threads = threads or physical_cores()
+            options = _session_options(self.threads)
             self._encoder = ort.InferenceSession(bundle.files[ENCODER], options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[DECODER], options, providers=[CPU])
         self.providers: list[str] = self._encoder.get_providers()
         self._encoder_outputs = [o.name for o in self._encoder.get_outputs()]
         self._decoder_outputs = [o.name for o in self._decoder.get_outputs()]
+        self.seconds = {"encode": 0.0, "decode": 0.0}  # time spent in caption() per stage (capcli bench)
 
     @property
     def device(self) -> str:
@@ -162,7 +166,9 @@ class Captioner:
         """Images (B, 3, H, W) float32, preprocessed per ``bundle.preprocess`` -> B captions."""
         if len(images) == 0:
             return []
+        started = time.perf_counter()
         encoded = self.encode(images)
+        encoded_at = time.perf_counter()
         state = {name: encoded[name] for name in self.bundle.state_names}
         context = self.bind_context(encoded, self.beam)
 
@@ -173,7 +179,10 @@ class Captioner:
             hyps = greedy(step, state, self.spec)
         else:
             hyps = beam_search(step, state, self.spec, beam=self.beam)
-        return [self._to_caption(h) for h in hyps]
+        captions = [self._to_caption(h) for h in hyps]
+        self.seconds["encode"] += encoded_at - started
+        self.seconds["decode"] += time.perf_counter() - encoded_at
+        return captions
 
     def _to_caption(self, hyp: Hypothesis) -> Caption:
         words = [self.bundle.vocab.tokens[i] for i in hyp.ids]

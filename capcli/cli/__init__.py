@@ -30,7 +30,7 @@ def _register() -> None:
     # Each module adds its command(s) to ``main`` on import.
     import importlib
 
-    for name in ("caption", "urls", "info", "export_cmd", "train", "evaluate"):
+    for name in ("caption", "urls", "info", "export_cmd", "train", "evaluate", "bench"):
         try:
             importlib.import_module(f"capcli.cli.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet

@@ -1,0 +1,600 @@
+"""``capcli bench``: the limit, capcli end to end and the tutorial way, side by side in one run.
+
+Scenarios (each in a fresh Python process, so that its peak memory is its own
+and no scenario inherits another's warm state):
+
+- ``limit``: the bundle's encoder.onnx alone on ready-made input tensors
+  (the same photos, preprocessed beforehand), same batch size and session
+  options as capcli: nothing end to end can beat it, since every image needs
+  one encoder pass;
+- ``capcli`` end to end: files on disk -> records in a JSONL file, through the
+  same pieces ``capcli caption -`` runs (stdin path list, reader pool,
+  batches, runtime, writer), greedy and beam 3, on the 224-px photos and on
+  phone-size JPEGs (4032x3024, quality 90) generated from them;
+- ``tutorial``: the same model's PyTorch checkpoint captioning one image at a
+  time in eager mode, as tutorial code does (PIL, torchvision transform,
+  encoder, a Python step loop), greedy and beam 3; needs torch and
+  ``--checkpoint``;
+- ``memory`` (opt-in, slow): peak memory end to end for 1,000 vs 20,000 inputs.
+
+Each process times its stages: read/decode (CPU time of the reader threads,
+overlapped with inference in capcli), encode, decode loop and write (the main thread), and
+``wait`` (the main thread idle, waiting for images: a starved encoder shows
+here).  Every process warms its sessions with one batch before the clock
+starts, and model loading is timed apart, as in capcli's own summary.  The
+ratios and targets are those of issue 6; the machine is described next to them.
+
+The worker side runs as ``python -m capcli.bench SPEC_JSON`` and prints one
+JSON result line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capcli.errors import FatalError
+
+BIG_SIZE = (4032, 3024)  # a 12-megapixel phone photo, landscape
+BIG_QUALITY = 90
+BIG_UNIQUE = 32  # distinct big JPEGs generated; the input list cycles through them
+MEMORY_COUNTS = (1_000, 20_000)
+STAGES = ("read", "encode", "decode", "write", "wait")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    kind: str  # "limit" | "capcli" | "tutorial"
+    inputs: str  # "photos" | "big"
+    beam: int
+    count: int  # images
+
+
+@dataclass
+class BenchConfig:
+    model: str | None  # bundle directory; None: $CAPCLI_MODEL, then the packaged default
+    images: Path  # folder of photos (the 224-px Flickr8k ones)
+    n: int = 200
+    batch_size: int = 16
+    workers: int | None = None  # reader threads; None: capcli's default
+    device: str = "auto"
+    threads: int | None = None  # onnxruntime intra-op threads; None: the runtime's choice
+    checkpoint: str | None = None  # PyTorch checkpoint for the tutorial way
+    big: bool = True  # the 12-MP scenario
+    big_size: tuple[int, int] = BIG_SIZE
+    memory: bool = False
+    memory_counts: tuple[int, int] = MEMORY_COUNTS
+    rounds: int = 1  # scenarios run round-robin this many times; medians are reported
+
+
+@dataclass
+class Result:
+    key: str
+    label: str
+    images: int = 0
+    images_per_s: float = 0.0
+    seconds: float = 0.0  # wall time of the timed part
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (read: summed over threads)
+    peak_rss_mib: float = 0.0
+    load_seconds: float = 0.0  # model loading and warm-up, not in ``seconds``
+    failed: int = 0  # error records
+    rates: list[float] = field(default_factory=list)  # images/s of each round
+    info: dict[str, Any] = field(default_factory=dict)  # providers, threads, ...
+    skipped: str | None = None  # why this scenario did not run
+    output: str | None = None  # records file (the parent compares captions)
+
+
+@dataclass
+class Ratio:
+    name: str
+    value: float | None
+    target: str  # e.g. ">= 0.85"; "" for information only
+    ok: bool | None  # None: no target or not measured
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    results: list[Result]
+    ratios: list[Ratio]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "config": self.config,
+                "results": [asdict(r) for r in self.results], "ratios": [asdict(r) for r in self.ratios]}  # fmt: skip
+
+
+def scenarios(cfg: BenchConfig) -> list[Scenario]:
+    n = cfg.n
+    out = [
+        Scenario("limit", "limit (encoder only)", "limit", "photos", 1, n),
+        Scenario("greedy", "capcli greedy", "capcli", "photos", 1, n),
+        Scenario("beam3", "capcli beam 3", "capcli", "photos", 3, n),
+    ]
+    if cfg.big:
+        w, h = cfg.big_size
+        out.append(Scenario("beam3_big", f"capcli beam 3, {w}x{h} JPEGs", "capcli", "big", 3, n))
+    out += [
+        Scenario("tutorial_greedy", "tutorial greedy", "tutorial", "photos", 1, n),
+        Scenario("tutorial_beam3", "tutorial beam 3", "tutorial", "photos", 3, n),
+    ]
+    if cfg.memory:
+        for count in cfg.memory_counts:
+            out.append(Scenario(f"memory_{count}", f"memory: capcli greedy, {count:,} inputs",
+                                "capcli", "photos", 1, count))  # fmt: skip
+    return out
+
+
+def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> Report:
+    """Run every scenario ``cfg.rounds`` times, round-robin; medians per scenario, then the ratios."""
+    photos = list_photos(cfg.images, cfg.n)
+    todo = scenarios(cfg)
+    results: dict[str, Result] = {}
+    runs: dict[str, list[Result]] = {s.key: [] for s in todo}
+    with tempfile.TemporaryDirectory(prefix="capcli-bench-") as tmp:
+        work = Path(tmp)
+        inputs = {"photos": photos}
+        if cfg.big:
+            say(f"writing {min(len(photos), BIG_UNIQUE)} {cfg.big_size[0]}x{cfg.big_size[1]} JPEGs (quality "
+                f"{BIG_QUALITY}) from the photos")  # fmt: skip
+            inputs["big"] = make_big_jpegs(photos[:BIG_UNIQUE], work / "big", cfg.big_size)
+        skip = {s.key: _skip_reason(s, cfg) for s in todo}
+        for round_no in range(cfg.rounds):
+            for i, s in enumerate(todo):
+                if skip[s.key]:
+                    continue
+                say(f"[round {round_no + 1}/{cfg.rounds}] {s.label} ({s.count} images) ...")
+                result = run_scenario(s, cfg, inputs[s.inputs], work / f"{s.key}-{round_no}")
+                say(f"    {result.images_per_s:.2f} images/s, peak {result.peak_rss_mib:.0f} MiB")
+                runs[s.key].append(result)
+        for s in todo:
+            results[s.key] = _median(runs[s.key]) if runs[s.key] else Result(s.key, s.label, skipped=skip[s.key])
+        _compare_captions(results)
+    ordered = [results[s.key] for s in todo]
+    return Report(machine_info(results), _config_dict(cfg), ordered, ratios(results))
+
+
+def list_photos(folder: Path, n: int) -> list[str]:
+    """The first ``n`` images of ``folder`` in capcli's walk order (all of them when fewer)."""
+    from capcli.sources import iter_items
+
+    if not folder.is_dir():
+        raise FatalError(f"no image folder at {folder} (pass --images DIR)")
+    paths = [item.path for item in itertools.islice(
+        (i for i in iter_items([str(folder)]) if i.path and i.error is None), n)]  # fmt: skip
+    if not paths:
+        raise FatalError(f"no images in {folder}")
+    return paths  # type: ignore[return-value]
+
+
+def make_big_jpegs(photos: list[str], folder: Path, size: tuple[int, int]) -> list[str]:
+    """Upscale each photo to ``size`` and save it as a quality-90 JPEG: phone-size inputs."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    out = []
+    for i, path in enumerate(photos):
+        target = folder / f"big-{i:04d}.jpg"
+        with Image.open(path) as image:
+            image.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(target, "JPEG", quality=BIG_QUALITY)
+        out.append(str(target))
+    return out
+
+
+def run_scenario(s: Scenario, cfg: BenchConfig, paths: list[str], folder: Path) -> Result:
+    """One scenario in a fresh process; its result line parsed back."""
+    folder.mkdir(parents=True)
+    listing = folder / "inputs.txt"
+    with listing.open("w", encoding="utf-8", errors="surrogateescape") as f:
+        for path in itertools.islice(itertools.cycle(paths), s.count):
+            f.write(path + "\n")
+    spec = {"scenario": asdict(s), "listing": str(listing), "output": str(folder / "records.jsonl"),
+            "model": cfg.model, "batch_size": cfg.batch_size, "workers": cfg.workers, "device": cfg.device,
+            "threads": cfg.threads, "checkpoint": cfg.checkpoint}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "capcli.bench", json.dumps(spec)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FatalError(f"benchmark scenario {s.key!r} failed (exit {proc.returncode}): {tail}")
+    data = json.loads(lines[-1])
+    result = Result(**data)
+    result.rates = [result.images_per_s]
+    return result
+
+
+def _skip_reason(s: Scenario, cfg: BenchConfig) -> str | None:
+    if s.kind != "tutorial":
+        return None
+    if cfg.checkpoint is None:
+        return "needs the model's PyTorch checkpoint: pass --checkpoint PATH"
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as exc:
+        return f"needs torch and torchvision ({exc.name} is missing): pip install 'capcli[train]'"
+    return None
+
+
+def _median(runs: list[Result]) -> Result:
+    """The round with the median rate (its stages and memory), with every round's rate kept."""
+    ordered = sorted(runs, key=lambda r: r.images_per_s)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.rates = [r.images_per_s for r in runs]
+    chosen.peak_rss_mib = max(r.peak_rss_mib for r in runs)
+    return chosen
+
+
+def _compare_captions(results: dict[str, Result]) -> None:
+    """How often the tutorial's greedy captions equal capcli's: proof that both ran the same model."""
+    a, b = results.get("greedy"), results.get("tutorial_greedy")
+    if not (a and b and a.output and b.output and Path(a.output).is_file() and Path(b.output).is_file()):
+        return
+    mine, theirs = _captions(Path(a.output)), _captions(Path(b.output))
+    common = [k for k in theirs if k in mine]
+    if common:
+        same = sum(mine[k] == theirs[k] for k in common)
+        b.info["same_captions_as_capcli_greedy"] = round(same / len(common), 4)
+
+
+def _captions(path: Path) -> dict[tuple[int, str], str]:
+    out = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            out[(record["index"], record["source"])] = record["caption"]
+    return out
+
+
+def ratios(results: dict[str, Result]) -> list[Ratio]:
+    def rate(key: str) -> float | None:
+        r = results.get(key)
+        return r.images_per_s if r and not r.skipped and r.images_per_s > 0 else None
+
+    def ratio(name: str, num: float | None, den: float | None, target: str, passes: Callable[[float], bool]) -> Ratio:
+        if num is None or den is None:
+            return Ratio(name, None, target, None)
+        value = num / den
+        return Ratio(name, round(value, 3), target, passes(value) if target else None)
+
+    out = [
+        ratio("capcli beam 3 / limit (224 px)", rate("beam3"), rate("limit"), ">= 0.85", lambda v: v >= 0.85),
+        ratio("capcli greedy / limit (224 px)", rate("greedy"), rate("limit"), "", bool),
+        ratio("capcli beam 3 / tutorial beam 3", rate("beam3"), rate("tutorial_beam3"), ">= 3", lambda v: v >= 3),
+        ratio("capcli greedy / tutorial greedy", rate("greedy"), rate("tutorial_greedy"), ">= 3", lambda v: v >= 3),
+    ]
+    if "beam3_big" in results:
+        out.append(ratio("capcli beam 3: 12-MP JPEGs / 224-px photos", rate("beam3_big"), rate("beam3"), ">= 0.5",
+                         lambda v: v >= 0.5))  # fmt: skip
+    memory = sorted((int(k.split("_")[1]), r) for k, r in results.items() if k.startswith("memory_") and not r.skipped)
+    if len(memory) == 2:
+        (few, small), (many, large) = memory
+        out.append(ratio(f"peak memory: {many:,} / {few:,} inputs", large.peak_rss_mib, small.peak_rss_mib,
+                         "<= 1.10", lambda v: v <= 1.10))  # fmt: skip
+    return out
+
+
+def machine_info(results: dict[str, Result]) -> dict[str, Any]:
+    """What the figures came from: CPU, cores, memory, versions, providers, GPU."""
+    import numpy
+    import onnxruntime as ort
+    import PIL
+
+    from capcli import __version__
+    from capcli.runtime import physical_cores
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "memory_gib": _memory_gib(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "capcli": __version__,
+        "onnxruntime": ort.__version__,
+        "providers_available": ort.get_available_providers(),
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    for r in results.values():  # what the sessions really used, as the workers reported it
+        for key in ("providers", "device", "intra_op_threads", "torch", "torch_threads"):
+            if key in r.info:
+                info.setdefault(key, r.info[key])
+    if any("CUDA" in p for p in info.get("providers", [])):
+        info["gpu"] = _gpu_name()
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            kib = int(f.readline().split()[1])
+        return round(kib / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+def _config_dict(cfg: BenchConfig) -> dict[str, Any]:
+    data = asdict(cfg)
+    data["images"] = str(cfg.images)
+    return data
+
+
+# -- worker side: one scenario per process -----------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-set high-water mark."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+
+
+def _read_paths(listing: str) -> list[str]:
+    with open(listing, encoding="utf-8", errors="surrogateescape") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    scenario = Scenario(**spec["scenario"])
+    run = {"limit": _limit, "capcli": _capcli, "tutorial": _tutorial}[scenario.kind]
+    result = run(scenario, spec)
+    result.peak_rss_mib = round(peak_rss_mib(), 1)
+    result.images_per_s = round(result.images / result.seconds, 3) if result.seconds > 0 else 0.0
+    result.stages = {k: round(v, 4) for k, v in result.stages.items()}
+    return asdict(result)
+
+
+def _captioner(spec: dict[str, Any], beam: int) -> Any:
+    from capcli.bundle import load_bundle
+    from capcli.runtime import Captioner
+
+    return Captioner(load_bundle(spec["model"]), device=spec["device"], beam=beam, threads=spec["threads"])
+
+
+def _session_info(captioner: Any) -> dict[str, Any]:
+    return {"providers": captioner.providers, "device": captioner.device,
+            "intra_op_threads": captioner.threads}  # fmt: skip
+
+
+def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
+    import numpy as np
+
+    from capcli.images import load
+
+    started = time.perf_counter()
+    captioner = _captioner(spec, beam=1)
+    pre = captioner.bundle.preprocess
+    arrays = [load(p, pre).array for p in _read_paths(spec["listing"])]  # ready-made: not timed
+    size = spec["batch_size"]
+    batches = [np.stack(arrays[i : i + size]) for i in range(0, len(arrays), size)]  # each (B, 3, H, W)
+    del arrays
+    captioner.encode(batches[0])  # warm-up, as in every scenario
+    result = Result(s.key, s.label, load_seconds=time.perf_counter() - started, info=_session_info(captioner))
+    clock = time.perf_counter()
+    for batch in batches:
+        captioner.encode(batch)
+    result.seconds = time.perf_counter() - clock
+    result.images = sum(len(b) for b in batches)
+    result.stages = {"encode": result.seconds}
+    return result
+
+
+class _TimedReader:
+    """A reader that sums the CPU time its threads spend reading and preprocessing.
+
+    CPU time, not wall time: reader threads share the cores with inference, and
+    their wall time would count the waits for a core too.
+    """
+
+    def __init__(self, read: Callable[[Any], Any]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+
+    def __call__(self, item: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return self._read(item)
+        finally:
+            spent = time.thread_time() - started
+            with self._lock:
+                self.seconds += spent
+
+
+def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
+    import numpy as np
+
+    from capcli.pipeline import DEFAULT_WORKERS, caption_items, make_reader
+    from capcli.sources import iter_items
+    from capcli.writers import open_output
+
+    started = time.perf_counter()
+    captioner = _captioner(spec, beam=s.beam)
+    pre = captioner.bundle.preprocess
+    captioner.caption(np.zeros((spec["batch_size"], 3, *pre.size), np.float32))  # warm-up
+    captioner.seconds = {k: 0.0 for k in captioner.seconds}
+    result = Result(s.key, s.label, load_seconds=time.perf_counter() - started, info=_session_info(captioner),
+                    output=spec["output"])  # fmt: skip
+    read = _TimedReader(make_reader(pre))
+    writer, _ = open_output(spec["output"], "jsonl", resume=False, retry_errors=False)
+    write_seconds = 0.0
+    with open(spec["listing"], "rb") as listing:
+        clock = time.perf_counter()
+        records = caption_items(iter_items(["-"], stdin=listing), captioner, read, batch_size=spec["batch_size"],
+                                workers=spec["workers"] or DEFAULT_WORKERS)  # fmt: skip
+        for record in records:
+            at = time.perf_counter()
+            writer.write(record)
+            write_seconds += time.perf_counter() - at
+            result.images += 1
+            result.failed += record["status"] != "ok"
+        writer.close()
+        result.seconds = time.perf_counter() - clock
+    busy = captioner.seconds["encode"] + captioner.seconds["decode"] + write_seconds
+    result.stages = {"read": read.seconds, **captioner.seconds, "write": write_seconds,
+                     "wait": max(0.0, result.seconds - busy)}  # fmt: skip
+    return result
+
+
+def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from capcli.text import detokenize
+    from export.onnx_export import load_checkpoint, preprocess_for
+
+    started = time.perf_counter()
+    ckpt = load_checkpoint(spec["checkpoint"])
+    model, vocab = ckpt.model.eval(), ckpt.vocab
+    pre = preprocess_for(model.config)
+    transform = transforms.Compose([
+        transforms.Resize(pre.size, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])  # fmt: skip
+    search = _torch_greedy if s.beam == 1 else _torch_beam
+
+    def caption(path: str) -> tuple[str, list[float]]:
+        t0 = time.perf_counter()
+        with Image.open(path) as image:
+            x = transform(image.convert("RGB")).unsqueeze(0)  # (1, 3, H, W)
+        t1 = time.perf_counter()
+        features = model.features(model.backbone_grid(x))  # (1, L, D)
+        keys, state = model.decoder.init(features)  # (1, L, A), each (1, H)
+        t2 = time.perf_counter()
+        ids = search(model, features, keys, state, vocab, model.config.max_len, s.beam)
+        t3 = time.perf_counter()
+        return detokenize([vocab.tokens[i] for i in ids]), [t1 - t0, t2 - t1, t3 - t2]
+
+    paths = _read_paths(spec["listing"])
+    info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    stages = dict.fromkeys(("read", "encode", "decode", "write"), 0.0)
+    with torch.no_grad(), open(spec["output"], "w", encoding="utf-8") as out:
+        caption(paths[0])  # warm-up
+        result = Result(s.key, s.label, load_seconds=time.perf_counter() - started, info=info, output=spec["output"])
+        clock = time.perf_counter()
+        for index, path in enumerate(paths):
+            text, spent = caption(path)
+            at = time.perf_counter()
+            out.write(json.dumps({"index": index, "source": path, "status": "ok", "caption": text}) + "\n")
+            out.flush()
+            for name, seconds in zip(stages, [*spent, time.perf_counter() - at]):
+                stages[name] += seconds
+        result.seconds = time.perf_counter() - clock
+    result.images = len(paths)
+    result.stages = stages
+    return result
+
+
+def _banned(vocab: Any) -> list[int]:
+    return [vocab.pad_id, vocab.start_id, vocab.unk_id]
+
+
+def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, vocab: Any, max_len: int, beam: int) -> list[int]:
+    """Tutorial greedy decoding: one token per step, Python loop, until <end>."""
+    import torch
+
+    token = torch.tensor([vocab.start_id])
+    ids: list[int] = []
+    for t in range(max_len + 1):
+        logits, state, _ = model.decoder.step(token, state, features, keys)
+        logprobs = torch.log_softmax(logits, dim=1)  # (1, V)
+        logprobs[:, _banned(vocab)] = -float("inf")
+        if t == 0:
+            logprobs[:, vocab.end_id] = -float("inf")
+        if t == max_len:
+            break
+        token = logprobs.argmax(dim=1)  # (1,)
+        if int(token) == vocab.end_id:
+            break
+        ids.append(int(token))
+    return ids
+
+
+def _torch_beam(model: Any, features: Any, keys: Any, state: Any, vocab: Any, max_len: int, beam: int) -> list[int]:
+    """Tutorial beam search for one image (the sgrvinod way: the beam shrinks as hypotheses end)."""
+    import torch
+
+    k = beam
+    features, keys = features.expand(k, -1, -1), keys.expand(k, -1, -1)  # (k, L, D), (k, L, A)
+    state = tuple(s.expand(k, -1).contiguous() for s in state)  # each (k, H)
+    tokens = torch.full((k,), vocab.start_id)
+    scores = torch.zeros(k)
+    scores[1:] = -float("inf")  # the k rows start identical: only one is live
+    seqs: list[list[int]] = [[] for _ in range(k)]
+    done: list[tuple[float, list[int]]] = []
+    for t in range(max_len + 1):
+        logits, state, _ = model.decoder.step(tokens, state, features, keys)
+        logprobs = torch.log_softmax(logits, dim=1)  # (k, V)
+        logprobs[:, _banned(vocab)] = -float("inf")
+        if t == 0:
+            logprobs[:, vocab.end_id] = -float("inf")
+        if t == max_len:
+            end = logprobs[:, vocab.end_id].clone()
+            logprobs.fill_(-float("inf"))
+            logprobs[:, vocab.end_id] = end
+        v = logprobs.size(1)
+        top, flat = (scores[:, None] + logprobs).view(-1).topk(k)  # (k,)
+        rows, words = flat // v, flat % v
+        live = []
+        for score, row, word in zip(top.tolist(), rows.tolist(), words.tolist()):
+            if word == vocab.end_id:
+                done.append((score / (len(seqs[row]) + 1) ** 0.7, seqs[row]))
+            else:
+                live.append((score, row, word))
+        k = len(live)
+        if k == 0:
+            break
+        keep = torch.tensor([row for _, row, _ in live])
+        seqs = [seqs[row] + [word] for _, row, word in live]
+        scores = torch.tensor([score for score, _, _ in live])
+        tokens = torch.tensor([word for _, _, word in live])
+        state = tuple(s[keep] for s in state)
+        features, keys = features[:k], keys[:k]
+    return max(done, key=lambda d: d[0])[1] if done else seqs[0]
+
+
+def _main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(_worker(spec)))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,83 @@
+"""Tables for ``capcli bench``: scenarios, ratios against their targets, and the machine."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from capcli.bench import STAGES, Report, Result
+
+
+LEGEND = """\
+limit: encoder.onnx alone on ready-made input tensors (same photos, batch size and session options);
+capcli: files on disk -> JSONL records, as `capcli caption -` runs; tutorial: the PyTorch checkpoint,
+one image at a time, eager. Stages in ms per image: read (CPU time summed over reader threads, overlapped
+with inference), encode, decode loop, write, wait (main thread waiting for images). Peak: RSS high-water mark."""
+
+
+def render(report: Report, console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 160  # a file or a pipe: rich would wrap at 80 columns
+    console.print(_machine_line(report), highlight=False)
+    console.print(scenario_table(report))
+    console.print(ratio_table(report))
+    console.print(LEGEND, highlight=False)
+
+
+def _machine_line(report: Report) -> str:
+    m, c = report.machine, report.config
+    cpu = f"{m['cpu']}, {m['physical_cores']} physical cores ({m['logical_cpus']} logical), {m['memory_gib']} GiB"
+    runtime = f"onnxruntime {m['onnxruntime']} on {m.get('device', '?')} ({', '.join(m.get('providers', []))})"
+    if m.get("intra_op_threads"):
+        runtime += f", {m['intra_op_threads']} intra-op threads"
+    lines = [f"machine: {cpu}", f"runtime: {runtime}; available: {', '.join(m['providers_available'])}"]
+    if m.get("gpu"):
+        lines.append(f"gpu: {m['gpu']}")
+    if m.get("torch"):
+        lines.append(f"tutorial: torch {m['torch']}, {m['torch_threads']} threads")
+    lines.append(f"batch {c['batch_size']}, {c['n']} images from {c['images']}, {c['rounds']} round(s) "
+                 f"(median shown); load average at the end {m['load_average_end']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def scenario_table(report: Report) -> Table:
+    table = Table(title="capcli bench")
+    table.add_column("scenario")
+    table.add_column("images", justify="right")
+    table.add_column("images/s", justify="right")
+    for stage in STAGES:
+        table.add_column(stage, justify="right")
+    table.add_column("peak MiB", justify="right")
+    table.add_column("note")
+    for r in report.results:
+        if r.skipped:
+            table.add_row(r.label, *[""] * (3 + len(STAGES)), f"skipped: {r.skipped}")
+            continue
+        per_image = [f"{1000 * r.stages[s] / r.images:.1f}" if s in r.stages and r.images else "" for s in STAGES]
+        table.add_row(r.label, str(r.images), f"{r.images_per_s:.2f}", *per_image, f"{r.peak_rss_mib:.0f}", _note(r))
+    return table
+
+
+def _note(r: Result) -> str:
+    notes = []
+    if len(r.rates) > 1:
+        notes.append("rounds " + ", ".join(f"{x:.1f}" for x in r.rates))
+    if r.failed:
+        notes.append(f"{r.failed} error records")
+    if "same_captions_as_capcli_greedy" in r.info:
+        notes.append(f"{100 * r.info['same_captions_as_capcli_greedy']:.0f}% same captions as capcli greedy")
+    return "; ".join(notes)
+
+
+def ratio_table(report: Report) -> Table:
+    table = Table(title="ratios (images/s unless stated)")
+    table.add_column("ratio")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("")
+    for r in report.ratios:
+        verdict = {True: "[green]met[/]", False: "[red]missed[/]", None: ""}[r.ok]
+        table.add_row(r.name, "n/a" if r.value is None else f"{r.value:.2f}", r.target, verdict)
+    return table

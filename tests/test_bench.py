@@ -1,0 +1,98 @@
+"""capcli bench: every scenario runs and reports, on a tiny model and a few real photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from capcli.bench import BenchConfig, Ratio, Result, _median, ratios, scenarios
+from capcli.cli import main
+
+STAGES_BY_KIND = {
+    "limit": {"encode"},
+    "capcli": {"read", "encode", "decode", "write", "wait"},
+    "tutorial": {"read", "encode", "decode", "write"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle's own weights as a training checkpoint (same vocabulary, seed and config)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from tiny_bundle import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+def test_bench_runs_every_scenario_and_reports_ratios(
+    tiny_bundle: Path, tiny_checkpoint: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(tiny_bundle), "--images", str(photos), "-n", "8", "--batch-size", "4",
+            "--checkpoint", str(tiny_checkpoint), "--big-size", "400x300", "--memory", "--memory-counts", "8,12",
+            "--device", "cpu", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+
+    kinds = {s.key: s.kind for s in scenarios(BenchConfig(None, photos, big=True, memory=True, memory_counts=(8, 12)))}
+    results = {r["key"]: r for r in data["results"]}
+    assert set(results) == set(kinds)
+    for key, r in results.items():
+        assert r["skipped"] is None, key
+        assert r["images"] == (12 if key == "memory_12" else 8)
+        assert r["images_per_s"] > 0 and r["seconds"] > 0 and r["peak_rss_mib"] > 0
+        assert set(r["stages"]) == STAGES_BY_KIND[kinds[key]], key
+        assert all(v >= 0 for v in r["stages"].values())
+        assert r["failed"] == 0
+    # Both ran the same model; with this 64-px model capcli's JPEG draft decoding changes some pixels.
+    assert 0.5 <= results["tutorial_greedy"]["info"]["same_captions_as_capcli_greedy"] <= 1.0
+
+    names = {r["name"]: r for r in data["ratios"]}
+    assert len(names) == 6
+    for r in names.values():
+        assert r["value"] > 0
+        assert (r["ok"] is None) == (r["target"] == "")
+    assert data["machine"]["onnxruntime"] and data["machine"]["providers"] == ["CPUExecutionProvider"]
+    assert data["machine"]["physical_cores"] >= 1 and data["machine"]["cpu"]
+    # The tables name every scenario and ratio, and the machine.
+    for text in [*(r["label"] for r in data["results"]), *names, "CPUExecutionProvider", "peak MiB"]:
+        assert text in result.output
+
+
+def test_tutorial_is_skipped_with_a_reason_without_a_checkpoint(tmp_path: Path) -> None:
+    cfg = BenchConfig(None, tmp_path)
+    from capcli.bench import _skip_reason
+
+    for s in scenarios(cfg):
+        reason = _skip_reason(s, cfg)
+        assert (reason is not None) == (s.kind == "tutorial")
+        if reason:
+            assert "--checkpoint" in reason
+
+
+def test_ratios_use_medians_and_mark_targets() -> None:
+    def res(key: str, *rates: float, peak: float = 100.0) -> Result:
+        return _median([Result(key, key, images=10, images_per_s=r, peak_rss_mib=peak + r) for r in rates])
+
+    results = {
+        "limit": res("limit", 10, 30, 20),  # median 20
+        "beam3": res("beam3", 18, 17, 19),  # median 18
+        "greedy": res("greedy", 19),
+        "tutorial_beam3": res("tutorial_beam3", 5),
+        "tutorial_greedy": Result("tutorial_greedy", "t", skipped="no checkpoint"),
+        "beam3_big": res("beam3_big", 8),
+        "memory_1000": res("memory_1000", 1, peak=100),
+        "memory_20000": res("memory_20000", 1, peak=120),
+    }
+    assert results["limit"].rates == [10, 30, 20] and results["limit"].peak_rss_mib == 130
+    by_name = {r.name: r for r in ratios(results)}
+    assert by_name["capcli beam 3 / limit (224 px)"] == Ratio("capcli beam 3 / limit (224 px)", 0.9, ">= 0.85", True)
+    assert by_name["capcli beam 3 / tutorial beam 3"].value == 3.6
+    assert by_name["capcli greedy / tutorial greedy"].value is None  # skipped, not a zero
+    assert by_name["capcli beam 3: 12-MP JPEGs / 224-px photos"].ok is False  # 8 / 18 < 0.5
+    assert by_name["peak memory: 20,000 / 1,000 inputs"].ok is False  # 121 / 101 > 1.10
