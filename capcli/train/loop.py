@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import platform
-import sys
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -104,6 +104,19 @@ class TrainOptions:
     threads: int | None = None  # torch CPU threads; None: torch's default
     cache_dir: str | None = None
 
+    def command(self) -> str:
+        """The ``capcli train`` command line that gives these options (machine-local ones left out)."""
+        args = ["capcli", "train"]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in LOCAL_OPTIONS[1:] or value == f.default:
+                continue
+            if f.name == "pretrained":
+                args.append("--no-pretrained")
+            else:
+                args += [f"--{f.name.replace('_', '-')}", str(value)]
+        return shlex.join(args)
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
             vocab_size=vocab_size, backbone=self.backbone, pretrained=self.pretrained, decoder=self.decoder,
@@ -120,9 +133,9 @@ class _Data:
     samples: list[Sample]  # the images that decoded
     cache: torch.Tensor  # (N_cached, C, h, w) float16 frozen-backbone output: in GPU memory, or a CPU memory map
     rows: torch.Tensor  # (N_images,) cache row of each sample
-    captions: torch.Tensor  # (N_captions, max_len + 2) long: <start> words <end> <pad>...
-    lengths: torch.Tensor  # (N_captions,) tokens including <start> and <end>
-    image_of: torch.Tensor  # (N_captions,) sample index of each caption
+    captions: torch.Tensor  # (N_captions, max_len + 2) long on the device: <start> words <end> <pad>...
+    lengths: torch.Tensor  # (N_captions,) on the CPU: tokens including <start> and <end>
+    image_of: torch.Tensor  # (N_captions,) on the CPU: sample index of each caption
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """Cached frozen output of samples ``images`` as float32 on the training device."""
@@ -297,8 +310,9 @@ def _prepare(
     for r, ids in enumerate(rows):
         captions[r, : len(ids)] = torch.tensor(ids)
     lengths = torch.tensor([len(ids) for ids in rows])
-    return _Data(samples, inputs, torch.tensor(keep, device=inputs.device), captions.to(device), lengths.to(device),
-                 torch.tensor(image_of).to(device))  # fmt: skip
+    # Batch planning stays on the CPU (no GPU syncs); only the caption ids live on the device.
+    return _Data(samples, inputs, torch.tensor(keep, device=inputs.device), captions.to(device), lengths,
+                 torch.tensor(image_of))  # fmt: skip
 
 
 def _batches(data: _Data, options: TrainOptions, config: ModelConfig, epoch: int) -> Iterator[torch.Tensor]:
@@ -315,9 +329,8 @@ def _batches(data: _Data, options: TrainOptions, config: ModelConfig, epoch: int
         return
     # By image: every caption of an image in the same step, so its backbone pass is shared.
     per_image = max(1, round(options.batch_size * n_images / n_captions))
-    image_of = data.image_of.cpu()
-    by_image = [[] for _ in range(n_images)]
-    for row, image in enumerate(image_of.tolist()):
+    by_image: list[list[int]] = [[] for _ in range(n_images)]
+    for row, image in enumerate(data.image_of.tolist()):
         by_image[image].append(row)
     order = torch.randperm(n_images, generator=generator).tolist()
     for start in range(0, n_images, per_image):
@@ -337,13 +350,13 @@ def _autocast(device: torch.device):
 def _losses(
     model: CaptionModel, tuned: nn.Module, data: _Data, rows: torch.Tensor, label_smoothing: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token cross-entropy, attention penalty) for caption ``rows``."""
-    rows = rows.to(data.captions.device)
+    """(token cross-entropy, attention penalty) for caption ``rows`` (a CPU tensor)."""
+    device = data.captions.device
     images, local = torch.unique(data.image_of[rows], return_inverse=True)
     length = int(data.lengths[rows].max())
-    captions = data.captions[rows, :length]  # (B, T)
-    with _autocast(data.captions.device):
-        grid = _grid(tuned, data.inputs(images))[local]  # (B, L, C)
+    captions = data.captions[rows.to(device), :length]  # (B, T)
+    with _autocast(device):
+        grid = _grid(tuned, data.inputs(images))[local.to(device)]  # (B, L, C)
         logits, alphas = model(grid, captions)  # (B, T-1, V), (B, T-1, L)
     targets = captions[:, 1:]  # (B, T-1)
     xent = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing)
@@ -392,7 +405,8 @@ def _train_epoch(
     _freeze_batchnorm(model.backbone)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     batches = list(_batches(data, options, config, epoch))
-    total_xent = total_att = 0.0
+    device = data.captions.device
+    total_xent, total_att = torch.zeros((), device=device), torch.zeros((), device=device)
     columns = (TextColumn(f"epoch {epoch}/{options.epochs}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))  # fmt: skip
     lr = 0.0
@@ -407,10 +421,13 @@ def _train_epoch(
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
-            total_xent += xent.item()
-            total_att += attention.item()
-            progress.update(task, advance=1, loss=f"loss {total_xent / (i + 1):.3f}")
-    return {"lr": lr, "train_loss": total_xent / len(batches), "train_attention": total_att / len(batches)}
+            total_xent += xent.detach()
+            total_att += attention.detach()
+            if console.is_terminal and i % 20 == 0:  # reading the loss waits for the GPU: not every step
+                progress.update(task, loss=f"loss {float(total_xent) / (i + 1):.3f}")
+            progress.advance(task)
+    n = len(batches)
+    return {"lr": lr, "train_loss": float(total_xent) / n, "train_attention": float(total_att) / n}
 
 
 # -- dev evaluation ----------------------------------------------------------------------------
@@ -486,7 +503,7 @@ class _RunInfo:
     def __init__(self, options: TrainOptions, train: Split, dev: Split, device: torch.device, feature_seconds: float):
         self.options, self.train, self.dev, self.device = options, train, dev, device
         self.feature_seconds = feature_seconds
-        self.command = " ".join(["capcli", *sys.argv[1:]]) if Path(sys.argv[0]).name == "capcli" else " ".join(sys.argv)
+        self.command = options.command()
 
     def hardware(self) -> dict[str, Any]:
         info: dict[str, Any] = {"cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "device": str(self.device),
