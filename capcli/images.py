@@ -57,12 +57,24 @@ _AVIF_BRANDS = {b"avif", b"avis"}
 class Loaded:
     array: np.ndarray  # (3, H, W) float32, normalised
     n_frames: int  # > 1 for animations and multi-page files; only the first frame is used
+    thumbnail: np.ndarray | None = None  # (h, w, 3) uint8 upright RGB copy, only when asked for
 
 
-def load(source: str | bytes, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
-    """Read a path or encoded bytes and preprocess it for the model."""
-    image, n_frames = open_rgb(source, max_pixels=max_pixels, draft_to=max(pre.size))
-    return Loaded(to_array(image, pre), n_frames)
+def load(
+    source: str | bytes, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, thumbnail: int | None = None
+) -> Loaded:
+    """Read a path or encoded bytes and preprocess it for the model.
+
+    ``thumbnail``: also keep a copy of the photo whose longest side is at most
+    this many pixels (for attention figures: URLs cannot be read twice).
+    """
+    image, n_frames = open_rgb(source, max_pixels=max_pixels, draft_to=max(*pre.size, thumbnail or 0))
+    small = None
+    if thumbnail:
+        copy = image.copy()
+        copy.thumbnail((thumbnail, thumbnail), Image.Resampling.LANCZOS)
+        small = np.asarray(copy, dtype=np.uint8)  # (h, w, 3)
+    return Loaded(to_array(image, pre), n_frames, small)
 
 
 def open_rgb(

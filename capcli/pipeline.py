@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 Record = dict[str, Any]
 Reader = Callable[[Item], images.Loaded]  # raises ItemError
 Fetch = Callable[[str], bytes]  # URL -> encoded image bytes; raises ItemError
+Annotate = Callable[[Item, Any, images.Loaded], Record]  # more fields for a captioned item's record
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_WORKERS = max(1, min(8, os.cpu_count() or 1))
@@ -43,8 +44,17 @@ class Captioner(Protocol):
     def caption(self, images: np.ndarray) -> list[Any]: ...  # (B, 3, H, W) -> B objects with .text, .score
 
 
-def make_reader(pre: Preprocess, *, max_pixels: int = images.DEFAULT_MAX_PIXELS, fetch: Fetch | None = None) -> Reader:
-    """The standard reader: files through capcli.images, URLs through ``fetch`` first."""
+def make_reader(
+    pre: Preprocess,
+    *,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    fetch: Fetch | None = None,
+    thumbnail: int | None = None,
+) -> Reader:
+    """The standard reader: files through capcli.images, URLs through ``fetch`` first.
+
+    ``thumbnail``: keep a small RGB copy of each image (see :func:`capcli.images.load`).
+    """
 
     def read(item: Item) -> images.Loaded:
         if item.error is not None:
@@ -52,9 +62,9 @@ def make_reader(pre: Preprocess, *, max_pixels: int = images.DEFAULT_MAX_PIXELS,
         if item.url is not None:
             if fetch is None:
                 raise ItemError("unsupported_source", "URL inputs are not supported here")
-            return images.load(fetch(item.url), pre, max_pixels)
+            return images.load(fetch(item.url), pre, max_pixels, thumbnail)
         assert item.path is not None
-        return images.load(item.path, pre, max_pixels)
+        return images.load(item.path, pre, max_pixels, thumbnail)
 
     return read
 
@@ -99,8 +109,12 @@ def caption_items(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = DEFAULT_WORKERS,
     stop: threading.Event | None = None,
+    annotate: Annotate | None = None,
 ) -> Iterator[Record]:
     """One record per item, in input order.
+
+    ``annotate(item, caption, loaded)`` adds fields to each captioned item's
+    record (e.g. the path of its attention figure).
 
     When ``stop`` is set, no new batch is started: records of finished
     batches have been yielded, the rest are left for ``--resume``.
@@ -117,10 +131,10 @@ def caption_items(
             batch.append((item, result))
             loaded += isinstance(result, images.Loaded)
             if loaded == batch_size:
-                yield from _caption(batch, captioner)
+                yield from _caption(batch, captioner, annotate)
                 batch, loaded = [], 0
         if batch and not stop.is_set():
-            yield from _caption(batch, captioner)
+            yield from _caption(batch, captioner, annotate)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -153,7 +167,9 @@ def _read_one(read: Reader, item: Item) -> images.Loaded | ItemError:
         return ItemError("internal_error", f"{type(exc).__name__}: {exc}")
 
 
-def _caption(batch: list[tuple[Item, images.Loaded | ItemError]], captioner: Captioner) -> Iterator[Record]:
+def _caption(
+    batch: list[tuple[Item, images.Loaded | ItemError]], captioner: Captioner, annotate: Annotate | None = None
+) -> Iterator[Record]:
     arrays = [r.array for _, r in batch if isinstance(r, images.Loaded)]
     captions = captioner.caption(np.stack(arrays)) if arrays else []  # (B, 3, H, W) in
     if len(captions) != len(arrays):
@@ -163,7 +179,9 @@ def _caption(batch: list[tuple[Item, images.Loaded | ItemError]], captioner: Cap
         if isinstance(result, ItemError):
             yield error_record(item, result)
         else:
-            yield ok_record(item, next(results), result.n_frames)
+            caption = next(results)
+            record = ok_record(item, caption, result.n_frames)
+            yield (record | annotate(item, caption, result)) if annotate else record
 
 
 def ok_record(item: Item, caption: Any, n_frames: int = 1) -> Record:
