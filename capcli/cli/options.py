@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
+from capcli.attention import AttentionFigures
 from capcli.errors import ExitStatus, FatalError
 from capcli.images import DEFAULT_MAX_PIXELS
 from capcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Captioner, Fetch, Summary, caption_items, make_reader
 from capcli.progress import ProgressLine
+from capcli.shard import parse_shard, take_shard
 from capcli.sources import Item
 from capcli.writers import FORMATS, RecordWriter, infer_format, open_output
 
@@ -51,6 +53,27 @@ class CaptionSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     retry_errors: bool = False
+    attention_dir: str | None = None  # write an attention figure per captioned input here
+    shard: tuple[int, int] | None = None  # (K, N): only the inputs of shard K of N
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from capcli.runtime import parse_device  # onnxruntime: loaded only by commands that caption
+
+    try:
+        parse_device(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 _OPTIONS = [
@@ -66,8 +89,8 @@ _OPTIONS = [
                  help="Beam width; 1 is greedy decoding."),
     click.option("--max-len", type=click.IntRange(min=1), metavar="N", default=None,
                  help="Longest caption in words [default: the bundle's]."),
-    click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-                 help="Where the model runs; auto uses CUDA when it works, else the CPU."),
+    click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=_check_device,
+                 help="Where the model runs; auto uses CUDA when it works, else the CPU; cuda:N picks GPU N."),
     click.option("--workers", type=click.IntRange(min=1), metavar="N", default=DEFAULT_WORKERS,
                  show_default="CPU count, at most 8",
                  help="Threads reading and decoding images ahead of the model."),
@@ -77,6 +100,12 @@ _OPTIONS = [
                  help="Keep an existing output file, skip inputs it already holds, append the rest."),
     click.option("--retry-errors", is_flag=True,
                  help="With --resume (implied): also run again the inputs that failed."),
+    click.option("--attention-dir", metavar="DIR", default=None,
+                 help="Also draw each caption's attention, word by word, as DIR/<index>-<name>.png "
+                      "(the record's \"attention\" field)."),
+    click.option("--shard", metavar="K/N", default=None, callback=_parse_shard,
+                 help="Caption only shard K of N (K from 0), chosen by a stable hash of each input, "
+                      "so N jobs split the inputs without coordination; indexes stay global."),
 ]
 
 
@@ -119,16 +148,22 @@ def run_captioning(
     started = time.monotonic()
     writer: RecordWriter | None = None
     device = ""
+    if settings.attention_dir:
+        extra_columns += ("attention",)
+    if settings.shard:
+        items = take_shard(items, *settings.shard)
     try:
         captioner, pre = load_captioner(settings)
         device = str(getattr(captioner, "device", ""))
         started = time.monotonic()  # the rate counts captioning, not loading the model
+        figures = AttentionFigures(settings.attention_dir) if settings.attention_dir else None
         writer, done = open_output(settings.output, fmt, resume=resume, retry_errors=settings.retry_errors,
                                    extra_columns=extra_columns)
-        read = make_reader(pre, max_pixels=settings.max_pixels, fetch=fetch)
+        read = make_reader(pre, max_pixels=settings.max_pixels, fetch=fetch,
+                           thumbnail=figures.thumbnail if figures else None)
         todo = _skip(items, done, summary)
         records = caption_items(todo, captioner, read, batch_size=settings.batch_size, workers=settings.workers,
-                                stop=stop)
+                                stop=stop, annotate=figures.annotate if figures else None)
         # A live line only on a terminal, and not when records scroll past on that terminal too.
         live = console.is_terminal and not (settings.output == "-" and _isatty(sys.stdout))
         with contextlib.closing(records), _first_sigint_sets(stop), ProgressLine(console, live=live) as progress:
@@ -149,6 +184,8 @@ def run_captioning(
             _close(writer)
     summary.elapsed = time.monotonic() - started
     text = summary.describe() + (f" on {device}" if device else "")
+    if settings.shard:
+        text += " (shard {}/{})".format(*settings.shard)
     console.print(("interrupted: " if stop.is_set() else "") + text, markup=False, highlight=False, soft_wrap=True)
     if stop.is_set():
         return ExitStatus.INTERRUPTED
