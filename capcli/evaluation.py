@@ -42,7 +42,10 @@ class Report:
         p = self.protocol
         scored = f"{p['images']:,}" + (f" of {p['split_images']:,}" if p["split_images"] != p["images"] else "")
         head = f"{p['dataset']} {p['split']}: {scored} images, {p['references']:,} references"
-        how = f"beam {p['beam']}" if "beam" in p else f"captions from {p['captions']}"
+        if "beam" in p:
+            how = f"model {p['model']}, beam {p['beam']}, length penalty {p['length_penalty']}, max {p['max_len']} words"
+        else:
+            how = f"captions from {p['captions']}"
         out = [head, f"{how}; {PROTOCOL}"]
         out += [f"{name:<8} {self.metrics[name]:.3f}" for name in METRICS if name in self.metrics]
         return out

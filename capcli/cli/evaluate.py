@@ -10,8 +10,8 @@ from rich.console import Console
 
 from capcli.cli import main
 from capcli.errors import CapcliError, ExitStatus
+from capcli.train.datasets import DATASETS
 
-DATASET_KINDS = ("flickr8k", "flickr30k", "coco", "karpathy", "csv")  # as capcli.train.datasets.DATASETS
 
 
 @main.command("eval")
@@ -19,7 +19,7 @@ DATASET_KINDS = ("flickr8k", "flickr30k", "coco", "karpathy", "csv")  # as capcl
               help="Bundle to evaluate [default: $CAPCLI_MODEL, then the packaged model].")
 @click.option("--captions", "captions_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Score this captions file (capcli JSONL/CSV output, or image,caption) instead of running a model.")
-@click.option("--dataset", type=click.Choice(DATASET_KINDS), required=True, help="Annotation format of --data.")
+@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Annotation format of --data.")
 @click.option("--data", type=click.Path(exists=True), required=True, help="Data set folder (or its annotation file).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder holding the photos [default: found beside the annotations].")

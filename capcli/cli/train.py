@@ -6,12 +6,12 @@ import click
 
 from capcli.cli import main
 from capcli.errors import CapcliError, ExitStatus
+from capcli.train.datasets import DATASETS
 
-DATASET_KINDS = ("flickr8k", "flickr30k", "coco", "karpathy", "csv")  # as capcli.train.datasets.DATASETS
 
 
 @main.command("train")
-@click.option("--dataset", type=click.Choice(DATASET_KINDS), required=True, help="Annotation format of --data.")
+@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Annotation format of --data.")
 @click.option("--data", type=click.Path(exists=True), required=True,
               help="Data set folder (or its annotation file).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
