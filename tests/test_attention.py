@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,6 +202,38 @@ def test_caption_writes_one_figure_per_captioned_input(tiny_bundle: Path, tmp_pa
         with Image.open(row["attention"]) as figure:
             assert figure.format == "PNG"
             assert figure.size == figure_size(len(row["caption"].split()), size)
+
+
+def test_url_list_draws_figures_too(tiny_bundle: Path, tmp_path: Path, server) -> None:
+    server.routes["/p/photo.jpg"] = lambda h: h.send_body(200, png_bytes((50, 100), (9, 9, 9)), "image/png")
+    listing = tmp_path / "urls.csv"
+    listing.write_text(f"sku,url\nA1,{server.url('/p/photo.jpg')}\nB2,{server.url('/nothing')}\n")
+    att = tmp_path / "att"
+    result = CliRunner().invoke(main, [
+        "url-list", str(listing), "--id-col", "sku", "--model", str(tiny_bundle), "--device", "cpu",
+        "--allow-private-network", "--retries", "0", "--attention-dir", str(att), "--format", "csv",
+    ])  # fmt: skip
+    assert result.exit_code == 3, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["id"], r["status"], r["attention"]) for r in rows] == [
+        ("A1", "ok", str(att / "000000-photo.png")), ("B2", "error", "")
+    ]  # fmt: skip
+    with Image.open(rows[0]["attention"]) as figure:
+        assert figure.size == figure_size(len(rows[0]["caption"].split()), (50, 100))
+
+
+def test_the_caption_path_draws_without_torch_or_matplotlib(tiny_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png_bytes((32, 32), (1, 2, 3)))
+    code = (
+        "import sys\nfrom capcli.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib'))\n"
+        "assert not bad, bad\n"
+    )
+    args = ["caption", str(tmp_path / "a.png"), "--model", str(tiny_bundle), "--device", "cpu",
+            "--attention-dir", str(tmp_path / "att"), "-o", str(tmp_path / "out.jsonl")]  # fmt: skip
+    subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, timeout=120)
+    assert (tmp_path / "att" / "000000-a.png").is_file()
 
 
 def test_records_have_no_attention_field_without_the_option(tiny_bundle: Path, tmp_path: Path) -> None:
