@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,28 +38,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from capcli import __version__, decode
+from capcli import decode
 from capcli.errors import FatalError
-from capcli.metrics import QUICK_PROTOCOL, quick_scores
+from capcli.metrics import quick_scores
 from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint
-from capcli.train.datasets import Sample, Split, load_split
 from capcli.train.checkpoint import atomic_write_text
-from capcli.train.features import (
-    cached_features,
-    default_cache_dir,
-    module_fingerprint,
-    preprocess_for,
-)
+from capcli.train.data import TrainData, batches, prepare
+from capcli.train.datasets import load_split
+from capcli.train.features import default_cache_dir, module_fingerprint
 from capcli.train.model import CaptionModel, ModelConfig
+from capcli.train.record import RunInfo
 
 # Options that describe the machine, not the run: --resume takes them from the new command line.
 LOCAL_OPTIONS = ("out", "device", "workers", "threads", "cache_dir")
-LICENCES = {
-    "flickr8k": "Flickr8k: research use only (Hodosh, Young & Hockenmaier 2013); photos from Flickr",
-    "flickr30k": "Flickr30k: research use only; photos from Flickr",
-    "coco": "COCO captions: CC BY 4.0; photos from Flickr under their own licences",
-}
 
 
 @dataclass
@@ -126,23 +116,6 @@ class TrainOptions:
         )  # fmt: skip
 
 
-@dataclass
-class _Data:
-    """One split ready for the model: cached backbone input, captions as ids."""
-
-    samples: list[Sample]  # the images that decoded
-    cache: torch.Tensor  # (N_cached, C, h, w) float16 frozen-backbone output: in GPU memory, or a CPU memory map
-    rows: torch.Tensor  # (N_images,) cache row of each sample
-    captions: torch.Tensor  # (N_captions, max_len + 2) long on the device: <start> words <end> <pad>...
-    lengths: torch.Tensor  # (N_captions,) on the CPU: tokens including <start> and <end>
-    image_of: torch.Tensor  # (N_captions,) on the CPU: sample index of each caption
-
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """Cached frozen output of samples ``images`` as float32 on the training device."""
-        x = self.cache[self.rows[images.to(self.rows.device)]]  # (B, C, h, w) float16
-        return x.to(self.captions.device, non_blocking=True).float()
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,12 +176,16 @@ def train(
 
     t0 = time.time()
     identity = {"backbone": config.backbone, "frozen_stages": len(frozen), "weights": module_fingerprint(frozen)}
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     train_data, dev_data = (
-        _prepare(split, vocab, config, frozen, identity, options, device, console) for split in (train_split, dev_split)
-    )
+        prepare(split, vocab, config.backbone, config.max_len, frozen, identity, cache_dir=cache_dir,
+                workers=options.workers, device=device, console=console)
+        for split in (train_split, dev_split)
+    )  # fmt: skip
     feature_seconds = time.time() - t0
 
-    steps_per_epoch = len(list(_batches(train_data, options, config, epoch=1)))
+    by_image = options.batch_by == "image" or (options.batch_by == "auto" and config.finetune_blocks > 0)
+    steps_per_epoch = len(list(batches(train_data, options.batch_size, by_image, options.seed, epoch=1)))
     optimizer = _optimizer(model, tuned, options)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
@@ -225,13 +202,14 @@ def train(
         first_epoch, step = state["epoch"] + 1, state["step"]
         console.print(f"resuming after epoch {state['epoch']} (step {step:,})")
 
-    run = _RunInfo(options, train_split, dev_split, device, feature_seconds)
+    run = RunInfo(dataclasses.asdict(options), options.command(), train_split, dev_split, device, feature_seconds)
     if state is not None:  # the run's command and feature time are those of its first session
         run.command = state["provenance"]["command"]
         run.feature_seconds += state["provenance"]["feature_seconds"]
     for epoch in range(first_epoch, options.epochs + 1):
         t_epoch = time.time()
-        train_stats = _train_epoch(model, tuned, train_data, options, config, optimizer, scheduler, epoch, console)
+        steps = list(batches(train_data, options.batch_size, by_image, options.seed, epoch))
+        train_stats = _train_epoch(model, tuned, train_data, steps, options, optimizer, scheduler, epoch, console)
         step += steps_per_epoch
         dev_stats, dev_captions = evaluate(model, dev_data, vocab, config, options.dev_beam, options.label_smoothing)
         record = {"epoch": epoch, "step": step, **train_stats, **dev_stats,
@@ -274,69 +252,6 @@ def train(
     return record
 
 
-# -- data ---------------------------------------------------------------------------
-
-
-def _prepare(
-    split: Split,
-    vocab: Vocab,
-    config: ModelConfig,
-    frozen: nn.Module,
-    identity: dict[str, Any],
-    options: TrainOptions,
-    device: torch.device,
-    console: Console,
-) -> _Data:
-    cache = cached_features(
-        frozen, identity, preprocess_for(config.backbone), [s.image for s in split.samples],
-        cache_dir=Path(options.cache_dir) if options.cache_dir else default_cache_dir(), device=device,
-        workers=options.workers, console=console, label=f"{split.split} features",
-    )  # fmt: skip
-    failed = set(cache.failed)
-    keep = [i for i in range(len(split.samples)) if i not in failed]
-    if cache.failed:
-        console.print(f"{split.split}: {len(cache.failed):,} images could not be decoded and are left out")
-    samples = [split.samples[i] for i in keep]
-    # On a GPU the whole cache moves to its memory once; on the CPU batches are gathered from the map.
-    inputs = torch.from_numpy(cache.array).to(device)  # (N, C, h, w) float16
-    rows, image_of = [], []
-    for i, sample in enumerate(samples):
-        for caption in sample.captions:
-            ids = vocab.encode(tokenize(caption)[: config.max_len])
-            rows.append([vocab.start_id, *ids, vocab.end_id])
-            image_of.append(i)
-    width = config.max_len + 2
-    captions = torch.zeros(len(rows), width, dtype=torch.long)  # <pad> = 0
-    for r, ids in enumerate(rows):
-        captions[r, : len(ids)] = torch.tensor(ids)
-    lengths = torch.tensor([len(ids) for ids in rows])
-    # Batch planning stays on the CPU (no GPU syncs); only the caption ids live on the device.
-    return _Data(samples, inputs, torch.tensor(keep, device=inputs.device), captions.to(device), lengths,
-                 torch.tensor(image_of))  # fmt: skip
-
-
-def _batches(data: _Data, options: TrainOptions, config: ModelConfig, epoch: int) -> Iterator[torch.Tensor]:
-    """Caption rows of each step; the order depends only on (seed, epoch), so a resumed run repeats it."""
-    generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
-    by = options.batch_by
-    if by == "auto":
-        by = "image" if config.finetune_blocks > 0 else "caption"
-    n_captions, n_images = len(data.captions), len(data.samples)
-    if by == "caption":
-        order = torch.randperm(n_captions, generator=generator)
-        for start in range(0, n_captions, options.batch_size):
-            yield order[start : start + options.batch_size]
-        return
-    # By image: every caption of an image in the same step, so its backbone pass is shared.
-    per_image = max(1, round(options.batch_size * n_images / n_captions))
-    by_image: list[list[int]] = [[] for _ in range(n_images)]
-    for row, image in enumerate(data.image_of.tolist()):
-        by_image[image].append(row)
-    order = torch.randperm(n_images, generator=generator).tolist()
-    for start in range(0, n_images, per_image):
-        yield torch.tensor([row for image in order[start : start + per_image] for row in by_image[image]])
-
-
 def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Cached frozen output (B, C', h', w') -> region grid (B, L, C) through the tuned stages."""
     return tuned(inputs).flatten(2).transpose(1, 2)  # (B, L, C)
@@ -348,7 +263,7 @@ def _autocast(device: torch.device):
 
 
 def _losses(
-    model: CaptionModel, tuned: nn.Module, data: _Data, rows: torch.Tensor, label_smoothing: float
+    model: CaptionModel, tuned: nn.Module, data: TrainData, rows: torch.Tensor, label_smoothing: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token cross-entropy, attention penalty) for caption ``rows`` (a CPU tensor)."""
     device = data.captions.device
@@ -393,9 +308,9 @@ def _optimizer(model: CaptionModel, tuned: nn.Module, options: TrainOptions) -> 
 def _train_epoch(
     model: CaptionModel,
     tuned: nn.Module,
-    data: _Data,
+    train_data: TrainData,
+    steps: list[torch.Tensor],
     options: TrainOptions,
-    config: ModelConfig,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
@@ -404,16 +319,15 @@ def _train_epoch(
     model.train()
     _freeze_batchnorm(model.backbone)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    batches = list(_batches(data, options, config, epoch))
-    device = data.captions.device
+    device = train_data.captions.device
     total_xent, total_att = torch.zeros((), device=device), torch.zeros((), device=device)
     columns = (TextColumn(f"epoch {epoch}/{options.epochs}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))  # fmt: skip
     lr = 0.0
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("train", total=len(batches), loss="")
-        for i, rows in enumerate(batches):
-            xent, attention = _losses(model, tuned, data, rows, options.label_smoothing)
+        task = progress.add_task("train", total=len(steps), loss="")
+        for i, rows in enumerate(steps):
+            xent, attention = _losses(model, tuned, train_data, rows, options.label_smoothing)
             loss = xent + options.attention_penalty * attention
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -426,7 +340,7 @@ def _train_epoch(
             if console.is_terminal and i % 20 == 0:  # reading the loss waits for the GPU: not every step
                 progress.update(task, loss=f"loss {float(total_xent) / (i + 1):.3f}")
             progress.advance(task)
-    n = len(batches)
+    n = len(steps)
     return {"lr": lr, "train_loss": float(total_xent) / n, "train_attention": float(total_att) / n}
 
 
@@ -436,7 +350,7 @@ def _train_epoch(
 @torch.no_grad()
 def evaluate(
     model: CaptionModel,
-    data: _Data,
+    data: TrainData,
     vocab: Vocab,
     config: ModelConfig,
     beam: int = 1,
@@ -492,66 +406,6 @@ def _search(
     if beam > 1:
         return decode.beam_search(step, initial, spec, beam=beam)
     return decode.greedy(step, initial, spec)
-
-
-# -- records --------------------------------------------------------------------------------------
-
-
-class _RunInfo:
-    """What train.json and the checkpoint's provenance say about the run."""
-
-    def __init__(self, options: TrainOptions, train: Split, dev: Split, device: torch.device, feature_seconds: float):
-        self.options, self.train, self.dev, self.device = options, train, dev, device
-        self.feature_seconds = feature_seconds
-        self.command = options.command()
-
-    def hardware(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "device": str(self.device),
-                                "torch": str(torch.__version__), "python": platform.python_version()}  # fmt: skip
-        if self.device.type == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(self.device)
-        return info
-
-    def data(self) -> dict[str, Any]:
-        return {
-            split.split: {"source": split.source, "images": len(split.samples), "captions": split.n_captions,
-                          "missing_images": split.missing_images, "bad_rows": split.bad_rows,
-                          "uncaptioned": split.uncaptioned}  # fmt: skip
-            for split in (self.train, self.dev)
-        }
-
-    def provenance(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "dataset": self.options.dataset, "trained_on": "train", "selected_on": "dev",
-            "data": self.data(), "data_dir": self.options.data, "command": self.command,
-            "training_seconds": round(self.feature_seconds + sum(h["seconds"] for h in history), 1),
-            "feature_seconds": round(self.feature_seconds, 1),
-            "hardware": self.hardware(), "epochs": len(history), "best_epoch": best["epoch"],
-            "dev_metrics": best["metrics"],
-            "dev_protocol": f"{QUICK_PROTOCOL}; {'greedy' if self.options.dev_beam == 1 else f'beam {self.options.dev_beam}'}",
-            "licence": LICENCES.get(self.options.dataset, "see the data set's terms"),
-        }  # fmt: skip
-
-    def record(self, history: list[dict[str, Any]], best: dict[str, Any], seconds: float, vocab_size: int) -> dict:
-        return {
-            "capcli": __version__, "command": self.command, "options": dataclasses.asdict(self.options),
-            "data": self.data(), "vocab_size": vocab_size, "epochs_run": len(history), "best": best,
-            "seconds": {"features": round(self.feature_seconds, 1),
-                        "epochs": round(sum(h["seconds"] for h in history), 1),
-                        "this_session": round(seconds, 1)},
-            "hardware": self.hardware(), "dev_protocol": QUICK_PROTOCOL, "history": history,
-        }  # fmt: skip
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:

@@ -1,0 +1,82 @@
+"""What a training run says about itself: ``train.json`` and the checkpoint's provenance."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import torch
+
+from capcli import __version__
+from capcli.metrics import QUICK_PROTOCOL
+from capcli.train.datasets import Split
+
+LICENCES = {
+    "flickr8k": "Flickr8k: research use only (Hodosh, Young & Hockenmaier 2013); photos from Flickr",
+    "flickr30k": "Flickr30k: research use only; photos from Flickr",
+    "coco": "COCO captions: CC BY 4.0; photos from Flickr under their own licences",
+}
+
+
+class RunInfo:
+    """Facts about a run: its command, data, hardware and time.
+
+    ``options`` is the run's TrainOptions as a dict; ``feature_seconds`` the
+    time spent filling the feature cache (kept across ``--resume``).
+    """
+
+    def __init__(self, options: dict[str, Any], command: str, train: Split, dev: Split, device: torch.device,
+                 feature_seconds: float) -> None:  # fmt: skip
+        self.options, self.command, self.train, self.dev, self.device = options, command, train, dev, device
+        self.feature_seconds = feature_seconds
+
+    def hardware(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "device": str(self.device),
+                                "torch": str(torch.__version__), "python": platform.python_version()}  # fmt: skip
+        if self.device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+        return info
+
+    def data(self) -> dict[str, Any]:
+        return {
+            split.split: {"source": split.source, "images": len(split.samples), "captions": split.n_captions,
+                          "missing_images": split.missing_images, "bad_rows": split.bad_rows,
+                          "uncaptioned": split.uncaptioned}  # fmt: skip
+            for split in (self.train, self.dev)
+        }
+
+    def provenance(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+        beam = self.options["dev_beam"]
+        return {
+            "dataset": self.options["dataset"], "trained_on": "train", "selected_on": "dev",
+            "data": self.data(), "data_dir": self.options["data"], "command": self.command,
+            "training_seconds": round(self.feature_seconds + sum(h["seconds"] for h in history), 1),
+            "feature_seconds": round(self.feature_seconds, 1),
+            "hardware": self.hardware(), "epochs": len(history), "best_epoch": best["epoch"],
+            "dev_metrics": best["metrics"],
+            "dev_protocol": f"{QUICK_PROTOCOL}; {'greedy' if beam == 1 else f'beam {beam}'}",
+            "licence": LICENCES.get(self.options["dataset"], "see the data set's terms"),
+        }  # fmt: skip
+
+    def record(self, history: list[dict[str, Any]], best: dict[str, Any], seconds: float, vocab_size: int) -> dict:
+        """The ``train.json`` document."""
+        return {
+            "capcli": __version__, "command": self.command, "options": self.options,
+            "data": self.data(), "vocab_size": vocab_size, "epochs_run": len(history), "best": best,
+            "seconds": {"features": round(self.feature_seconds, 1),
+                        "epochs": round(sum(h["seconds"] for h in history), 1),
+                        "this_session": round(seconds, 1)},
+            "hardware": self.hardware(), "dev_protocol": QUICK_PROTOCOL, "history": history,
+        }  # fmt: skip
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
