@@ -39,6 +39,7 @@ def quick_scores(references: References, hypotheses: Hypotheses) -> dict[str, fl
     keys = _check(references, hypotheses)
     gts = {k: [" ".join(tokenize(r)) for r in references[k]] for k in keys}
     res = {k: [" ".join(tokenize(hypotheses[k]))] for k in keys}
+    _require_pycocoevalcap()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
@@ -50,6 +51,7 @@ def quick_scores(references: References, hypotheses: Hypotheses) -> dict[str, fl
 def coco_scores(references: References, hypotheses: Hypotheses, meteor: bool = True) -> dict[str, float]:
     """The standard protocol (see module doc); needs ``java`` on PATH."""
     keys = _check(references, hypotheses)
+    _require_pycocoevalcap()
     if shutil.which("java") is None:
         raise FatalError("the evaluation protocol needs Java (PTB tokenizer, METEOR): install a Java runtime")
     ref_keys = [(k, i) for k in keys for i in range(len(references[k]))]
@@ -74,6 +76,13 @@ def coco_scores(references: References, hypotheses: Hypotheses, meteor: bool = T
         scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
         scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return {m: scores[m] for m in METRICS if m in scores}
+
+
+def _require_pycocoevalcap() -> None:
+    try:
+        import pycocoevalcap.bleu.bleu  # noqa: F401
+    except ModuleNotFoundError:
+        raise FatalError("scoring captions needs pycocoevalcap: pip install 'capcli[train]'") from None
 
 
 def _check(references: References, hypotheses: Hypotheses) -> list[str]:
