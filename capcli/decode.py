@@ -9,6 +9,12 @@ width, 1 for greedy) for the whole search, so the caller binds each image's
 context (features, attention keys) repeated ``K`` times once, and only the
 recurrent state is reordered here, by integer back-pointers.
 
+Finished captions (greedy) and finished images (beam) stop costing decoder
+work: with ``compact=True`` the step is called as ``step(tokens, state, rows)``
+with only the rows still searching, ``rows`` being their indices in that
+initial layout (ascending), so the caller picks the matching context rows.
+Without it the step sees all ``N`` rows, as above.
+
 Rules shared by both searches (so that beam 1 is exactly greedy):
 
 - ``banned`` ids (the specials <pad>, <start>, <unk>) are never produced;
@@ -54,64 +60,124 @@ class SearchSpec:
 
     def mask(self, logprobs: np.ndarray, t: int) -> np.ndarray:
         """Log-probabilities (N, V) at step ``t`` with forbidden tokens at -inf."""
-        out = logprobs.astype(np.float64, copy=True)
-        out[:, list(self.banned)] = -np.inf
+        return self.mask_inplace(logprobs.astype(np.float64, copy=True), t)
+
+    def mask_inplace(self, scores: np.ndarray, t: int) -> np.ndarray:
+        """Set the tokens forbidden at step ``t`` to -inf in ``scores`` (N, V); returns it."""
+        scores[:, list(self.banned)] = -np.inf
         if t == 0:
-            out[:, self.end_id] = -np.inf
+            scores[:, self.end_id] = -np.inf
         if t >= self.max_len:
-            end = out[:, self.end_id].copy()
-            out[:] = -np.inf
-            out[:, self.end_id] = end
-        return out
+            end = scores[:, self.end_id].copy()
+            scores[:] = -np.inf
+            scores[:, self.end_id] = end
+        return scores
+
+
+RowStepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
 
 
 def _repeat_state(state: State, k: int) -> State:
     return {name: np.repeat(value, k, axis=0) for name, value in state.items()}
 
 
-def greedy(step: StepFn, state: State, spec: SearchSpec) -> list[Hypothesis]:
-    """Most likely next word at every step, for all B images at once (N = B rows)."""
+def _rows_step(step: StepFn | RowStepFn, n: int, compact: bool) -> RowStepFn:
+    """The search calls ``step(tokens, state, rows)`` with the rows still searching only.
+
+    ``compact``: ``step`` takes those rows as they are (``rows`` = their indices
+    in the initial layout).  Otherwise ``step`` sees all ``n`` rows, as it
+    was built for: the rows of finished images are filled in with zeros and
+    their outputs dropped.
+    """
+    if compact:
+        return step  # type: ignore[return-value]
+
+    def full(tokens: np.ndarray, state: State, rows: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
+        if len(rows) == n:
+            return step(tokens, state)  # type: ignore[call-arg]
+        all_tokens = np.zeros(n, dtype=tokens.dtype)
+        all_tokens[rows] = tokens
+        all_state = {}
+        for name, value in state.items():
+            all_state[name] = np.zeros((n, *value.shape[1:]), dtype=value.dtype)
+            all_state[name][rows] = value
+        logprobs, new_state, alpha = step(all_tokens, all_state)  # type: ignore[call-arg]
+        return logprobs[rows], {name: v[rows] for name, v in new_state.items()}, alpha[rows]
+
+    return full
+
+
+def _top(scores: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``width`` best entries of each row (indices, values), best first, ties by lower index.
+
+    Repeated argmax: for a handful of winners among thousands it is several
+    times faster than np.argpartition + a sort, and its tie rule is built in.
+    ``scores`` is used as scratch space: the winners are overwritten with -inf.
+    """
+    work = scores
+    rows = np.arange(len(scores))
+    index = np.empty((len(scores), width), dtype=np.int64)
+    value = np.empty((len(scores), width), dtype=scores.dtype)
+    for j in range(width):
+        best = work.argmax(axis=1)  # the first maximum
+        index[:, j] = best
+        value[:, j] = work[rows, best]
+        work[rows, best] = -np.inf
+    return index, value
+
+
+def greedy(step: StepFn | RowStepFn, state: State, spec: SearchSpec, *, compact: bool = False) -> list[Hypothesis]:
+    """Most likely next word at every step, for all B images at once (N = B rows).
+
+    Rows whose caption has ended are not computed again (``compact``: see
+    :func:`_rows_step`).
+    """
     n = next(iter(state.values())).shape[0]
+    step_rows = _rows_step(step, n, compact)
+    rows = np.arange(n)  # rows still decoding, ascending
     tokens = np.full(n, spec.start_id, dtype=np.int64)
     total = np.zeros(n)
-    alive = np.ones(n, dtype=bool)
     finished = np.zeros(n, dtype=bool)
-    ids: list[np.ndarray] = []  # each (N,)
-    alphas: list[np.ndarray] = []  # each (N, L)
+    ids = np.full((n, spec.max_len + 1), -1, dtype=np.int64)  # -1: not a word of this row
+    alphas: np.ndarray | None = None  # (N, T, L)
     for t in range(spec.max_len + 1):
-        logprobs, state, alpha = step(tokens, state)
-        masked = spec.mask(logprobs, t)  # (N, V)
-        tokens = masked.argmax(axis=1).astype(np.int64)  # (N,)
-        chosen = masked[np.arange(n), tokens]  # (N,)
-        stuck = alive & ~np.isfinite(chosen)  # nothing allowed: stays a partial caption
-        alive &= ~stuck
-        ends = alive & (tokens == spec.end_id)
-        total[alive] += chosen[alive]
-        finished |= ends
-        ids.append(np.where(alive & ~ends, tokens, -1))  # -1: not a word of this row
-        alphas.append(alpha)
-        alive &= ~ends
-        if not alive.any():
+        logprobs, state, alpha = step_rows(tokens, state, rows)
+        if alphas is None:
+            alphas = np.zeros((n, spec.max_len + 1, alpha.shape[1]), dtype=alpha.dtype)
+        alphas[rows, t] = alpha
+        masked = spec.mask(logprobs, t)  # (n_live, V)
+        tokens = masked.argmax(axis=1).astype(np.int64)  # (n_live,)
+        chosen = masked[np.arange(len(rows)), tokens]  # (n_live,)
+        stuck = ~np.isfinite(chosen)  # nothing allowed: stays a partial caption
+        ends = ~stuck & (tokens == spec.end_id)
+        words = ~stuck & ~ends
+        total[rows[~stuck]] += chosen[~stuck]
+        finished[rows[ends]] = True
+        ids[rows[words], t] = tokens[words]
+        if not words.any():
             break
-    all_ids = np.stack(ids, axis=1)  # (N, T)
-    all_alphas = np.stack(alphas, axis=1)  # (N, T, L)
+        rows, tokens = rows[words], tokens[words]
+        state = {name: value[words] for name, value in state.items()}
+    assert alphas is not None
     out = []
     for i in range(n):
-        words = all_ids[i] >= 0
-        length = int(words.sum()) + int(finished[i])
+        keep = ids[i] >= 0
+        length = int(keep.sum()) + int(finished[i])
         out.append(
             Hypothesis(
-                ids=all_ids[i][words].tolist(),
+                ids=ids[i][keep].tolist(),
                 score=float(spec.normalise(total[i], length)),
-                alphas=all_alphas[i][words],
+                alphas=alphas[i][keep],
                 finished=bool(finished[i]),
             )
         )
     return out
 
 
-def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> list[Hypothesis]:
-    """Beam search for B images at once; ``step`` is called with N = B * beam rows.
+def beam_search(
+    step: StepFn | RowStepFn, state: State, spec: SearchSpec, beam: int = 3, *, compact: bool = False
+) -> list[Hypothesis]:
+    """Beam search for B images at once; ``step`` is called with up to N = B * beam rows.
 
     ``state`` holds the initial state per image, (B, ...); it is repeated here.
     Per image, every step ranks all ``beam x V`` extensions of its live
@@ -120,85 +186,83 @@ def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> 
     fairseq, so beam 1 is exactly greedy), the best ``beam`` word extensions
     live on.  An image is done once it holds ``beam`` finished hypotheses and its
     best live one, normalised at its current length, no longer beats the best
-    finished one.  Each image returns its best finished hypothesis, or its best
-    partial one when none could end.
+    finished one; its rows are then no longer computed (``compact``: see
+    :func:`_rows_step`).  Each image returns its best finished hypothesis, or
+    its best partial one when none could end.
     """
     b = next(iter(state.values())).shape[0]
     k = beam
-    n = b * k
+    step_rows = _rows_step(step, b * k, compact)
+    images = np.arange(b)  # images still searching, ascending; their rows are image-major
     state = _repeat_state(state, k)
-    tokens = np.full(n, spec.start_id, dtype=np.int64)
+    tokens = np.full(b * k, spec.start_id, dtype=np.int64)
     # Only the first row of each image is live at the start: all K rows are identical.
     scores = np.full((b, k), -np.inf)
     scores[:, 0] = 0.0
-    history = np.zeros((n, 0), dtype=np.int64)  # (N, t) word ids of each live row
-    alpha_history: np.ndarray | None = None  # (N, t, L)
+    history = np.zeros((b * k, 0), dtype=np.int64)  # (n, t) word ids of each live row
+    alpha_history: np.ndarray | None = None  # (n, t, L)
     best: list[Hypothesis | None] = [None] * b
+    best_score = np.full(b, np.nan)  # best[i].score; nan: none yet (every comparison with it is False)
     n_finished = np.zeros(b, dtype=int)
-    done = np.zeros(b, dtype=bool)
-    partial: list[Hypothesis | None] = [None] * b
+    width = 2 * k  # <= K of them can be <end>, so >= K words remain
+    rank = np.arange(width)
 
     for t in range(spec.max_len + 1):
-        logprobs, state, alpha = step(tokens, state)
-        v = logprobs.shape[1]
+        rows = (images[:, None] * k + np.arange(k)).reshape(-1)  # (n,) in the initial layout
+        logprobs, state, alpha = step_rows(tokens, state, rows)
+        m, v = len(images), logprobs.shape[1]
         steps_alpha = alpha[:, None, :] if alpha_history is None else np.concatenate(
             [alpha_history, alpha[:, None, :]], axis=1
-        )  # (N, t+1, L)
-        cand = scores.reshape(n, 1) + spec.mask(logprobs, t)  # (N, V)
-        cand = cand.reshape(b, k * v)
-        width = min(2 * k, k * v)  # <= K of them can be <end>, so >= K words remain
-        top = np.argpartition(-cand, width - 1, axis=1)[:, :width]  # (B, 2K)
+        )  # (n, t+1, L)
+        cand = spec.mask_inplace(scores.reshape(-1, 1) + logprobs, t).reshape(m, k * v)  # (m, K*V) float64
+        flat, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by index
+        valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row
+        src = np.arange(m)[:, None] * k + flat // v  # (m, 2K) source row of each candidate
+        word = flat % v
+        is_end = valid & (word == spec.end_id)
+        # As in fairseq: an <end> outside the top K is not taken.
+        ended = is_end & (rank < k)
+        is_word = valid & ~is_end
+        slot = np.cumsum(is_word, axis=1) - 1  # position among the live words
+        live = is_word & (slot < k)
+        n_live = live.sum(axis=1)  # (m,)
 
-        new_rows = np.zeros(n, dtype=np.int64)  # back-pointers into the previous rows
-        new_tokens = np.full(n, spec.end_id, dtype=np.int64)
-        new_scores = np.full((b, k), -np.inf)
-        for i in range(b):
-            if done[i]:
-                new_rows[i * k : (i + 1) * k] = i * k
-                continue
-            order = top[i][np.lexsort((top[i], -cand[i, top[i]]))]  # best first, ties by index
-            live = 0
-            for rank, flat in enumerate(order):
-                score = cand[i, flat]
-                if not np.isfinite(score):
-                    break
-                row, token = i * k + flat // v, int(flat % v)
-                if token == spec.end_id:
-                    if rank >= k:  # as in fairseq: an <end> outside the top K is not taken
-                        continue
-                    n_finished[i] += 1
-                    norm = float(spec.normalise(score, t + 1))
-                    if best[i] is None or norm > best[i].score:
-                        words = history[row].tolist()
-                        best[i] = Hypothesis(words, norm, steps_alpha[row, :t], True)
-                    continue
-                if live < k:
-                    new_rows[i * k + live] = row
-                    new_tokens[i * k + live] = token
-                    new_scores[i, live] = score
-                    live += 1
-            # Rows left without a hypothesis copy a live row but stay at -inf.
-            new_rows[i * k + live : (i + 1) * k] = new_rows[i * k] if live else i * k
-            if live == 0:
-                done[i] = True
-            elif n_finished[i] >= k:
-                best_live = float(spec.normalise(new_scores[i, 0], t + 1))
-                done[i] = best_live <= best[i].score
+        n_finished[images] += ended.sum(axis=1)
+        norm = np.where(ended, flat_scores, -np.inf) / float((t + 1) ** spec.length_penalty)
+        first = norm.argmax(axis=1)  # the best <end> of each image (the first one on ties)
+        for j in np.flatnonzero(ended.any(axis=1)):
+            i, score = images[j], float(norm[j, first[j]])
+            if best[i] is None or score > best_score[i]:
+                row = src[j, first[j]]
+                best[i] = Hypothesis(history[row].tolist(), score, steps_alpha[row, :t], True)
+                best_score[i] = score
 
-        # Remember each image's best live hypothesis before moving on: the partial fallback.
-        for i in range(b):
-            if best[i] is None and np.isfinite(scores[i]).any():
-                j = int(np.argmax(scores[i]))
-                row = i * k + j
-                partial[i] = Hypothesis(
-                    history[row].tolist(), float(spec.normalise(scores[i, j], t)), steps_alpha[row, :t], False
+        new_rows = np.repeat(np.arange(m) * k, k)  # rows left without a hypothesis copy a row, at -inf
+        new_tokens = np.full(m * k, spec.end_id, dtype=np.int64)
+        new_scores = np.full((m, k), -np.inf)
+        j, c = np.nonzero(live)
+        new_rows[j * k + slot[j, c]] = src[j, c]
+        new_tokens[j * k + slot[j, c]] = word[j, c]
+        new_scores[j, slot[j, c]] = flat_scores[j, c]
+
+        beaten = new_scores[:, 0] / float((t + 1) ** spec.length_penalty) <= best_score[images]
+        done = (n_live == 0) | ((n_finished[images] >= k) & beaten)
+        for j in np.flatnonzero(done):
+            i = images[j]
+            if best[i] is None:  # never ended: keep its best partial caption, as it was before this step
+                jj = int(np.argmax(scores[j]))
+                row = j * k + jj
+                best[i] = Hypothesis(
+                    history[row].tolist(), float(spec.normalise(scores[j, jj], t)), steps_alpha[row, :t], False
                 )
-        history = np.concatenate([history[new_rows], new_tokens[:, None]], axis=1)  # (N, t+1)
-        alpha_history = steps_alpha[new_rows]  # (N, t+1, L)
-        state = {name: value[new_rows] for name, value in state.items()}
-        tokens = new_tokens
-        scores = new_scores
-        if done.all():
+        keep = ~done
+        if not keep.any():
             break
-    # partial[i] is set at t = 0 at the latest, so every image has an answer.
-    return [hyp if hyp is not None else p for hyp, p in zip(best, partial)]  # type: ignore[misc]
+        kept_rows = new_rows.reshape(m, k)[keep].reshape(-1)  # back-pointers of the images that go on
+        history = np.concatenate([history[kept_rows], new_tokens.reshape(m, k)[keep].reshape(-1, 1)], axis=1)
+        alpha_history = steps_alpha[kept_rows]  # (n', t+1, L)
+        state = {name: value[kept_rows] for name, value in state.items()}
+        tokens = new_tokens.reshape(m, k)[keep].reshape(-1)
+        scores = new_scores[keep]
+        images = images[keep]
+    return best  # type: ignore[return-value]  # every image ends done, with a hypothesis

@@ -10,9 +10,10 @@ really initialises (onnxruntime silently falls back to the CPU when a CUDA
 library is missing, so the session's providers are checked after creation),
 else the CPU; ``"cuda"``/``"cuda:N"`` insists and fails with the reason
 onnxruntime logged; ``"cpu"`` never tries CUDA.  Under CUDA the per-image
-context (features, attention keys) is uploaded once per batch and bound to
-every step with IOBinding; the small recurrent state travels with the step
-because the beam search reorders it on the host.
+context (features, attention keys) is uploaded once per batch (and again for
+the remaining rows when images finish) and bound to every step with
+IOBinding; the small recurrent state travels with the step because the beam
+search reorders it on the host.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ class Captioner:
 
     def bind_context(self, encoded: dict[str, np.ndarray], repeat: int) -> Context:
         """Each image's features and keys repeated for its ``repeat`` rows (image-major)."""
-        context = {name: np.repeat(encoded[name], repeat, axis=0) for name in ("features", "keys")}  # (B*K, L, .)
+        return self._bind({name: np.repeat(encoded[name], repeat, axis=0) for name in ("features", "keys")})
+
+    def _bind(self, context: dict[str, np.ndarray]) -> Context:
         if self._cuda_id is not None:  # upload once; every step binds the same device buffers
             return {name: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self._cuda_id) for name, v in context.items()}
         return context
@@ -170,15 +173,20 @@ class Captioner:
         encoded = self.encode(images)
         encoded_at = time.perf_counter()
         state = {name: encoded[name] for name in self.bundle.state_names}
-        context = self.bind_context(encoded, self.beam)
+        rows_context = {name: np.repeat(encoded[name], self.beam, axis=0) for name in ("features", "keys")}  # (B*K, L, .)
+        bound: list[Any] = [-1, None]  # (row count, context of those rows)
 
-        def step(tokens: np.ndarray, st: State) -> tuple[np.ndarray, State, np.ndarray]:
-            return self.step(tokens, st, context)
+        def step(tokens: np.ndarray, st: State, rows: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
+            # The search drops finished images' rows; the set only shrinks, so a new count is a new set.
+            if bound[0] != len(rows):
+                whole = len(rows) == len(rows_context["keys"])
+                bound[:] = len(rows), self._bind({k: v if whole else v[rows] for k, v in rows_context.items()})
+            return self.step(tokens, st, bound[1])
 
         if self.beam == 1:
-            hyps = greedy(step, state, self.spec)
+            hyps = greedy(step, state, self.spec, compact=True)
         else:
-            hyps = beam_search(step, state, self.spec, beam=self.beam)
+            hyps = beam_search(step, state, self.spec, beam=self.beam, compact=True)
         captions = [self._to_caption(h) for h in hyps]
         self.seconds["encode"] += encoded_at - started
         self.seconds["decode"] += time.perf_counter() - encoded_at

@@ -147,3 +147,32 @@ def test_wider_beam_never_scores_worse_here() -> None:
     for image in range(5):
         scores = [beam_search(make_step(), initial_state([image]), spec, beam=k)[0].score for k in (1, 30)]
         assert scores[1] >= scores[0] - 1e-9
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_compact_steps_skip_finished_images_and_change_nothing(beam: int) -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=6)
+    images = [0, 7, 3, 9, 4, 5]
+    full_step = make_step()
+    calls: list[np.ndarray] = []
+
+    def compact_step(tokens: np.ndarray, state: dict[str, np.ndarray], rows: np.ndarray):
+        calls.append(rows.copy())
+        assert len(tokens) == len(rows) == len(state["prefix"])
+        return full_step(tokens, state)  # this table needs no context: rows are only checked
+
+    search = (lambda s, st, **kw: greedy(s, st, spec, **kw)) if beam == 1 else (
+        lambda s, st, **kw: beam_search(s, st, spec, beam=beam, **kw))
+    plain = search(full_step, initial_state(images))
+    compact = search(compact_step, initial_state(images), compact=True)
+    for a, b in zip(plain, compact):
+        assert (a.ids, a.finished) == (b.ids, b.finished)
+        assert a.score == pytest.approx(b.score)
+        np.testing.assert_allclose(a.alphas, b.alphas)
+    assert calls[0].tolist() == list(range(len(images) * beam))
+    for before, after in zip(calls, calls[1:]):
+        assert set(after) <= set(before) and list(after) == sorted(after)
+    # Images finish at different steps here, so later steps compute fewer rows.
+    assert len(calls[-1]) < len(calls[0])
+    if beam > 1:  # whole images leave: their K rows together
+        assert all(len(rows) % beam == 0 and set(rows // beam * beam) <= set(rows) for rows in calls)
