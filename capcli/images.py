@@ -101,9 +101,15 @@ def to_array(image: Image.Image, pre: Preprocess) -> np.ndarray:
         raise BundleError(f"unsupported interpolation {pre.interpolation!r}")
     height, width = pre.size
     image = image.resize((width, height), _RESAMPLE[pre.interpolation])
-    x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
+    pixels = np.asarray(image)  # (H, W, 3) uint8
+    # (x/255 - mean) / std as one multiply-add per channel written straight into CHW:
+    # several times cheaper than float conversion, two broadcasts and a transposed copy.
+    out = np.empty((3, height, width), dtype=np.float32)
+    for c in range(3):
+        scale = np.float32(1.0 / (255.0 * pre.std[c]))
+        np.multiply(pixels[:, :, c], scale, out=out[c])
+        out[c] += np.float32(-pre.mean[c] / pre.std[c])
+    return out  # (3, H, W)
 
 
 def _open_file(path: str) -> IO[bytes]:
