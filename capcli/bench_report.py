@@ -12,7 +12,8 @@ LEGEND = """\
 limit: encoder.onnx alone on ready-made input tensors (same photos, batch size and session options);
 capcli: files on disk -> JSONL records, as `capcli caption -` runs; tutorial: the PyTorch checkpoint,
 one image at a time, eager. Stages in ms per image: read (CPU time summed over reader threads, overlapped
-with inference), encode, decode loop, write, wait (main thread waiting for images). Peak: RSS high-water mark."""
+with inference), encode and decode loop (summed over capcli's lanes), write, idle (lane time outside the
+model: waiting for images, batching). Peak: RSS high-water mark of the scenario's process."""
 
 
 def render(report: Report, console: Console | None = None) -> None:
@@ -31,7 +32,7 @@ def _machine_line(report: Report) -> str:
     cpu = f"{m['cpu']}, {m['physical_cores']} physical cores ({m['logical_cpus']} logical), {m['memory_gib']} GiB"
     runtime = f"onnxruntime {m['onnxruntime']} on {m.get('device', '?')} ({', '.join(m.get('providers', []))})"
     if m.get("intra_op_threads"):
-        runtime += f", {m['intra_op_threads']} intra-op threads"
+        runtime += f", {m.get('lanes', 1)} lane(s) x {m['intra_op_threads']} intra-op threads"
     lines = [f"machine: {cpu}", f"runtime: {runtime}; available: {', '.join(m['providers_available'])}"]
     if m.get("gpu"):
         lines.append(f"gpu: {m['gpu']}")
@@ -64,6 +65,8 @@ def _note(r: Result) -> str:
     notes = []
     if len(r.rates) > 1:
         notes.append("rounds " + ", ".join(f"{x:.1f}" for x in r.rates))
+    if "rates_by_arrangement" in r.info:
+        notes.append("lanes x threads: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r.info["rates_by_arrangement"].items()))
     if r.failed:
         notes.append(f"{r.failed} error records")
     if "same_captions_as_capcli_greedy" in r.info:

@@ -2,8 +2,9 @@
 
 A thread pool reads and preprocesses images ahead of the captioner (Pillow
 and the network release the GIL), holding at most ``window`` items in flight;
-the main thread stacks each batch, captions it and yields one record per
-item in input order. Nothing ever lists the whole input.
+the main thread stacks each batch, captions it -- on one of the captioner's
+``lanes`` when it has several, so that batches overlap -- and yields one
+record per item in input order. Nothing ever lists the whole input.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ Record = dict[str, Any]
 Reader = Callable[[Item], images.Loaded]  # raises ItemError
 Fetch = Callable[[str], bytes]  # URL -> encoded image bytes; raises ItemError
 Annotate = Callable[[Item, Any, images.Loaded], Record]  # more fields for a captioned item's record
+Batch = list[tuple[Item, "images.Loaded | ItemError"]]
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_WORKERS = max(1, min(8, os.cpu_count() or 1))
@@ -41,6 +43,8 @@ ERROR_KINDS = {
 
 
 class Captioner(Protocol):
+    """Optionally with ``lanes``: how many batches it may caption at once, from different threads."""
+
     def caption(self, images: np.ndarray) -> list[Any]: ...  # (B, 3, H, W) -> B objects with .text, .score
 
 
@@ -122,21 +126,39 @@ def caption_items(
     stop = stop or threading.Event()
     window = max(2 * batch_size, batch_size + 2 * workers)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="capcli-read")
+    lanes = max(1, int(getattr(captioner, "lanes", 1)))
+    lane_pool = ThreadPoolExecutor(lanes, thread_name_prefix="capcli-caption") if lanes > 1 else None
+    running: deque[tuple[Batch, Future[list[Any]]]] = deque()  # batches being captioned, oldest first
+
+    def start(batch: Batch) -> Iterator[Record]:
+        """Caption ``batch`` (on a lane when there are several); yield the oldest batches' records
+        until a lane is free."""
+        if lane_pool is None:
+            yield from _records(batch, _caption_batch(captioner, batch), annotate)
+            return
+        running.append((batch, lane_pool.submit(_caption_batch, captioner, batch)))
+        while len(running) >= lanes:
+            yield from _records(*_result(running.popleft()), annotate)
+
     try:
-        batch: list[tuple[Item, images.Loaded | ItemError]] = []
+        batch: Batch = []
         loaded = 0
         for item, result in _read_ahead(items, read, pool, window, stop):
             if stop.is_set():
-                return
+                break
             batch.append((item, result))
             loaded += isinstance(result, images.Loaded)
             if loaded == batch_size:
-                yield from _caption(batch, captioner, annotate)
+                yield from start(batch)
                 batch, loaded = [], 0
         if batch and not stop.is_set():
-            yield from _caption(batch, captioner, annotate)
+            yield from start(batch)
+        while running:  # batches already started finish, even after ``stop``
+            yield from _records(*_result(running.popleft()), annotate)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if lane_pool is not None:
+            lane_pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _read_ahead(
@@ -167,13 +189,20 @@ def _read_one(read: Reader, item: Item) -> images.Loaded | ItemError:
         return ItemError("internal_error", f"{type(exc).__name__}: {exc}")
 
 
-def _caption(
-    batch: list[tuple[Item, images.Loaded | ItemError]], captioner: Captioner, annotate: Annotate | None = None
-) -> Iterator[Record]:
+def _caption_batch(captioner: Captioner, batch: Batch) -> list[Any]:
     arrays = [r.array for _, r in batch if isinstance(r, images.Loaded)]
     captions = captioner.caption(np.stack(arrays)) if arrays else []  # (B, 3, H, W) in
     if len(captions) != len(arrays):
         raise FatalError(f"the captioner returned {len(captions)} captions for {len(arrays)} images")
+    return captions
+
+
+def _result(started: tuple[Batch, Future[list[Any]]]) -> tuple[Batch, list[Any]]:
+    batch, future = started
+    return batch, future.result()
+
+
+def _records(batch: Batch, captions: list[Any], annotate: Annotate | None = None) -> Iterator[Record]:
     results = iter(captions)
     for item, result in batch:
         if isinstance(result, ItemError):

@@ -13,7 +13,7 @@ from capcli.cli import main
 
 STAGES_BY_KIND = {
     "limit": {"encode"},
-    "capcli": {"read", "encode", "decode", "write", "wait"},
+    "capcli": {"read", "encode", "decode", "write", "idle"},
     "tutorial": {"read", "encode", "decode", "write"},
 }
 

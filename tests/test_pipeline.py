@@ -157,3 +157,50 @@ def test_summary_counts_and_describes() -> None:
     assert summary.describe() == (
         "2 captioned, 2 failed (not_found 1, truncated 1), 2 skipped (already in the output) "
         "in 2.0 s, 2.0 images/s")
+
+
+class LaneCaptioner(FakeCaptioner):
+    """Two lanes; batches take random time, so they finish out of order; counts overlap."""
+
+    lanes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+        self.rng = random.Random(1)
+
+    def caption(self, images: np.ndarray) -> list[FakeCaption]:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            pause = self.rng.random() * 0.02
+        time.sleep(pause)
+        try:
+            return super().caption(images)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_lanes_caption_batches_at_once_and_keep_input_order() -> None:
+    captioner = LaneCaptioner()
+    records = list(caption_items(items(60), captioner, jittery_reader(fail_every=9, delay=0), batch_size=4,
+                                 workers=2))  # fmt: skip
+    assert [r["index"] for r in records] == list(range(60))
+    assert all(r["caption"] == f"Image {r['index']}." for r in records if r["status"] == "ok")
+    assert captioner.most_at_once == 2  # never more batches in flight than lanes
+
+
+def test_stop_with_lanes_finishes_started_batches_only() -> None:
+    captioner = LaneCaptioner()
+    stop = threading.Event()
+    out = []
+    for record in caption_items(items(200), captioner, jittery_reader(delay=0), batch_size=5, workers=2, stop=stop):
+        out.append(record)
+        if len(out) == 12:
+            stop.set()
+    # Whole batches only, in order, and nothing started after the stop beyond what was in flight.
+    assert [r["index"] for r in out] == list(range(len(out)))
+    assert len(out) % 5 == 0 and len(out) <= 12 + 2 * 5

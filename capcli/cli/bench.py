@@ -47,7 +47,9 @@ def _size(value: str) -> tuple[int, int]:
               help="Reader threads [default: capcli's].")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
-              help="onnxruntime intra-op threads [default: the runtime's choice, physical cores].")
+              help="onnxruntime intra-op threads per lane [default: physical cores / lanes].")
+@click.option("--lanes", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Batches captioned at once [default: 2 on the CPU, 1 under CUDA].")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True, metavar="R",
               help="Run the scenarios round-robin R times and report each one's median (steadier on a busy machine).")
 @click.option("--big/--no-big", default=True, show_default=True, help="The phone-size JPEG scenario.")
@@ -60,7 +62,7 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--json", "json_path", metavar="FILE", type=click.Path(dir_okay=False), default=None,
               help="Also write every figure as JSON to FILE.")
 def bench_command(model: str | None, images: str | None, n: int, checkpoint: str | None, batch_size: int,
-                  workers: int | None, device: str, threads: int | None, rounds: int, big: bool,
+                  workers: int | None, device: str, threads: int | None, lanes: int | None, rounds: int, big: bool,
                   big_size: tuple[int, int], memory: bool, memory_counts: str, json_path: str | None) -> None:  # fmt: skip
     """Measure capcli against its limit and the tutorial way, in one run.
 
@@ -91,7 +93,7 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
     if len(counts) != 2 or min(counts) < 1:
         raise click.BadParameter("expected two positive counts, e.g. 1000,20000", param_hint="'--memory-counts'")
     cfg = BenchConfig(model=model, images=folder, n=n, batch_size=batch_size, workers=workers, device=device,
-                      threads=threads, checkpoint=checkpoint, big=big, big_size=big_size, memory=memory,
+                      threads=threads, lanes=lanes, checkpoint=checkpoint, big=big, big_size=big_size, memory=memory,
                       memory_counts=counts, rounds=rounds)  # type: ignore[arg-type]  # fmt: skip
     try:
         report = run_bench(cfg, say=lambda line: click.echo(line, err=True))
