@@ -158,7 +158,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> 
             inputs["big"] = make_big_jpegs(photos[:BIG_UNIQUE], work / "big", cfg.big_size)
         skip = {s.key: _skip_reason(s, cfg) for s in todo}
         for round_no in range(cfg.rounds):
-            for i, s in enumerate(todo):
+            for s in todo:
                 if skip[s.key]:
                     continue
                 say(f"[round {round_no + 1}/{cfg.rounds}] {s.label} ({s.count} images) ...")
@@ -317,7 +317,7 @@ def machine_info(results: dict[str, Result]) -> dict[str, Any]:
     }
     # What the sessions really used, as the workers reported it; capcli's own arrangement first.
     for r in sorted(results.values(), key=lambda r: r.key != "beam3"):
-        for key in ("providers", "device", "lanes", "intra_op_threads", "torch", "torch_threads"):
+        for key in ("model", "quantized", "providers", "device", "lanes", "intra_op_threads", "torch", "torch_threads"):
             if key in r.info:
                 info.setdefault(key, r.info[key])
     if any("CUDA" in p for p in info.get("providers", [])):
@@ -393,7 +393,9 @@ def _captioner(spec: dict[str, Any], beam: int) -> Any:
 
 
 def _session_info(captioner: Any) -> dict[str, Any]:
-    return {"providers": captioner.providers, "device": captioner.device, "lanes": captioner.lanes,
+    bundle = captioner.bundle
+    return {"model": str(bundle.path), "quantized": bool(bundle.meta.get("quantized", False)),
+            "providers": captioner.providers, "device": captioner.device, "lanes": captioner.lanes,
             "intra_op_threads": captioner.threads}  # fmt: skip
 
 

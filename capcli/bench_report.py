@@ -5,15 +5,16 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from capcli.bench import STAGES, Report, Result
+from capcli.bench import BIG_UNIQUE, STAGES, Report, Result
 
-
-LEGEND = """\
-limit: encoder.onnx alone on ready-made input tensors (same photos, batch size and session options);
-capcli: files on disk -> JSONL records, as `capcli caption -` runs; tutorial: the PyTorch checkpoint,
-one image at a time, eager. Stages in ms per image: read (CPU time summed over reader threads, overlapped
-with inference), encode and decode loop (summed over capcli's lanes), write, idle (lane time outside the
-model: waiting for images, batching). Peak: RSS high-water mark of the scenario's process."""
+LEGEND = f"""\
+limit: encoder.onnx alone on ready-made input tensors (same photos and batch size), the faster of capcli's
+lanes and one session on all cores.
+capcli: files on disk -> JSONL records, as `capcli caption -` runs (big JPEGs: {BIG_UNIQUE} distinct ones made
+from the photos, cycled). tutorial: the PyTorch checkpoint, one image at a time, eager.
+Stages in ms per image: read (CPU time summed over reader threads, overlapped with inference), encode and
+decode loop (summed over capcli's lanes), write, idle (lane time outside the model: waiting for images,
+batching). Peak: RSS high-water mark of the scenario's process."""
 
 
 def render(report: Report, console: Console | None = None) -> None:
@@ -34,6 +35,8 @@ def _machine_line(report: Report) -> str:
     if m.get("intra_op_threads"):
         runtime += f", {m.get('lanes', 1)} lane(s) x {m['intra_op_threads']} intra-op threads"
     lines = [f"machine: {cpu}", f"runtime: {runtime}; available: {', '.join(m['providers_available'])}"]
+    if m.get("model"):
+        lines.append(f"model: {m['model']}" + (" (int8-quantised)" if m.get("quantized") else ""))
     if m.get("gpu"):
         lines.append(f"gpu: {m['gpu']}")
     if m.get("torch"):
