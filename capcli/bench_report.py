@@ -42,7 +42,7 @@ def _machine_line(report: Report) -> str:
     if m.get("torch"):
         lines.append(f"tutorial: torch {m['torch']}, {m['torch_threads']} threads")
     lines.append(f"batch {c['batch_size']}, {c['n']} images from {c['images']}, {c['rounds']} round(s) "
-                 f"(median shown); load average at the end {m['load_average_end']}")  # fmt: skip
+                 f"(fastest shown); load average at the end {m['load_average_end']}")  # fmt: skip
     return "\n".join(lines)
 
 
