@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from capcli.cli import main
@@ -32,7 +34,8 @@ from capcli.train.datasets import DATASETS
 @click.option("--finetune-blocks", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train the backbone's top K stages too (at --backbone-lr); the rest stays frozen and cached.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Captions per step.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Captions per step: the global batch, split across the processes under torchrun.")
 @click.option("--batch-by", type=click.Choice(["auto", "caption", "image"]), default="auto", show_default=True,
               help="Shuffle captions, or images with all their captions together (auto: image when fine-tuning).")
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True,
@@ -57,7 +60,8 @@ from capcli.train.datasets import DATASETS
               help="Beam width of the per-epoch dev captions (1: greedy).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Debug: only the first N images of each split.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Under torchrun each process takes cuda:LOCAL_RANK (auto|cuda), or the CPU (gloo).")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Processes decoding images for the feature cache.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -78,6 +82,11 @@ def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **optio
     Example:
       capcli train --dataset flickr8k --data ../shared/data/flickr8k --out runs/f8k
       capcli export runs/f8k/best.pt -o models/f8k
+
+    \b
+    On 4 GPUs (DistributedDataParallel; rank 0 writes the run folder):
+      torchrun --standalone --nproc_per_node 4 -m capcli train --dataset flickr8k \\
+        --data ../shared/data/flickr8k --out runs/f8k
     """
     try:
         from capcli.train.loop import TrainOptions, train
@@ -91,5 +100,6 @@ def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **optio
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(int(ExitStatus.FATAL))
     except KeyboardInterrupt:
-        click.echo(f"interrupted; continue with: capcli train --out {options['out']} --resume", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not from every process
+            click.echo(f"interrupted; continue with the same command plus --resume (--out {options['out']})", err=True)
         ctx.exit(int(ExitStatus.INTERRUPTED))

@@ -6,7 +6,8 @@ classes).  Keys:
 - ``format`` ("capcli-checkpoint"), ``format_version``
 - ``config``: ``ModelConfig.to_dict()``; ``vocab``: the token list (specials first)
 - ``model``: the model's ``state_dict``
-- ``optimizer``, ``scheduler``: their ``state_dict``s; ``rng``: RNG states
+- ``optimizer``, ``scheduler``: their ``state_dict``s (no RNG state: the loop seeds each
+  epoch from the run's seed, so a resumed run draws the same numbers)
 - ``epoch`` (last finished, 1-based), ``step``, ``finished`` (bool)
 - ``options``: the training options (JSON-able dict); ``history``: per-epoch metrics
 - ``best``: {"epoch", "metrics"} of the best dev epoch so far
@@ -80,16 +81,3 @@ def model_from_checkpoint(payload: dict[str, Any]) -> tuple[torch.nn.Module, Voc
     model.config = config
     model.load_state_dict(payload["model"])
     return model.eval(), Vocab(tuple(payload["vocab"]))
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from capcli import decode
 from capcli.errors import FatalError
@@ -45,7 +46,8 @@ from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint
 from capcli.train.checkpoint import atomic_write_text
 from capcli.train.data import TrainData, batches, prepare
-from capcli.train.datasets import load_split
+from capcli.train.datasets import Split, load_split
+from capcli.train.distributed import Ranks, session
 from capcli.train.features import default_cache_dir, module_fingerprint
 from capcli.train.model import CaptionModel, ModelConfig
 from capcli.train.record import RunInfo
@@ -116,14 +118,6 @@ class TrainOptions:
         )  # fmt: skip
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FatalError("--device cuda: no CUDA GPU is available to torch")
-    return torch.device(name)
-
-
 def train(
     options: TrainOptions,
     *,
@@ -131,20 +125,31 @@ def train(
     console: Console | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) a training run; returns the ``train.json`` record."""
-    console = console or Console(stderr=True, soft_wrap=True)
+    """Run (or continue) a training run; returns the ``train.json`` record.
+
+    Under ``torchrun`` (several processes) every process calls this; see
+    :mod:`capcli.train.distributed` for who does what.
+    """
+    with session(options.device) as (ranks, device):
+        if not ranks.main:  # rank 0 speaks for the run
+            console = Console(stderr=True, quiet=True)
+        return _train(options, ranks, device, resume, console or Console(stderr=True, soft_wrap=True), on_epoch_end)
+
+
+def _train(
+    options: TrainOptions,
+    ranks: Ranks,
+    device: torch.device,
+    resume: bool,
+    console: Console,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     started = time.time()
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = checkpoint.load(out / "last.pt") if resume else None
+    state = ranks.from_main(lambda: _open_run(out, resume))
     if state is not None:
-        if state["finished"]:
-            raise FatalError(f"the run in {out} has already finished (epoch {state['epoch']}): nothing to resume")
         saved = TrainOptions(**state["options"])
         options = dataclasses.replace(saved, **{k: getattr(options, k) for k in LOCAL_OPTIONS})
-    elif (out / "last.pt").exists():
-        raise FatalError(f"{out} already holds a run: continue it with --resume, or choose another --out")
-    device = resolve_device(options.device)
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
@@ -169,19 +174,22 @@ def train(
     model.to(device)
     frozen, tuned = model.frozen_and_trainable_backbone()
     frozen.requires_grad_(False)
+    processes = f"; {ranks.world_size} processes ({ranks.backend})" if ranks.distributed else ""
     console.print(
         f"vocabulary: {len(vocab):,} tokens (words seen >= {options.min_count} times); "
-        f"backbone {config.backbone}, {options.finetune_blocks} top stages fine-tuned; device {device}"
+        f"backbone {config.backbone}, {options.finetune_blocks} top stages fine-tuned; device {device}{processes}"
     )
 
     t0 = time.time()
     identity = {"backbone": config.backbone, "frozen_stages": len(frozen), "weights": module_fingerprint(frozen)}
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    train_data, dev_data = (
-        prepare(split, vocab, config.backbone, config.max_len, frozen, identity, cache_dir=cache_dir,
-                workers=options.workers, device=device, console=console)
-        for split in (train_split, dev_split)
-    )  # fmt: skip
+
+    def data(split: Split) -> TrainData:
+        return prepare(split, vocab, config.backbone, config.max_len, frozen, identity, cache_dir=cache_dir,
+                       workers=options.workers, device=device, console=console)  # fmt: skip
+
+    # Rank 0 fills the feature cache, the others then read it; only rank 0 evaluates on the dev split.
+    train_data, dev_data = ranks.in_turns(lambda: (data(train_split), data(dev_split) if ranks.main else None))
     feature_seconds = time.time() - t0
 
     by_image = options.batch_by == "image" or (options.batch_by == "auto" and config.finetune_blocks > 0)
@@ -197,59 +205,98 @@ def train(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        checkpoint.restore_rng(state["rng"])
         history, best = state["history"], state["best"]
         first_epoch, step = state["epoch"] + 1, state["step"]
         console.print(f"resuming after epoch {state['epoch']} (step {step:,})")
+    forward: nn.Module = _Forward(model, tuned)
+    if ranks.distributed:
+        forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
 
-    run = RunInfo(dataclasses.asdict(options), options.command(), train_split, dev_split, device, feature_seconds)
+    run = RunInfo(dataclasses.asdict(options), options.command(), train_split, dev_split, device, feature_seconds,
+                  ranks.describe() if ranks.distributed else None)  # fmt: skip
     if state is not None:  # the run's command and feature time are those of its first session
         run.command = state["provenance"]["command"]
         run.feature_seconds += state["provenance"]["feature_seconds"]
+    fingerprints: list[str] = []
     for epoch in range(first_epoch, options.epochs + 1):
         t_epoch = time.time()
         steps = list(batches(train_data, options.batch_size, by_image, options.seed, epoch))
-        train_stats = _train_epoch(model, tuned, train_data, steps, options, optimizer, scheduler, epoch, console)
+        # Dropout masks depend only on (seed, epoch, rank), like the batches: a resumed run repeats them.
+        torch.manual_seed((options.seed * 100_003 + epoch) * 1_009 + ranks.rank)
+        train_stats = _train_epoch(model, forward, train_data, steps, options, optimizer, scheduler, epoch, console,
+                                   ranks)  # fmt: skip
         step += steps_per_epoch
-        dev_stats, dev_captions = evaluate(model, dev_data, vocab, config, options.dev_beam, options.label_smoothing)
-        record = {"epoch": epoch, "step": step, **train_stats, **dev_stats,
-                  "seconds": round(time.time() - t_epoch, 1)}  # fmt: skip
-        history.append(record)
-        improved = dev_stats["dev_CIDEr"] > best["metrics"].get("dev_CIDEr", -1.0)
-        if improved:
-            best = {"epoch": epoch, "metrics": dev_stats}
-        finished = epoch == options.epochs or (options.patience > 0 and epoch - best["epoch"] >= options.patience)
-        payload = {
-            "config": config.to_dict(), "vocab": list(vocab.tokens), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
-            "epoch": epoch, "step": step, "finished": finished, "options": dataclasses.asdict(options),
-            "history": history, "best": best, "provenance": run.provenance(history, best),
-        }  # fmt: skip
-        if improved:
-            checkpoint.save(out / "best.pt", payload)
-            _write_jsonl(out / "best_dev_captions.jsonl",
-                         [{"source": source, "caption": text} for source, text in dev_captions.items()])
-        checkpoint.save(out / "last.pt", payload)
-        _write_jsonl(out / "metrics.jsonl", history)
-        console.print(_epoch_line(record, options.epochs, improved), markup=False, highlight=False)
+        if ranks.distributed:  # DDP keeps the replicas equal; check it before rank 0 saves its own
+            fingerprints = ranks.gather(module_fingerprint(model))
+            if len(set(fingerprints)) > 1:
+                raise FatalError(f"epoch {epoch}: the processes' model parameters differ; the checkpoint would be "
+                                 "rank 0's alone")  # fmt: skip
+
+        def end_epoch() -> tuple[dict[str, Any], bool]:
+            nonlocal best
+            assert dev_data is not None
+            dev_stats, dev_captions = evaluate(model, dev_data, vocab, config, options.dev_beam,
+                                               options.label_smoothing)  # fmt: skip
+            record = {"epoch": epoch, "step": step, **train_stats, **dev_stats,
+                      "seconds": round(time.time() - t_epoch, 1)}  # fmt: skip
+            history.append(record)
+            improved = dev_stats["dev_CIDEr"] > best["metrics"].get("dev_CIDEr", -1.0)
+            if improved:
+                best = {"epoch": epoch, "metrics": dev_stats}
+            finished = epoch == options.epochs or (options.patience > 0 and epoch - best["epoch"] >= options.patience)
+            payload = {
+                "config": config.to_dict(), "vocab": list(vocab.tokens), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "step": step, "finished": finished, "options": dataclasses.asdict(options),
+                "history": history, "best": best, "provenance": run.provenance(history, best),
+            }  # fmt: skip
+            if improved:
+                checkpoint.save(out / "best.pt", payload)
+                _write_jsonl(out / "best_dev_captions.jsonl",
+                             [{"source": source, "caption": text} for source, text in dev_captions.items()])
+            checkpoint.save(out / "last.pt", payload)
+            _write_jsonl(out / "metrics.jsonl", history)
+            console.print(_epoch_line(record, options.epochs, improved), markup=False, highlight=False)
+            return record, finished
+
+        # Rank 0 evaluates, saves and decides whether to stop; the others hear the outcome.
+        record, finished = ranks.from_main(end_epoch)
         if on_epoch_end is not None:
             on_epoch_end(record)
         if finished:
             break
-    if history[-1]["epoch"] < options.epochs:
-        console.print(f"early stop: no better dev CIDEr for {options.patience} epochs")
 
-    from capcli.train.plot import plot_history
+    def end_run() -> dict[str, Any]:
+        if history[-1]["epoch"] < options.epochs:
+            console.print(f"early stop: no better dev CIDEr for {options.patience} epochs")
+        from capcli.train.plot import plot_history
 
-    plot_history(history, out / "curves.png", title=f"{options.dataset} · {config.backbone} · {config.decoder}")
-    record = run.record(history, best, time.time() - started, len(vocab))
-    atomic_write_text(out / "train.json", json.dumps(record, indent=2) + "\n")
-    console.print(
-        f"best dev CIDEr {best['metrics'].get('dev_CIDEr', float('nan')):.3f} "
-        f"(BLEU-4 {best['metrics'].get('dev_BLEU-4', float('nan')):.3f}) at epoch {best['epoch']}; "
-        f"checkpoints in {out}"
-    )
-    return record
+        plot_history(history, out / "curves.png", title=f"{options.dataset} · {config.backbone} · {config.decoder}")
+        record = run.record(history, best, time.time() - started, len(vocab))
+        if fingerprints:
+            record["distributed"] = {**ranks.describe(), "parameters_sha256": fingerprints}
+        atomic_write_text(out / "train.json", json.dumps(record, indent=2) + "\n")
+        console.print(
+            f"best dev CIDEr {best['metrics'].get('dev_CIDEr', float('nan')):.3f} "
+            f"(BLEU-4 {best['metrics'].get('dev_BLEU-4', float('nan')):.3f}) at epoch {best['epoch']}; "
+            f"checkpoints in {out}"
+        )
+        return record
+
+    return ranks.from_main(end_run)
+
+
+def _open_run(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The run folder, created if need be, and its last checkpoint when resuming."""
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        state = checkpoint.load(out / "last.pt")
+        if state["finished"]:
+            raise FatalError(f"the run in {out} has already finished (epoch {state['epoch']}): nothing to resume")
+        return state
+    if (out / "last.pt").exists():
+        raise FatalError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+    return None
 
 
 def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -262,22 +309,46 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+class _Forward(nn.Module):
+    """Cached frozen output -> logits: the tuned backbone stages and the captioner as one module (for DDP)."""
+
+    def __init__(self, model: CaptionModel, tuned: nn.Module) -> None:
+        super().__init__()
+        self.model, self.tuned = model, tuned
+
+    def forward(
+        self, inputs: torch.Tensor, local: torch.Tensor, captions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (N, C', h', w') of N images; local (B,) image of each caption; captions (B, T)."""
+        grid = _grid(self.tuned, inputs)[local]  # (B, L, C)
+        return self.model(grid, captions)  # (B, T-1, V), (B, T-1, L)
+
+
 def _losses(
-    model: CaptionModel, tuned: nn.Module, data: TrainData, rows: torch.Tensor, label_smoothing: float
+    forward: nn.Module, data: TrainData, rows: torch.Tensor, label_smoothing: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token cross-entropy, attention penalty) for caption ``rows`` (a CPU tensor)."""
+    """Sums over caption ``rows`` (a CPU tensor): (token cross-entropy, attention penalty per caption).
+
+    Sums, not means, so that a batch split across processes adds up to the
+    whole batch's loss; the caller divides by the whole batch's counts.
+    """
     device = data.captions.device
     images, local = torch.unique(data.image_of[rows], return_inverse=True)
     length = int(data.lengths[rows].max())
     captions = data.captions[rows.to(device), :length]  # (B, T)
     with _autocast(device):
-        grid = _grid(tuned, data.inputs(images))[local.to(device)]  # (B, L, C)
-        logits, alphas = model(grid, captions)  # (B, T-1, V), (B, T-1, L)
+        logits, alphas = forward(data.inputs(images), local.to(device), captions)  # (B, T-1, V), (B, T-1, L)
     targets = captions[:, 1:]  # (B, T-1)
-    xent = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing)
+    xent = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing,
+                           reduction="sum")  # fmt: skip
     mask = (targets != 0).unsqueeze(2)  # (B, T-1, 1): padding steps attend to nothing
     coverage = (alphas.float() * mask).sum(dim=1)  # (B, L)
-    return xent, ((1.0 - coverage) ** 2).mean()
+    return xent, ((1.0 - coverage) ** 2).mean(dim=1).sum()
+
+
+def _targets(data: TrainData, rows: torch.Tensor) -> int:
+    """Predicted tokens of caption ``rows``: the words and <end>."""
+    return int((data.lengths[rows] - 1).sum())
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:
@@ -307,7 +378,7 @@ def _optimizer(model: CaptionModel, tuned: nn.Module, options: TrainOptions) -> 
 
 def _train_epoch(
     model: CaptionModel,
-    tuned: nn.Module,
+    forward: nn.Module,
     train_data: TrainData,
     steps: list[torch.Tensor],
     options: TrainOptions,
@@ -315,33 +386,39 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
     console: Console,
+    ranks: Ranks,
 ) -> dict[str, float]:
+    """One pass over ``steps`` (global batches; each rank trains on its share of every one)."""
     model.train()
     _freeze_batchnorm(model.backbone)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     device = train_data.captions.device
-    total_xent, total_att = torch.zeros((), device=device), torch.zeros((), device=device)
+    totals = torch.zeros(2, device=device)  # this rank's part of the per-step mean token loss, attention penalty
     columns = (TextColumn(f"epoch {epoch}/{options.epochs}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))  # fmt: skip
     lr = 0.0
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+    show = console.is_terminal and not console.quiet
+    with Progress(*columns, console=console, transient=True, disable=not show) as progress:
         task = progress.add_task("train", total=len(steps), loss="")
-        for i, rows in enumerate(steps):
-            xent, attention = _losses(model, tuned, train_data, rows, options.label_smoothing)
-            loss = xent + options.attention_penalty * attention
+        for i, batch in enumerate(steps):
+            rows, weight = ranks.share(batch)
+            xent, attention = _losses(forward, train_data, rows, options.label_smoothing)
+            # Means over the whole batch; DDP averages the ranks' gradients, hence the world size.
+            means = torch.stack([xent / _targets(train_data, batch), attention / len(batch)]) * weight  # (2,)
+            loss = ranks.world_size * (means[0] + options.attention_penalty * means[1])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, options.clip)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
-            total_xent += xent.detach()
-            total_att += attention.detach()
-            if console.is_terminal and i % 20 == 0:  # reading the loss waits for the GPU: not every step
-                progress.update(task, loss=f"loss {float(total_xent) / (i + 1):.3f}")
+            totals += means.detach()
+            if show and i % 20 == 0:  # reading the loss waits for the GPU: not every step
+                progress.update(task, loss=f"loss {float(totals[0]) * ranks.world_size / (i + 1):.3f}")
             progress.advance(task)
+    xent_total, attention_total = ranks.sum(totals).tolist()
     n = len(steps)
-    return {"lr": lr, "train_loss": float(total_xent) / n, "train_attention": float(total_att) / n}
+    return {"lr": lr, "train_loss": xent_total / n, "train_attention": attention_total / n}
 
 
 # -- dev evaluation ----------------------------------------------------------------------------
@@ -363,12 +440,11 @@ def evaluate(
     """
     model.eval()
     _, tuned = model.frozen_and_trainable_backbone()
-    total, count = 0.0, 0
+    forward = _Forward(model, tuned)
+    total = torch.zeros((), device=data.captions.device)
     for start in range(0, len(data.captions), 2 * batch_size):
         rows = torch.arange(start, min(start + 2 * batch_size, len(data.captions)))
-        xent, _ = _losses(model, tuned, data, rows, label_smoothing)
-        total += float(xent) * len(rows)
-        count += len(rows)
+        total += _losses(forward, data, rows, label_smoothing)[0]
     spec = decode.SearchSpec(vocab.start_id, vocab.end_id, banned=[vocab.pad_id, vocab.start_id, vocab.unk_id],
                              max_len=config.max_len)  # fmt: skip
     hypotheses: dict[str, str] = {}
@@ -378,7 +454,8 @@ def evaluate(
             hypotheses[str(data.samples[i].image)] = detokenize(vocab.decode(hyp.ids))
     references = {str(s.image): list(s.captions) for s in data.samples}
     scores = quick_scores(references, hypotheses)
-    return {"dev_loss": total / count, **{f"dev_{k}": v for k, v in scores.items()}}, hypotheses
+    dev_loss = float(total) / _targets(data, torch.arange(len(data.captions)))  # per predicted token
+    return {"dev_loss": dev_loss, **{f"dev_{k}": v for k, v in scores.items()}}, hypotheses
 
 
 def _search(

@@ -23,19 +23,23 @@ class RunInfo:
     """Facts about a run: its command, data, hardware and time.
 
     ``options`` is the run's TrainOptions as a dict; ``feature_seconds`` the
-    time spent filling the feature cache (kept across ``--resume``).
+    time spent filling the feature cache (kept across ``--resume``);
+    ``distributed`` the process group ({"backend", "world_size", "nodes"}) of a
+    run on several processes (``device`` is then rank 0's).
     """
 
     def __init__(self, options: dict[str, Any], command: str, train: Split, dev: Split, device: torch.device,
-                 feature_seconds: float) -> None:  # fmt: skip
+                 feature_seconds: float, distributed: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.options, self.command, self.train, self.dev, self.device = options, command, train, dev, device
-        self.feature_seconds = feature_seconds
+        self.feature_seconds, self.distributed = feature_seconds, distributed
 
     def hardware(self) -> dict[str, Any]:
         info: dict[str, Any] = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "device": str(self.device),
                                 "torch": str(torch.__version__), "python": platform.python_version()}  # fmt: skip
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)
+        if self.distributed:
+            info["distributed"] = self.distributed
         return info
 
     def data(self) -> dict[str, Any]:
