@@ -139,3 +139,18 @@ def test_a_rank_takes_its_share_of_a_global_batch() -> None:
     # Fewer rows than ranks: the rank left out runs a stand-in row that weighs nothing.
     part, weight = Ranks(rank=1, world_size=2).share(torch.tensor([9]))
     assert part.tolist() == [9] and weight == 0.0
+
+
+def test_each_process_takes_its_local_gpu_or_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from capcli.errors import FatalError
+    from capcli.train.distributed import _rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _rank_device("auto", 1) == _rank_device("cpu", 1) == torch.device("cpu")  # then gloo
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _rank_device("auto", 1) == _rank_device("cuda", 1) == torch.device("cuda", 1)  # then NCCL
+    with pytest.raises(FatalError, match="LOCAL_RANK"):
+        _rank_device("cuda:0", 1)  # one GPU for all processes: refused
+    with pytest.raises(FatalError, match="2 CUDA GPUs"):
+        _rank_device("cuda", 2)
