@@ -503,14 +503,14 @@ def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
     from torchvision import transforms
 
     from capcli.text import detokenize
-    from export.onnx_export import load_checkpoint, preprocess_for
+    from capcli.train.checkpoint import load_checkpoint
 
     started = time.perf_counter()
     ckpt = load_checkpoint(spec["checkpoint"])
     model, vocab = ckpt.model.eval(), ckpt.vocab
-    pre = preprocess_for(model.config)
+    pre = model.backbone.spec.preprocess
     transform = transforms.Compose([
-        transforms.Resize(pre.size, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.Resize(pre.size, interpolation=transforms.InterpolationMode(pre.interpolation)),
         transforms.ToTensor(),
         transforms.Normalize(pre.mean, pre.std),
     ])  # fmt: skip

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from capcli.bundle import sha256_bytes
-from export.onnx_export import DEFAULT_OPSET, Checkpoint, base_provenance, export_bundle, load_checkpoint
+from capcli.train.checkpoint import Checkpoint, load_checkpoint
+from export.onnx_export import DEFAULT_OPSET, base_provenance, export_bundle
 from export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity, find_images
 
 __all__ = [

@@ -17,7 +17,6 @@ the parity check, see :mod:`export.parity`), and only then moved into place.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
@@ -25,7 +24,6 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,50 +31,13 @@ import torch
 from torch import nn
 
 from capcli import __version__
-from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, Preprocess, sha256_bytes
+from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, sha256_bytes
 from capcli.errors import FatalError
 from capcli.text import Vocab
-from capcli.train.backbones import SPECS
 from capcli.train.model import CaptionModel, ModelConfig
 
 DEFAULT_OPSET = 17
 BATCH = "batch"
-
-
-@dataclass
-class Checkpoint:
-    model: CaptionModel  # eval mode, on the CPU
-    vocab: Vocab
-    extra: dict[str, Any]  # every other key of the checkpoint (provenance, train settings, ...)
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Rebuild the model from a training checkpoint: needs only "config", "vocab" and "model"."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FatalError(f"{path}: no such checkpoint") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise FatalError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})"[:800]) from None
-    missing = [k for k in ("config", "vocab", "model") if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise FatalError(f"{path}: not a capcli checkpoint (missing {', '.join(missing)})")
-    try:
-        config = ModelConfig.from_dict(data["config"])
-        vocab = Vocab(tuple(data["vocab"]))
-    except (TypeError, ValueError) as exc:
-        raise FatalError(f"{path}: bad config or vocabulary: {exc}") from None
-    if len(vocab) != config.vocab_size:
-        raise FatalError(f"{path}: vocabulary has {len(vocab)} tokens but the model expects {config.vocab_size}")
-    # The state dict holds every weight: never fetch pretrained ones just to overwrite them.
-    model = CaptionModel(dataclasses.replace(config, pretrained=False))
-    model.config = config
-    try:
-        model.load_state_dict(data["model"])
-    except RuntimeError as exc:
-        raise FatalError(f"{path}: weights do not fit the model config: {exc}"[:800]) from None
-    extra = {k: v for k, v in data.items() if k not in ("config", "vocab", "model")}
-    return Checkpoint(model.eval(), vocab, extra)
 
 
 class EncoderGraph(nn.Module):
@@ -109,20 +70,14 @@ def state_names(config: ModelConfig) -> list[str]:
     return ["h"] if config.decoder == "gru" else ["h", "c"]
 
 
-def preprocess_for(config: ModelConfig) -> Preprocess:
-    spec = SPECS[config.backbone]
-    return Preprocess((spec.image_size, spec.image_size), spec.mean, spec.std, "squash", "bilinear")
-
-
 def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -> None:
     """Write encoder.onnx and decoder.onnx into ``folder`` and check them."""
     import onnx
 
     cfg = model.config
     states = state_names(cfg)
-    size = cfg.image_size
     encoder, step = EncoderGraph(model).eval(), DecoderStep(model).eval()
-    images = torch.randn(2, 3, size, size)  # (2, 3, S, S): batch 2 so no size-1 axis is specialised
+    images = torch.randn(2, 3, *model.backbone.spec.image_size)  # (2, 3, H, W): batch 2, no size-1 axis specialised
     with torch.no_grad():
         features, keys, *state = encoder(images)
     tokens = torch.tensor([1, 4 % cfg.vocab_size], dtype=torch.long)
@@ -140,7 +95,7 @@ def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -
             dynamic_axes={name: {0: BATCH} for name in dec_in + dec_out},
             opset_version=opset, dynamo=False,
         )  # fmt: skip
-    regions = cfg.grid[0] * cfg.grid[1]
+    regions = model.backbone.spec.grid[0] * model.backbone.spec.grid[1]
     fixed = {"features": [regions, cfg.feature_dim], "keys": [regions, cfg.attention_dim]}  # beyond the batch axis
     for name in (ENCODER, DECODER):
         path = str(folder / name)
@@ -159,19 +114,19 @@ def bundle_meta(
 ) -> dict[str, Any]:
     """model.json for the ONNX files already in ``folder``."""
     cfg = model.config
-    spec = SPECS[cfg.backbone]
+    spec = model.backbone.spec
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vocab": {"tokens": list(vocab.tokens)},
         "max_len": cfg.max_len,
-        "preprocess": preprocess_for(cfg).to_dict(),
-        "grid": list(cfg.grid),
+        "preprocess": spec.preprocess.to_dict(),
+        "grid": list(spec.grid),
         "feature_dim": cfg.feature_dim,
         "attention_dim": cfg.attention_dim,
         "decoder": {"kind": cfg.decoder, "hidden": cfg.hidden_dim, "embed": cfg.embed_dim},
-        "backbone": {"name": cfg.backbone, "image_size": spec.image_size, "channels": spec.channels,
-                     "pretrained": cfg.pretrained},  # fmt: skip
+        "backbone": {"name": cfg.backbone, "source": spec.source, "image_size": list(spec.image_size),
+                     "channels": spec.channels, "pretrained": cfg.pretrained},  # fmt: skip
         "model_config": cfg.to_dict(),
         "opset": opset,
         "files": {name: {"sha256": sha256_bytes((folder / name).read_bytes())} for name in (ENCODER, DECODER)},

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from capcli.train.backbones import SPECS, build_backbone  # noqa: E402
+from capcli.train.backbones import build_backbone, describe  # noqa: E402
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
@@ -50,13 +50,17 @@ def test_efficientnet_lite0_pretrained_weights_recognise_dogs() -> None:
             torch.testing.assert_close(grid, net.extract_features(x))
 
 
-@pytest.mark.parametrize("name", ["torchvision:resnet50", "torchvision:efficientnet_b0", "torchvision:inception_v3"])
-def test_torchvision_backbones_give_their_documented_grid(name: str) -> None:
-    spec = SPECS[name]
+@pytest.mark.parametrize(
+    ("name", "channels", "grid"),
+    [("torchvision:resnet50", 2048, 7), ("torchvision:efficientnet_b0", 1280, 7), ("torchvision:inception_v3", 2048, 8)],
+)
+def test_torchvision_backbones_give_their_documented_grid(name: str, channels: int, grid: int) -> None:
+    spec = describe(name)
+    assert (spec.channels, spec.grid) == (channels, (grid, grid))
     backbone = build_backbone(name, pretrained=False).eval()
     with torch.no_grad():
-        grid = backbone(torch.zeros(1, 3, spec.image_size, spec.image_size))
-    assert grid.shape == (1, spec.channels, spec.grid, spec.grid)
+        out = backbone(torch.zeros(1, 3, *spec.image_size))
+    assert out.shape == (1, spec.channels, *spec.grid)
 
 
 @pytest.mark.parametrize("decoder", ["gru", "lstm"])

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 from capcli.errors import FatalError  # noqa: E402
 from capcli.text import detokenize, tokenize  # noqa: E402
 from capcli.train import checkpoint  # noqa: E402
-from capcli.train.features import cached_features, module_fingerprint, preprocess_for  # noqa: E402
+from capcli.train.backbones import preprocess_for  # noqa: E402
+from capcli.train.features import cached_features, module_fingerprint  # noqa: E402
 from capcli.train.loop import TrainOptions, train  # noqa: E402
 
 FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,28 +57,62 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint (tensors on the CPU); a clear error when it is not one of ours."""
+REQUIRED = ("config", "vocab", "model")  # all a model needs; the rest is training state and provenance
+
+
+@dataclass
+class Checkpoint:
+    model: torch.nn.Module  # the CaptionModel, eval mode, on the CPU
+    vocab: Vocab
+    extra: dict[str, Any]  # every other key (provenance, train settings, history, ...)
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint (tensors on the CPU); a clear error when it is not one of ours.
+
+    Needs only ``config``, ``vocab`` and ``model``; ``format``/``format_version``,
+    when present, must be ours.
+    """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FatalError(f"checkpoint not found: {path}") from None
-    except Exception as exc:  # truncated file, pickle refused by weights_only, ...
-        raise FatalError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FatalError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - truncated file, pickle refused by weights_only, ...
+        raise FatalError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})"[:800]) from None
+    if not isinstance(payload, dict) or payload.get("format", FORMAT) != FORMAT:
         raise FatalError(f"{path} is not a capcli checkpoint")
-    if payload.get("format_version") != FORMAT_VERSION:
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise FatalError(f"{path}: not a capcli checkpoint (missing {', '.join(missing)})")
+    if payload.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise FatalError(f"{path}: checkpoint format version {payload.get('format_version')} is not supported")
     return payload
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> tuple[torch.nn.Module, Vocab]:
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint file and rebuild its model (what ``capcli export`` and the benchmark load)."""
+    payload = load(path)
+    model, vocab = model_from_checkpoint(payload, source=str(path))
+    extra = {k: v for k, v in payload.items() if k not in (*REQUIRED, "format", "format_version")}
+    return Checkpoint(model, vocab, extra)
+
+
+def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -> tuple[torch.nn.Module, Vocab]:
     """Rebuild the model (eval mode, CPU) and its vocabulary from a loaded checkpoint."""
     from capcli.train.model import CaptionModel, ModelConfig
 
-    config = ModelConfig.from_dict(payload["config"])
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+        vocab = Vocab(tuple(payload["vocab"]))
+    except (TypeError, ValueError) as exc:
+        raise FatalError(f"{source}: bad config or vocabulary: {exc}") from None
+    if len(vocab) != config.vocab_size:
+        raise FatalError(f"{source}: vocabulary has {len(vocab)} tokens but the model expects {config.vocab_size}")
     # The state dict holds every weight: skip loading (or downloading) pretrained ones.
     model = CaptionModel(dataclasses.replace(config, pretrained=False))
     model.config = config
-    model.load_state_dict(payload["model"])
-    return model.eval(), Vocab(tuple(payload["vocab"]))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise FatalError(f"{source}: weights do not fit the model config: {exc}"[:800]) from None
+    return model.eval(), vocab

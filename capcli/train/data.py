@@ -12,8 +12,9 @@ from rich.console import Console
 from torch import nn
 
 from capcli.text import Vocab, tokenize
+from capcli.train.backbones import preprocess_for
 from capcli.train.datasets import Sample, Split
-from capcli.train.features import cached_features, preprocess_for
+from capcli.train.features import cached_features
 
 
 @dataclass

@@ -34,7 +34,6 @@ from torch import nn
 from capcli import images
 from capcli.bundle import Preprocess
 from capcli.errors import ItemError
-from capcli.train.backbones import SPECS
 from capcli.train.checkpoint import atomic_write_text, temp_sibling
 
 FORMAT_VERSION = 1
@@ -43,12 +42,6 @@ FORMAT_VERSION = 1
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "capcli" / "features"
-
-
-def preprocess_for(backbone: str) -> Preprocess:
-    """The bundle-format preprocessing a backbone expects (export writes the same to model.json)."""
-    spec = SPECS[backbone]
-    return Preprocess(size=(spec.image_size, spec.image_size), mean=spec.mean, std=spec.std)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from capcli.train.backbones import SPECS, Backbone, build_backbone
+from capcli.train.backbones import Backbone, BackboneSpec, build_backbone, check_name, describe
 
 State = tuple[torch.Tensor, ...]  # (h,) for GRU, (h, c) for LSTM; each (B, H)
 
@@ -38,8 +38,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.decoder not in ("gru", "lstm"):
             raise ValueError(f"decoder must be 'gru' or 'lstm', not {self.decoder!r}")
-        if self.backbone not in SPECS:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(SPECS)}")
+        check_name(self.backbone)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,17 +48,21 @@ class ModelConfig:
         return cls(**data)
 
     @property
-    def image_size(self) -> int:
-        return SPECS[self.backbone].image_size
+    def backbone_spec(self) -> BackboneSpec:
+        """Input size, preprocessing, grid and channels of the backbone (see ``backbones.describe``)."""
+        return describe(self.backbone)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.backbone_spec.image_size
 
     @property
     def backbone_channels(self) -> int:
-        return SPECS[self.backbone].channels
+        return self.backbone_spec.channels
 
     @property
     def grid(self) -> tuple[int, int]:
-        g = SPECS[self.backbone].grid
-        return (g, g)
+        return self.backbone_spec.grid
 
 
 class Attention(nn.Module):
@@ -128,7 +131,7 @@ class CaptionModel(nn.Module):
         self.decoder = Decoder(cfg)
 
     def backbone_grid(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, S, S) -> region grid (B, L, C): the cacheable part."""
+        """Images (B, 3, H, W) -> region grid (B, L, C): the cacheable part."""
         return self.backbone(images).flatten(2).transpose(1, 2)  # (B, L, C)
 
     def frozen_and_trainable_backbone(self) -> tuple[nn.Sequential, nn.Sequential]:

