@@ -11,8 +11,38 @@ from capcli.errors import CapcliError, ExitStatus
 from capcli.train.datasets import DATASETS
 
 
+def _list_backbones(ctx: click.Context, param: click.Parameter, pattern: str | None) -> None:
+    if pattern is None or ctx.resilient_parsing:
+        return
+    from capcli.train.backbones import DEFAULT, catalogue
+
+    for group in catalogue(pattern):
+        click.echo(group.source)
+        for row in group.rows:
+            default = "  (default)" if row.name == DEFAULT else ""
+            click.echo(f"  {row.name:<44} {row.weights}{default}")
+        if group.note:
+            click.echo(f"  {group.note}")
+    ctx.exit(0)
+
+
+def _check_backbone(ctx: click.Context, param: click.Parameter, name: str) -> str:
+    try:
+        from capcli.train.backbones import check_name
+    except ModuleNotFoundError:  # no torch: the command body says which extra to install
+        return name
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return name
+
 
 @main.command("train")
+@click.option("--list-backbones", is_flag=False, flag_value="", default=None, metavar="[PATTERN]", is_eager=True,
+              expose_value=False, callback=_list_backbones,
+              help="List backbone names and whether their weights are here (PATTERN: e.g. 'timm:convnext*'), "
+                   "then exit.")
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Annotation format of --data.")
 @click.option("--data", type=click.Path(exists=True), required=True,
               help="Data set folder (or its annotation file).")
@@ -21,10 +51,11 @@ from capcli.train.datasets import DATASETS
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Run folder: checkpoints, metrics.jsonl, curves.png, train.json.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt with its saved settings.")
-@click.option("--backbone", default="efficientnet-lite2", show_default=True,
-              help="efficientnet-lite0|efficientnet-lite2|torchvision:resnet50|torchvision:efficientnet_b0|"
-                   "torchvision:inception_v3|tiny.")
-@click.option("--no-pretrained", is_flag=True, help="Random backbone weights instead of ImageNet ones.")
+@click.option("--backbone", default="efficientnet-lite2", show_default=True, callback=_check_backbone,
+              help="efficientnet-lite0|1|2, torchvision:<model> (e.g. torchvision:resnet50), timm:<model> "
+                   "(e.g. timm:inception_resnet_v2; needs the timm extra) or tiny; see --list-backbones.")
+@click.option("--no-pretrained", is_flag=True,
+              help="Random backbone weights instead of ImageNet ones (nothing to install or download).")
 @click.option("--decoder", type=click.Choice(["gru", "lstm"]), default="gru", show_default=True)
 @click.option("--hidden-dim", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--embed-dim", type=click.IntRange(min=1), default=256, show_default=True)

