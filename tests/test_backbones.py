@@ -217,6 +217,10 @@ def test_timm_vit_grid_is_the_patch_tokens_without_the_class_token(timm) -> None
     frozen, tuned = backbone.split(2)
     with torch.no_grad():
         torch.testing.assert_close(tuned(frozen(x)), grid)
+    from capcli.errors import FatalError
+
+    with pytest.raises(FatalError, match="has 14 stages: cannot fine-tune 15"):
+        backbone.split(15)
 
 
 def test_tokens_to_grid_drops_every_prefix_token() -> None:

@@ -89,6 +89,10 @@ class Backbone(nn.Module):
 
     def split(self, trainable_stages: int) -> tuple[nn.Sequential, nn.Sequential]:
         """(frozen prefix, trainable suffix) sharing this backbone's modules."""
+        if not 0 <= trainable_stages <= len(self.stages):
+            raise FatalError(
+                f"backbone {self.spec.name} has {len(self.stages)} stages: cannot fine-tune {trainable_stages}"
+            )
         cut = len(self.stages) - trainable_stages
         return nn.Sequential(*self.stages[:cut]), nn.Sequential(*self.stages[cut:])
 
