@@ -130,6 +130,8 @@ def test_list_backbones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, timm) -
     result = CliRunner().invoke(main, ["train", "--list-backbones", "timm:inception_resnet_v2*"])
     rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines() if line.startswith("  ")}
     assert rows == {f"timm:inception_resnet_v2.{tag}": "download" for tag in ("tf_ens_adv_in1k", "tf_in1k")}
+    result = CliRunner().invoke(main, ["train", "--list-backbones", "foo*"])
+    assert result.exit_code == 0 and "no backbone name matches 'foo*'" in result.output
 
 
 # -- preprocessing from the libraries' own configs -------------------------------------------------------------

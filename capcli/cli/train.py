@@ -16,7 +16,10 @@ def _list_backbones(ctx: click.Context, param: click.Parameter, pattern: str | N
         return
     from capcli.train.backbones import DEFAULT, catalogue
 
-    for group in catalogue(pattern):
+    groups = catalogue(pattern)
+    if not groups:
+        click.echo(f"no backbone name matches {pattern!r}", err=True)
+    for group in groups:
         click.echo(group.source)
         for row in group.rows:
             default = "  (default)" if row.name == DEFAULT else ""
