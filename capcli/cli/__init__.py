@@ -26,16 +26,5 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    # Each module adds its command(s) to ``main`` on import.
-    import importlib
-
-    for name in ("caption", "urls", "info", "export_cmd", "train", "evaluate", "bench"):
-        try:
-            importlib.import_module(f"capcli.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name != f"capcli.cli.{name}":
-                raise
-
-
-_register()
+# Each module adds its command(s) to ``main`` on import.
+from capcli.cli import bench, caption, evaluate, export_cmd, info, train, urls  # noqa: E402,F401

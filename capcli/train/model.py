@@ -159,21 +159,3 @@ class CaptionModel(nn.Module):
             logits.append(step_logits)
             alphas.append(alpha)
         return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
-
-    @torch.no_grad()
-    def greedy(self, grid: torch.Tensor, start_id: int, end_id: int, banned: list[int], max_len: int) -> torch.Tensor:
-        """Greedy decoding in PyTorch (dev evaluation during training): (B, <=max_len+1) ids."""
-        features = self.features(grid)  # (B, L, D)
-        keys, state = self.decoder.init(features)
-        tokens = torch.full((grid.size(0),), start_id, dtype=torch.long, device=grid.device)
-        done = torch.zeros_like(tokens, dtype=torch.bool)
-        out = []
-        for _ in range(max_len + 1):
-            logits, state, _ = self.decoder.step(tokens, state, features, keys)
-            logits[:, banned] = float("-inf")
-            tokens = logits.argmax(dim=1).masked_fill(done, end_id)  # (B,)
-            out.append(tokens)
-            done |= tokens == end_id
-            if bool(done.all()):
-                break
-        return torch.stack(out, dim=1)
