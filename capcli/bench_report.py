@@ -14,7 +14,8 @@ capcli: files on disk -> JSONL records, as `capcli caption -` runs (big JPEGs: {
 from the photos, cycled). tutorial: the PyTorch checkpoint, one image at a time, eager.
 Stages in ms per image: read (CPU time summed over reader threads, overlapped with inference), encode and
 decode loop (summed over capcli's lanes), write, idle (lane time outside the model: waiting for images,
-batching). Peak: RSS high-water mark of the scenario's process."""
+batching). Peak: RSS high-water mark of the scenario's process. Figures taken while other processes kept
+cores busy are flagged: compare ratios only between unflagged rows (or use --rounds)."""
 
 
 def render(report: Report, console: Console | None = None) -> None:
@@ -68,6 +69,8 @@ def _note(r: Result) -> str:
     notes = []
     if len(r.rates) > 1:
         notes.append("rounds " + ", ".join(f"{x:.1f}" for x in r.rates))
+    if r.info.get("other_cores", 0) >= 0.2:
+        notes.append(f"[yellow]other processes used {r.info['other_cores']:.1f} cores meanwhile[/]")
     if "rates_by_arrangement" in r.info:
         notes.append("lanes x threads: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r.info["rates_by_arrangement"].items()))
     if r.failed:

@@ -145,7 +145,7 @@ class Captioner:
 
     def bind_context(self, encoded: dict[str, np.ndarray], repeat: int) -> Context:
         """Each image's features and keys repeated for its ``repeat`` rows (image-major)."""
-        return self._bind({name: np.repeat(encoded[name], repeat, axis=0) for name in ("features", "keys")})
+        return self._bind(_repeat_context(encoded, repeat))
 
     def _bind(self, context: dict[str, np.ndarray]) -> Context:
         if self._cuda_id is not None:  # upload once; every step binds the same device buffers
@@ -183,7 +183,7 @@ class Captioner:
         encoded = self.encode(images)
         encoded_at = time.perf_counter()
         state = {name: encoded[name] for name in self.bundle.state_names}
-        rows_context = {name: np.repeat(encoded[name], self.beam, axis=0) for name in ("features", "keys")}  # (B*K, L, .)
+        rows_context = _repeat_context(encoded, self.beam)  # on the host
         bound: list[Any] = [-1, None]  # (row count, context of those rows)
 
         def step(tokens: np.ndarray, st: State, rows: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
@@ -213,6 +213,10 @@ class Captioner:
         if images.ndim != 4 or images.shape[1:] != (3, h, w):
             raise ValueError(f"images must be (B, 3, {h}, {w}), got {images.shape}")
         return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def _repeat_context(encoded: dict[str, np.ndarray], repeat: int) -> dict[str, np.ndarray]:
+    return {name: np.repeat(encoded[name], repeat, axis=0) for name in ("features", "keys")}  # (B*K, L, .)
 
 
 def _session_options(threads: int | None) -> ort.SessionOptions:

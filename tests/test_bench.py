@@ -49,6 +49,7 @@ def test_bench_runs_every_scenario_and_reports_ratios(
         assert set(r["stages"]) == STAGES_BY_KIND[kinds[key]], key
         assert all(v >= 0 for v in r["stages"].values())
         assert r["failed"] == 0
+        assert r["info"]["other_cores"] >= 0  # how busy the rest of the machine was meanwhile
     # Both ran the same model; with this 64-px model capcli's JPEG draft decoding changes some pixels.
     assert 0.5 <= results["tutorial_greedy"]["info"]["same_captions_as_capcli_greedy"] <= 1.0
 
@@ -91,8 +92,8 @@ def test_ratios_use_the_fastest_rounds_and_mark_targets() -> None:
     }
     assert results["limit"].rates == [10, 20, 15] and results["limit"].peak_rss_mib == 120
     by_name = {r.name: r for r in ratios(results)}
-    assert by_name["capcli beam 3 / limit (224 px)"] == Ratio("capcli beam 3 / limit (224 px)", 0.9, ">= 0.85", True)
+    assert by_name["capcli beam 3 / limit"] == Ratio("capcli beam 3 / limit", 0.9, ">= 0.85", True)
     assert by_name["capcli beam 3 / tutorial beam 3"].value == 3.6
     assert by_name["capcli greedy / tutorial greedy"].value is None  # skipped, not a zero
-    assert by_name["capcli beam 3: 12-MP JPEGs / 224-px photos"].ok is False  # 8 / 18 < 0.5
+    assert by_name["capcli beam 3: big JPEGs / photos"].ok is False  # 8 / 18 < 0.5
     assert by_name["peak memory: 20,000 / 1,000 inputs"].ok is False  # 121 / 101 > 1.10
