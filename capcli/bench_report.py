@@ -11,7 +11,7 @@ LEGEND = f"""\
 limit: encoder.onnx alone on ready-made input tensors (same photos and batch size), the faster of capcli's
 lanes and one session on all cores.
 capcli: files on disk -> JSONL records, as `capcli caption -` runs (big JPEGs: {BIG_UNIQUE} distinct ones made
-from the photos, cycled). tutorial: the PyTorch checkpoint, one image at a time, eager.
+from the photos, upscaled, with grain, cycled). tutorial: the PyTorch checkpoint, one image at a time, eager.
 Stages in ms per image: read (CPU time summed over reader threads, overlapped with inference), encode and
 decode loop (summed over capcli's lanes), write, idle (lane time outside the model: waiting for images,
 batching). Peak: RSS high-water mark of the scenario's process. Figures taken while other processes kept
