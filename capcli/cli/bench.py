@@ -38,14 +38,16 @@ def _size(value: str) -> tuple[int, int]:
               help="Model bundle [default: $CAPCLI_MODEL, then the packaged model].")
 @click.option("--images", "images", metavar="DIR", type=click.Path(file_okay=False), default=None,
               help="Folder of photos [default: ../shared/data/flickr8k/images when present].")
-@click.option("-n", "n", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("-n", "n", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",
               help="Images per scenario (the folder's first N; cycled when it has fewer).")
 @click.option("--checkpoint", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The model's PyTorch checkpoint, for the tutorial-way scenarios (skipped without it).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, metavar="N")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",
+              help="Images per batch, in every scenario but the tutorial's.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Reader threads [default: capcli's].")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Where the ONNX model runs (the tutorial way runs PyTorch on the CPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
               help="onnxruntime intra-op threads per lane [default: physical cores / lanes].")
 @click.option("--lanes", type=click.IntRange(min=1), default=None, metavar="N",
