@@ -26,13 +26,7 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "capcli" / "models" / "de
 PHOTOS = [FLICKR8K / "images"] if (FLICKR8K / "images").is_dir() else []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread: several times faster than two on the busy shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
