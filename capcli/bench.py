@@ -353,7 +353,8 @@ def machine_info(results: dict[str, Result]) -> dict[str, Any]:
     }
     # What the sessions really used, as the workers reported it; capcli's own arrangement first.
     for r in sorted(results.values(), key=lambda r: r.key != "beam3"):
-        for key in ("model", "quantized", "providers", "device", "lanes", "intra_op_threads", "torch", "torch_threads"):
+        for key in ("model", "quantized", "providers", "device", "lanes", "intra_op_threads", "torch", "torch_threads",
+                    "torch_device"):
             if key in r.info:
                 info.setdefault(key, r.info[key])
     if any("CUDA" in p for p in info.get("providers", [])):
@@ -538,8 +539,9 @@ def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
     from capcli.train.checkpoint import load_checkpoint
 
     started = time.perf_counter()
+    device = _torch_device(spec["device"])
     ckpt = load_checkpoint(spec["checkpoint"])
-    model, vocab = ckpt.model.eval(), ckpt.vocab
+    model, vocab = ckpt.model.eval().to(device), ckpt.vocab
     pre = model.backbone.spec.preprocess
     transform = transforms.Compose([
         transforms.Resize(pre.size, interpolation=transforms.InterpolationMode(pre.interpolation)),
@@ -551,17 +553,19 @@ def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
     def caption(path: str) -> tuple[str, list[float]]:
         t0 = time.perf_counter()
         with Image.open(path) as image:
-            x = transform(image.convert("RGB")).unsqueeze(0)  # (1, 3, H, W)
+            x = transform(image.convert("RGB")).unsqueeze(0).to(device)  # (1, 3, H, W)
         t1 = time.perf_counter()
         features = model.features(model.backbone_grid(x))  # (1, L, D)
         keys, state = model.decoder.init(features)  # (1, L, A), each (1, H)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the stage ends when the GPU is done
         t2 = time.perf_counter()
         ids = search(model, features, keys, state, vocab, model.config.max_len, s.beam)
         t3 = time.perf_counter()
         return detokenize([vocab.tokens[i] for i in ids]), [t1 - t0, t2 - t1, t3 - t2]
 
     paths = _read_paths(spec["listing"])
-    info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "torch_device": str(device)}
     stages = dict.fromkeys(("read", "encode", "decode", "write"), 0.0)
     with torch.no_grad(), open(spec["output"], "w", encoding="utf-8") as out:
         caption(paths[0])  # warm-up
@@ -580,6 +584,17 @@ def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
     return result
 
 
+def _torch_device(device: str) -> Any:
+    """The tutorial runs where capcli is asked to: CUDA for cuda[:N], and for auto when torch sees a GPU."""
+    import torch
+
+    from capcli.runtime import parse_device
+
+    kind, index = parse_device(device)
+    use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
+    return torch.device(f"cuda:{index}" if use_cuda else "cpu")
+
+
 def _banned(vocab: Any) -> list[int]:
     return [vocab.pad_id, vocab.start_id, vocab.unk_id]
 
@@ -588,16 +603,14 @@ def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, vocab: Any, 
     """Tutorial greedy decoding: one token per step, Python loop, until <end>."""
     import torch
 
-    token = torch.tensor([vocab.start_id])
+    token = torch.tensor([vocab.start_id], device=features.device)
     ids: list[int] = []
-    for t in range(max_len + 1):
+    for t in range(max_len):
         logits, state, _ = model.decoder.step(token, state, features, keys)
         logprobs = torch.log_softmax(logits, dim=1)  # (1, V)
         logprobs[:, _banned(vocab)] = -float("inf")
         if t == 0:
             logprobs[:, vocab.end_id] = -float("inf")
-        if t == max_len:
-            break
         token = logprobs.argmax(dim=1)  # (1,)
         if int(token) == vocab.end_id:
             break
@@ -609,11 +622,11 @@ def _torch_beam(model: Any, features: Any, keys: Any, state: Any, vocab: Any, ma
     """Tutorial beam search for one image (the sgrvinod way: the beam shrinks as hypotheses end)."""
     import torch
 
-    k = beam
+    k, device = beam, features.device
     features, keys = features.expand(k, -1, -1), keys.expand(k, -1, -1)  # (k, L, D), (k, L, A)
     state = tuple(s.expand(k, -1).contiguous() for s in state)  # each (k, H)
-    tokens = torch.full((k,), vocab.start_id)
-    scores = torch.zeros(k)
+    tokens = torch.full((k,), vocab.start_id, device=device)
+    scores = torch.zeros(k, device=device)
     scores[1:] = -float("inf")  # the k rows start identical: only one is live
     seqs: list[list[int]] = [[] for _ in range(k)]
     done: list[tuple[float, list[int]]] = []
@@ -639,10 +652,10 @@ def _torch_beam(model: Any, features: Any, keys: Any, state: Any, vocab: Any, ma
         k = len(live)
         if k == 0:
             break
-        keep = torch.tensor([row for _, row, _ in live])
+        keep = torch.tensor([row for _, row, _ in live], device=device)
         seqs = [seqs[row] + [word] for _, row, word in live]
-        scores = torch.tensor([score for score, _, _ in live])
-        tokens = torch.tensor([word for _, _, word in live])
+        scores = torch.tensor([score for score, _, _ in live], device=device)
+        tokens = torch.tensor([word for _, _, word in live], device=device)
         state = tuple(s[keep] for s in state)
         features, keys = features[:k], keys[:k]
     return max(done, key=lambda d: d[0])[1] if done else seqs[0]

@@ -41,7 +41,7 @@ def _machine_line(report: Report) -> str:
     if m.get("gpu"):
         lines.append(f"gpu: {m['gpu']}")
     if m.get("torch"):
-        lines.append(f"tutorial: torch {m['torch']}, {m['torch_threads']} threads")
+        lines.append(f"tutorial: torch {m['torch']} on {m.get('torch_device', 'cpu')}, {m['torch_threads']} CPU threads")
     lines.append(f"batch {c['batch_size']}, {c['n']} images from {c['images']}, {c['rounds']} round(s) "
                  f"(fastest shown); load average at the end {m['load_average_end']}")  # fmt: skip
     return "\n".join(lines)

@@ -84,6 +84,12 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
     """
     from capcli.bench import BenchConfig, run_bench
     from capcli.bench_report import render
+    from capcli.runtime import parse_device
+
+    try:
+        parse_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--device'") from None
 
     folder = Path(images) if images else default_images()
     if folder is None:
