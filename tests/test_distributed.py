@@ -108,7 +108,9 @@ def test_two_gloo_processes_train_like_one(data: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)  # the run's seed: the initial backbone
     initial = build_backbone("tiny", pretrained=False).state_dict()
     assert not torch.equal(a["model"]["backbone.stages.2.0.weight"], initial["stages.2.0.weight"])  # tuned stage
-    for name in b["model"]:
+    # The attention score's bias has no effect (softmax ignores a shift): its gradient is rounding noise,
+    # which AdamW's normalisation turns into steps of the learning rate's size.
+    for name in b["model"].keys() - {"decoder.attention.score.bias"}:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-4, atol=1e-5, msg=name)
     for (da, ha), (db, hb) in zip(enumerate(a["history"]), enumerate(b["history"])):
         assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-5), da

@@ -71,7 +71,7 @@ class Attention(nn.Module):
     def __init__(self, hidden_dim: int, attention_dim: int) -> None:
         super().__init__()
         self.query = nn.Linear(hidden_dim, attention_dim)
-        self.score = nn.Linear(attention_dim, 1, bias=False)  # softmax ignores a shift: no bias
+        self.score = nn.Linear(attention_dim, 1)
 
     def forward(self, h: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         q = self.query(h).unsqueeze(1)  # (B, 1, A)
