@@ -110,6 +110,8 @@ def test_two_gloo_processes_train_like_one(data: Path, tmp_path: Path) -> None:
     assert not torch.equal(a["model"]["backbone.stages.2.0.weight"], initial["stages.2.0.weight"])  # tuned stage
     # The attention score's bias has no effect (softmax ignores a shift): its gradient is rounding noise,
     # which AdamW's normalisation turns into steps of the learning rate's size.
+    # The attention score's bias has no effect (softmax ignores a shift): its gradient is rounding noise,
+    # which AdamW's normalisation turns into steps of the learning rate's size.
     for name in b["model"].keys() - {"decoder.attention.score.bias"}:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-4, atol=1e-5, msg=name)
     for (da, ha), (db, hb) in zip(enumerate(a["history"]), enumerate(b["history"])):
