@@ -335,10 +335,11 @@ def machine_info(results: dict[str, Result]) -> dict[str, Any]:
     import PIL
 
     from capcli import __version__
+    from capcli.machine import cpu_name
     from capcli.runtime import physical_cores
 
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "physical_cores": physical_cores(),
         "memory_gib": _memory_gib(),
@@ -360,17 +361,6 @@ def machine_info(results: dict[str, Result]) -> dict[str, Any]:
     if any("CUDA" in p for p in info.get("providers", [])):
         info["gpu"] = _gpu_name()
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _memory_gib() -> float | None:

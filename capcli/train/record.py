@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from capcli import __version__
+from capcli.machine import cpu_name
 from capcli.metrics import QUICK_PROTOCOL
 from capcli.train.datasets import Split
 
@@ -75,12 +76,3 @@ class RunInfo:
         }  # fmt: skip
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
