@@ -179,3 +179,10 @@ def test_info_with_a_broken_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["info", "--model", str(broken)])
     assert result.exit_code == 1
     assert "encoder.onnx: sha256 mismatch" in result.output
+
+
+def test_info_renders_metrics_with_their_protocol_on_one_line() -> None:
+    from capcli.cli.info import _metrics_text
+
+    text = _metrics_text({"dev_beam3": {"BLEU-4": 0.22701, "CIDEr": 0.5755}, "protocol": {"split": "dev", "beam": 3}})
+    assert text == "dev_beam3: BLEU-4 0.227, CIDEr 0.576; protocol: split dev, beam 3"

@@ -86,6 +86,20 @@ def _show(facts: dict[str, Any], as_json: bool) -> None:
             value = "none"
         elif isinstance(value, list):
             value = "x".join(map(str, value)) if key in ("grid", "image_size") else ", ".join(map(str, value))
+        elif key == "metrics" and isinstance(value, dict):
+            value = _metrics_text(value)
         elif isinstance(value, dict):
             value = json.dumps(value, ensure_ascii=False)
         click.echo(f"{key + ':':<21} {value}")
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    """``dev_beam3: BLEU-4 0.227, CIDEr 0.576; protocol: dataset flickr8k, ...`` on one line."""
+    parts = []
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            items = (f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+            parts.append(f"{name}: {', '.join(items)}")
+        else:
+            parts.append(f"{name}: {value}")
+    return "; ".join(parts)
