@@ -54,6 +54,7 @@ class SearchSpec:
     banned: Sequence[int]
     max_len: int = 20  # words, not counting <end>
     length_penalty: float = 0.7
+    no_repeat_ngram: int = 0  # n > 0: a caption never holds the same n words twice
 
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:
         return logprob / np.maximum(length, 1) ** self.length_penalty
@@ -72,6 +73,17 @@ class SearchSpec:
             scores[:] = -np.inf
             scores[:, self.end_id] = end
         return scores
+
+
+def _block_repeats(scores: np.ndarray, history: np.ndarray, n: int) -> None:
+    """Set to -inf in ``scores`` (N, V) each word that would repeat an n-gram of its row's ``history`` (N, t)."""
+    t = history.shape[1]
+    if n <= 0 or t < n:
+        return
+    tail = history[:, t - n + 1 :]  # (N, n-1) the words an n-gram ending now starts with
+    windows = np.stack([history[:, p : p + n - 1] for p in range(t - n + 1)], axis=1)  # (N, P, n-1)
+    rows, starts = np.nonzero((windows == tail[:, None, :]).all(axis=2))
+    scores[rows, history[rows, starts + n - 1]] = -np.inf
 
 
 RowStepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
@@ -146,6 +158,7 @@ def greedy(step: StepFn | RowStepFn, state: State, spec: SearchSpec, *, compact:
             alphas = np.zeros((n, spec.max_len + 1, alpha.shape[1]), dtype=alpha.dtype)
         alphas[rows, t] = alpha
         masked = spec.mask(logprobs, t)  # (n_live, V)
+        _block_repeats(masked, ids[rows, :t], spec.no_repeat_ngram)
         tokens = masked.argmax(axis=1).astype(np.int64)  # (n_live,)
         chosen = masked[np.arange(len(rows)), tokens]  # (n_live,)
         stuck = ~np.isfinite(chosen)  # nothing allowed: stays a partial caption
@@ -214,7 +227,9 @@ def beam_search(
         steps_alpha = alpha[:, None, :] if alpha_history is None else np.concatenate(
             [alpha_history, alpha[:, None, :]], axis=1
         )  # (n, t+1, L)
-        cand = spec.mask_inplace(scores.reshape(-1, 1) + logprobs, t).reshape(m, k * v)  # (m, K*V) float64
+        cand = spec.mask_inplace(scores.reshape(-1, 1) + logprobs, t)  # (n, V) float64
+        _block_repeats(cand, history, spec.no_repeat_ngram)
+        cand = cand.reshape(m, k * v)  # (m, K*V)
         flat, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by index
         valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row
         src = np.arange(m)[:, None] * k + flat // v  # (m, 2K) source row of each candidate

@@ -44,6 +44,8 @@ class Report:
         head = f"{p['dataset']} {p['split']}: {scored} images, {p['references']:,} references"
         if "beam" in p:
             how = f"model {p['model']}, beam {p['beam']}, length penalty {p['length_penalty']}, max {p['max_len']} words"
+            if p.get("no_repeat_ngram"):
+                how += f", no repeated {p['no_repeat_ngram']}-grams"
         else:
             how = f"captions from {p['captions']}"
         out = [head, f"{how}; {PROTOCOL}"]
@@ -102,7 +104,8 @@ def caption_split(
         if on_record is not None:
             on_record(record)
     protocol = {"model": str(bundle.path), "beam": beam, "length_penalty": length_penalty,
-                "max_len": captioner.spec.max_len, "device": captioner.device}  # fmt: skip
+                "max_len": captioner.spec.max_len, "no_repeat_ngram": captioner.spec.no_repeat_ngram,
+                "device": captioner.device}  # fmt: skip
     return result, protocol
 
 

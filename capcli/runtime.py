@@ -80,6 +80,7 @@ class Captioner:
         beam: int = 3,
         max_len: int | None = None,
         length_penalty: float = 0.7,
+        no_repeat_ngram: int = 3,
         threads: int | None = None,
         lanes: int | None = None,
     ) -> None:
@@ -96,6 +97,7 @@ class Captioner:
             banned=(vocab.pad_id, vocab.start_id, vocab.unk_id),
             max_len=max_len or bundle.max_len,
             length_penalty=length_penalty,
+            no_repeat_ngram=no_repeat_ngram,
         )
         kind, device_id = parse_device(device)
         self.cuda_problem: str | None = None  # why CUDA is not used, when it was tried

@@ -176,3 +176,27 @@ def test_compact_steps_skip_finished_images_and_change_nothing(beam: int) -> Non
     assert len(calls[-1]) < len(calls[0])
     if beam > 1:  # whole images leave: their K rows together
         assert all(len(rows) % beam == 0 and set(rows // beam * beam) <= set(rows) for rows in calls)
+
+
+def test_no_repeat_ngram_blocks_a_repeated_trigram_in_greedy_and_beam() -> None:
+    # A step table that loves the cycle 4 -> 5 -> 6 -> 4 ...: unblocked, "4 5 6 4 5 6 ..." repeats trigrams.
+    v = 8
+
+    def step(tokens: np.ndarray, state: dict) -> tuple[np.ndarray, dict, np.ndarray]:
+        logits = np.full((len(tokens), v), -5.0)
+        nxt = np.where(tokens == 1, 4, np.where(tokens == 6, 4, tokens + 1))
+        logits[np.arange(len(tokens)), nxt % v] = 0.0
+        logits[:, 7] = -1.0  # the runner-up word
+        logits[:, 2] = -3.0  # <end>
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return logp, state, np.full((len(tokens), 2), 0.5)
+
+    state = {"h": np.zeros((1, 1))}
+    for n in (0, 3):
+        spec = SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=9, no_repeat_ngram=n)
+        for hyp in (greedy(step, state, spec)[0], beam_search(step, state, spec, beam=3)[0]):
+            trigrams = [tuple(hyp.ids[i : i + 3]) for i in range(len(hyp.ids) - 2)]
+            if n == 0:
+                assert len(set(trigrams)) < len(trigrams)  # the table alone repeats
+            else:
+                assert len(set(trigrams)) == len(trigrams), hyp.ids
