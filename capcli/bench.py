@@ -589,6 +589,21 @@ def _banned(vocab: Any) -> list[int]:
     return [vocab.pad_id, vocab.start_id, vocab.unk_id]
 
 
+def _block_repeats(logprobs: Any, histories: list[list[int]]) -> None:
+    """capcli's rule (no repeated trigram) on a torch (rows, V) tensor, so both ways caption alike."""
+    import numpy as np
+    import torch
+
+    from capcli.decode import block_repeats
+    from capcli.runtime import NO_REPEAT_NGRAM
+
+    if len(histories[0]) < NO_REPEAT_NGRAM:
+        return
+    banned = np.zeros(tuple(logprobs.shape))
+    block_repeats(banned, np.array(histories, dtype=np.int64), NO_REPEAT_NGRAM)
+    logprobs[torch.from_numpy(np.isinf(banned)).to(logprobs.device)] = -float("inf")
+
+
 def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, vocab: Any, max_len: int, beam: int) -> list[int]:
     """Tutorial greedy decoding: one token per step, Python loop, until <end>."""
     import torch
@@ -601,6 +616,7 @@ def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, vocab: Any, 
         logprobs[:, _banned(vocab)] = -float("inf")
         if t == 0:
             logprobs[:, vocab.end_id] = -float("inf")
+        _block_repeats(logprobs, [ids])
         token = logprobs.argmax(dim=1)  # (1,)
         if int(token) == vocab.end_id:
             break
@@ -630,6 +646,7 @@ def _torch_beam(model: Any, features: Any, keys: Any, state: Any, vocab: Any, ma
             end = logprobs[:, vocab.end_id].clone()
             logprobs.fill_(-float("inf"))
             logprobs[:, vocab.end_id] = end
+        _block_repeats(logprobs, seqs)
         v = logprobs.size(1)
         top, flat = (scores[:, None] + logprobs).view(-1).topk(k)  # (k,)
         rows, words = flat // v, flat % v

@@ -75,7 +75,7 @@ class SearchSpec:
         return scores
 
 
-def _block_repeats(scores: np.ndarray, history: np.ndarray, n: int) -> None:
+def block_repeats(scores: np.ndarray, history: np.ndarray, n: int) -> None:
     """Set to -inf in ``scores`` (N, V) each word that would repeat an n-gram of its row's ``history`` (N, t)."""
     t = history.shape[1]
     if n <= 0 or t < n:
@@ -158,7 +158,7 @@ def greedy(step: StepFn | RowStepFn, state: State, spec: SearchSpec, *, compact:
             alphas = np.zeros((n, spec.max_len + 1, alpha.shape[1]), dtype=alpha.dtype)
         alphas[rows, t] = alpha
         masked = spec.mask(logprobs, t)  # (n_live, V)
-        _block_repeats(masked, ids[rows, :t], spec.no_repeat_ngram)
+        block_repeats(masked, ids[rows, :t], spec.no_repeat_ngram)
         tokens = masked.argmax(axis=1).astype(np.int64)  # (n_live,)
         chosen = masked[np.arange(len(rows)), tokens]  # (n_live,)
         stuck = ~np.isfinite(chosen)  # nothing allowed: stays a partial caption
@@ -228,7 +228,7 @@ def beam_search(
             [alpha_history, alpha[:, None, :]], axis=1
         )  # (n, t+1, L)
         cand = spec.mask_inplace(scores.reshape(-1, 1) + logprobs, t)  # (n, V) float64
-        _block_repeats(cand, history, spec.no_repeat_ngram)
+        block_repeats(cand, history, spec.no_repeat_ngram)
         cand = cand.reshape(m, k * v)  # (m, K*V)
         flat, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by index
         valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row

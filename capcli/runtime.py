@@ -70,6 +70,9 @@ def physical_cores() -> int:
     return max(1, min(allowed, len(cores))) if cores else allowed
 
 
+NO_REPEAT_NGRAM = 3  # default: a caption never holds the same three words twice
+
+
 class Captioner:
     """Caption preprocessed images with a bundle on onnxruntime."""
 
@@ -80,7 +83,7 @@ class Captioner:
         beam: int = 3,
         max_len: int | None = None,
         length_penalty: float = 0.7,
-        no_repeat_ngram: int = 3,
+        no_repeat_ngram: int = NO_REPEAT_NGRAM,
         threads: int | None = None,
         lanes: int | None = None,
     ) -> None:
