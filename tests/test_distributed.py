@@ -67,6 +67,9 @@ class _Stop(Exception):
 
 def _stop_after_first_epoch(record: dict) -> None:
     if record["epoch"] == 1:
+        # Both ranks leave together: one tearing gloo down while the other is still
+        # finishing the epoch's broadcast can abort the process.
+        torch.distributed.barrier()
         raise _Stop
 
 
@@ -78,6 +81,11 @@ def _rank(rank: int, port: int, options: TrainOptions) -> None:
         train(options, on_epoch_end=_stop_after_first_epoch)
     except _Stop:
         pass
+    # Skip interpreter teardown: gloo's threads, destroyed there in no fixed order, can
+    # abort a process ("terminate called without an active exception") after its work is done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
