@@ -50,7 +50,9 @@ def create(name: str, pretrained: bool) -> tuple[Preprocess, list[nn.Module]]:
     rate = net._global_params.drop_connect_rate or 0.0
     # Same per-block drop-connect schedule as EfficientNet.extract_features.
     blocks = [_LiteBlock(b, rate * i / n) for i, b in enumerate(net._blocks)]
-    return preprocess(name), [_LiteStem(net), *blocks, _LiteHead(net)]
+    stem = _ConvBnAct(net._conv_stem, net._bn0, net._swish)
+    head = _ConvBnAct(net._conv_head, net._bn1, net._swish)
+    return preprocess(name), [stem, *blocks, head]
 
 
 def _weights_path(name: str) -> str:
@@ -68,10 +70,12 @@ def _weights_path(name: str) -> str:
     return getattr(module, f"Efficientnet{suffix.capitalize()}ModelFile").get_model_file_path()
 
 
-class _LiteStem(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+class _ConvBnAct(nn.Module):
+    """The Lite stem or head: convolution, batch norm, activation (keys conv/bn/act)."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module) -> None:
         super().__init__()
-        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+        self.conv, self.bn, self.act = conv, bn, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -85,11 +89,3 @@ class _LiteBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x, drop_connect_rate=self.drop_connect_rate)
 
-
-class _LiteHead(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
