@@ -67,6 +67,14 @@ def _check_backbone(ctx: click.Context, param: click.Parameter, name: str) -> st
 @click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.5, show_default=True)
 @click.option("--finetune-blocks", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train the backbone's top K stages too (at --backbone-lr); the rest stays frozen and cached.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from this checkpoint's model and vocabulary (e.g. runs/f8k/best.pt); its architecture "
+                   "options win over the command line's.")
+@click.option("--objective", type=click.Choice(["xent", "cider"]), default="xent", show_default=True,
+              help="xent: cross-entropy with teacher forcing; cider: self-critical training on CIDEr-D "
+                   "(needs --init; use a learning rate around 2e-5).")
+@click.option("--samples", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Captions sampled per image by --objective cider (each one's baseline is the others' mean).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Captions per step: the global batch, split across the processes under torchrun.")
@@ -116,6 +124,11 @@ def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **optio
     Example:
       capcli train --dataset flickr8k --data ../shared/data/flickr8k --out runs/f8k
       capcli export runs/f8k/best.pt -o models/f8k
+
+    \b
+    Then self-critical training on CIDEr-D, starting from that model:
+      capcli train --dataset flickr8k --data ../shared/data/flickr8k --out runs/f8k-scst \\
+        --init runs/f8k/best.pt --objective cider --lr 2e-5 --epochs 10
 
     \b
     On 4 GPUs (DistributedDataParallel; rank 0 writes the run folder):

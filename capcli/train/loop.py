@@ -10,6 +10,12 @@ CIDEr is kept in ``best.pt`` and training stops after ``patience`` epochs
 without a new best.  ``last.pt`` is written after every epoch and ``--resume``
 continues from it exactly as if the run had not stopped.
 
+``--objective cider`` (with ``--init``, a model trained as above) replaces the
+cross-entropy by self-critical sequence training on CIDEr-D
+(:mod:`capcli.train.scst`): each image of a step is captioned ``samples``
+times by sampling, and each sample's log-probability is pushed up or down by
+how much its CIDEr-D beats the image's other samples.
+
 The frozen part of the backbone runs once per image (:mod:`capcli.train.features`);
 with ``finetune_blocks > 0`` its top stages run in every step on the cached
 input, once per image in the batch, shared by that image's captions.
@@ -43,7 +49,7 @@ from capcli import decode
 from capcli.errors import FatalError
 from capcli.metrics import quick_scores
 from capcli.text import Vocab, detokenize, tokenize
-from capcli.train import checkpoint
+from capcli.train import checkpoint, scst
 from capcli.train.checkpoint import atomic_write_text
 from capcli.train.data import TrainData, batches, prepare
 from capcli.train.datasets import Split, load_split
@@ -51,9 +57,14 @@ from capcli.train.distributed import Ranks, session
 from capcli.train.features import default_cache_dir, module_fingerprint
 from capcli.train.model import CaptionModel, ModelConfig
 from capcli.train.record import RunInfo
+from capcli.train.reward import CiderD
 
 # Options that describe the machine, not the run: --resume takes them from the new command line.
 LOCAL_OPTIONS = ("out", "device", "workers", "threads", "cache_dir")
+# Options that --init takes from the checkpoint it starts from: they describe its model.
+ARCHITECTURE = ("backbone", "pretrained", "decoder", "feature_dim", "attention_dim", "embed_dim", "hidden_dim", "dropout",
+                "max_len")  # fmt: skip
+OBJECTIVES = ("xent", "cider")
 
 
 @dataclass
@@ -72,6 +83,7 @@ class TrainOptions:
     hidden_dim: int = 512
     dropout: float = 0.5
     finetune_blocks: int = 0
+    init: str | None = None  # start from this checkpoint's model and vocabulary
     # text
     min_count: int = 5
     max_len: int = 20
@@ -86,6 +98,8 @@ class TrainOptions:
     clip: float = 5.0
     label_smoothing: float = 0.0
     attention_penalty: float = 1.0
+    objective: str = "xent"  # "xent" (teacher forcing) | "cider" (self-critical, from --init)
+    samples: int = 5  # captions sampled per image by the cider objective
     patience: int = 3  # epochs without a better dev CIDEr before stopping; 0 = never stop early
     dev_beam: int = 1  # dev decoding: 1 = greedy
     limit: int | None = None  # debug: first N images of each split
@@ -95,6 +109,12 @@ class TrainOptions:
     workers: int = 2
     threads: int | None = None  # torch CPU threads; None: torch's default
     cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.samples < 2:  # a sample's baseline is the mean of the image's other samples
+            raise ValueError(f"samples must be at least 2, not {self.samples}")
 
     def command(self) -> str:
         """The ``capcli train`` command line that gives these options (machine-local ones left out)."""
@@ -164,9 +184,17 @@ def _train(
         if not split.samples:
             raise FatalError(f"no usable images in the {split.split} split of {split.source}")
 
+    init_provenance: dict[str, Any] | None = None
     if state is not None:
         model, vocab = checkpoint.model_from_checkpoint(state)
         config = model.config
+        init_provenance = state["provenance"].get("initialised_from")
+    elif options.init:
+        model, vocab, options, init_provenance = _initialise(options)
+        config = model.config
+    elif options.objective == "cider":
+        raise FatalError("self-critical training (--objective cider) starts from a trained model: "
+                         "pass --init with a checkpoint of a cross-entropy run, e.g. --init runs/f8k/best.pt")
     else:
         vocab = Vocab.build((tokenize(c) for s in train_split.samples for c in s.captions), options.min_count)
         config = options.model_config(len(vocab))
@@ -178,6 +206,7 @@ def _train(
     console.print(
         f"vocabulary: {len(vocab):,} tokens (words seen >= {options.min_count} times); "
         f"backbone {config.backbone}, {options.finetune_blocks} top stages fine-tuned; device {device}{processes}"
+        + (f"; starting from {options.init}" if options.init else "")
     )
 
     t0 = time.time()
@@ -192,13 +221,12 @@ def _train(
     train_data, dev_data = ranks.in_turns(lambda: (data(train_split), data(dev_split) if ranks.main else None))
     feature_seconds = time.time() - t0
 
-    by_image = options.batch_by == "image" or (options.batch_by == "auto" and config.finetune_blocks > 0)
+    self_critical = options.objective == "cider"
+    # Self-critical steps sample per image; fine-tuning runs the tuned stages once per image.
+    by_image = self_critical or options.batch_by == "image" or (options.batch_by == "auto" and config.finetune_blocks > 0)
     steps_per_epoch = len(list(batches(train_data, options.batch_size, by_image, options.seed, epoch=1)))
     optimizer = _optimizer(model, tuned, options)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-        total_steps=options.epochs * steps_per_epoch, pct_start=options.warmup,
-    )  # fmt: skip
+    scheduler = _one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "metrics": {}}
     first_epoch, step = 1, 0
@@ -208,12 +236,18 @@ def _train(
         history, best = state["history"], state["best"]
         first_epoch, step = state["epoch"] + 1, state["step"]
         console.print(f"resuming after epoch {state['epoch']} (step {step:,})")
-    forward: nn.Module = _Forward(model, tuned)
+    forward: nn.Module = scst.Sampler(model, tuned, search_spec(vocab, config), len(vocab)).to(device) \
+        if self_critical else _Forward(model, tuned)  # fmt: skip
     if ranks.distributed:
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
+    if self_critical:
+        reward = CiderD([[tokenize(c) for c in s.captions] for s in train_data.samples])
+        step_loss = _self_critical_step(forward, train_data, options, ranks, reward, vocab)
+    else:
+        step_loss = _cross_entropy_step(forward, train_data, options, ranks)
 
     run = RunInfo(dataclasses.asdict(options), options.command(), train_split, dev_split, device, feature_seconds,
-                  ranks.describe() if ranks.distributed else None)  # fmt: skip
+                  ranks.describe() if ranks.distributed else None, init_provenance)  # fmt: skip
     if state is not None:  # the run's command and feature time are those of its first session
         run.command = state["provenance"]["command"]
         run.feature_seconds += state["provenance"]["feature_seconds"]
@@ -223,8 +257,7 @@ def _train(
         steps = list(batches(train_data, options.batch_size, by_image, options.seed, epoch))
         # Dropout masks depend only on (seed, epoch, rank), like the batches: a resumed run repeats them.
         torch.manual_seed((options.seed * 100_003 + epoch) * 1_009 + ranks.rank)
-        train_stats = _train_epoch(model, forward, train_data, steps, options, optimizer, scheduler, epoch, console,
-                                   ranks)  # fmt: skip
+        train_stats = _train_epoch(model, step_loss, steps, options, optimizer, scheduler, epoch, console, ranks)
         step += steps_per_epoch
         if ranks.distributed:  # DDP keeps the replicas equal; check it before rank 0 saves its own
             fingerprints = ranks.gather(module_fingerprint(model))
@@ -297,6 +330,27 @@ def _open_run(out: Path, resume: bool) -> dict[str, Any] | None:
     if (out / "last.pt").exists():
         raise FatalError(f"{out} already holds a run: continue it with --resume, or choose another --out")
     return None
+
+
+def _initialise(options: TrainOptions) -> tuple[CaptionModel, Vocab, TrainOptions, dict[str, Any]]:
+    """The model and vocabulary of ``options.init``; the options describing them are taken from it too."""
+    payload = checkpoint.load(options.init)
+    model, vocab = checkpoint.model_from_checkpoint(payload, source=str(options.init))
+    model.config = dataclasses.replace(model.config, finetune_blocks=options.finetune_blocks)
+    saved = payload.get("options", {})
+    options = dataclasses.replace(options, **{name: getattr(model.config, name) for name in ARCHITECTURE},
+                                  min_count=saved.get("min_count", options.min_count))  # fmt: skip
+    provenance = payload.get("provenance", {})
+    summary = {"checkpoint": str(options.init), **{key: provenance[key] for key in (
+        "command", "training_seconds", "hardware", "epochs", "best_epoch", "dev_metrics", "dev_protocol",
+        "initialised_from") if key in provenance}}  # fmt: skip
+    return model, vocab, options, summary
+
+
+def search_spec(vocab: Vocab, config: ModelConfig) -> decode.SearchSpec:
+    """The runtime's search rules (no trigram blocking: dev scores follow the model alone)."""
+    return decode.SearchSpec(vocab.start_id, vocab.end_id, banned=[vocab.pad_id, vocab.start_id, vocab.unk_id],
+                             max_len=config.max_len)  # fmt: skip
 
 
 def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -376,10 +430,57 @@ def _optimizer(model: CaptionModel, tuned: nn.Module, options: TrainOptions) -> 
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
+@dataclass
+class StepLoss:
+    """One training step's objective: ``loss(batch)`` -> (loss to back-propagate, this rank's part of ``stats``)."""
+
+    loss: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    stats: tuple[str, ...]  # names of the per-step means it reports, averaged over the epoch
+
+
+def _cross_entropy_step(forward: nn.Module, data: TrainData, options: TrainOptions, ranks: Ranks) -> StepLoss:
+    def loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, weight = ranks.share(batch)
+        xent, attention = _losses(forward, data, rows, options.label_smoothing)
+        # Means over the whole batch; DDP averages the ranks' gradients, hence the world size.
+        means = torch.stack([xent / _targets(data, batch), attention / len(batch)]) * weight  # (2,)
+        return ranks.world_size * (means[0] + options.attention_penalty * means[1]), means.detach()
+
+    return StepLoss(loss, ("train_loss", "train_attention"))
+
+
+def _self_critical_step(
+    forward: nn.Module, data: TrainData, options: TrainOptions, ranks: Ranks, reward: CiderD, vocab: Vocab
+) -> StepLoss:
+    device = data.captions.device
+
+    def loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.unique(data.image_of[batch])  # (N,) the step's images; each rank samples for its share
+        mine, weight = ranks.share(images)
+        with _autocast(device):
+            total, rewards = scst.self_critical_loss(forward, data.inputs(mine), mine.tolist(), options.samples,
+                                                     reward, vocab)  # fmt: skip
+        n = len(images) * options.samples  # sampled captions in the whole step
+        mean_reward = torch.tensor([weight * rewards / n], device=device)
+        return ranks.world_size * weight * total / n, mean_reward
+
+    return StepLoss(loss, ("train_reward",))
+
+
+def _one_cycle(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.OneCycleLR:
+    """Warm up for a ``warmup`` fraction of ``steps``, then anneal (cosine) to near zero."""
+    # OneCycleLR divides by its phases' lengths in steps: a debug run of a few steps gets a longer warmup.
+    steps = max(2, steps)
+    if warmup * steps <= 1.5:
+        warmup = min(1.5 / steps, 0.75)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps, pct_start=warmup
+    )
+
+
 def _train_epoch(
     model: CaptionModel,
-    forward: nn.Module,
-    train_data: TrainData,
+    step_loss: StepLoss,
     steps: list[torch.Tensor],
     options: TrainOptions,
     optimizer: torch.optim.Optimizer,
@@ -392,33 +493,28 @@ def _train_epoch(
     model.train()
     _freeze_batchnorm(model.backbone)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    device = train_data.captions.device
-    totals = torch.zeros(2, device=device)  # this rank's part of the per-step mean token loss, attention penalty
+    totals: torch.Tensor | float = 0.0  # this rank's part of the per-step stats, summed
     columns = (TextColumn(f"epoch {epoch}/{options.epochs}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))  # fmt: skip
+               TimeElapsedColumn(), TextColumn("{task.fields[stat]}"))  # fmt: skip
+    label = step_loss.stats[0].removeprefix("train_")
     lr = 0.0
     show = console.is_terminal and not console.quiet
     with Progress(*columns, console=console, transient=True, disable=not show) as progress:
-        task = progress.add_task("train", total=len(steps), loss="")
+        task = progress.add_task("train", total=len(steps), stat="")
         for i, batch in enumerate(steps):
-            rows, weight = ranks.share(batch)
-            xent, attention = _losses(forward, train_data, rows, options.label_smoothing)
-            # Means over the whole batch; DDP averages the ranks' gradients, hence the world size.
-            means = torch.stack([xent / _targets(train_data, batch), attention / len(batch)]) * weight  # (2,)
-            loss = ranks.world_size * (means[0] + options.attention_penalty * means[1])
+            loss, stats = step_loss.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, options.clip)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
-            totals += means.detach()
-            if show and i % 20 == 0:  # reading the loss waits for the GPU: not every step
-                progress.update(task, loss=f"loss {float(totals[0]) * ranks.world_size / (i + 1):.3f}")
+            totals = totals + stats
+            if show and i % 20 == 0:  # reading the stats waits for the GPU: not every step
+                progress.update(task, stat=f"{label} {float(totals[0]) * ranks.world_size / (i + 1):.3f}")
             progress.advance(task)
-    xent_total, attention_total = ranks.sum(totals).tolist()
-    n = len(steps)
-    return {"lr": lr, "train_loss": xent_total / n, "train_attention": attention_total / n}
+    sums = ranks.sum(torch.as_tensor(totals)).tolist()
+    return {"lr": lr, **{name: total / len(steps) for name, total in zip(step_loss.stats, sums)}}
 
 
 # -- dev evaluation ----------------------------------------------------------------------------
@@ -445,8 +541,7 @@ def evaluate(
     for start in range(0, len(data.captions), 2 * batch_size):
         rows = torch.arange(start, min(start + 2 * batch_size, len(data.captions)))
         total += _losses(forward, data, rows, label_smoothing)[0]
-    spec = decode.SearchSpec(vocab.start_id, vocab.end_id, banned=[vocab.pad_id, vocab.start_id, vocab.unk_id],
-                             max_len=config.max_len)  # fmt: skip
+    spec = search_spec(vocab, config)
     hypotheses: dict[str, str] = {}
     for start in range(0, len(data.samples), batch_size):
         images = torch.arange(start, min(start + batch_size, len(data.samples)))
@@ -486,8 +581,9 @@ def _search(
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
+    train = f"reward {record['train_reward']:.3f}" if "train_reward" in record else f"loss {record['train_loss']:.3f}"
     return (
-        f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.3f}  dev loss {record['dev_loss']:.3f}  "
+        f"epoch {record['epoch']}/{epochs}  {train}  dev loss {record['dev_loss']:.3f}  "
         f"BLEU-4 {record['dev_BLEU-4']:.3f}  CIDEr {record['dev_CIDEr']:.3f}  lr {record['lr']:.2e}  "
         f"{record['seconds']:.0f} s" + ("  [best]" if improved else "")
     )

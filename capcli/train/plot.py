@@ -8,7 +8,11 @@ from typing import Any
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Draw per-epoch ``train_loss``/``dev_loss`` and ``dev_BLEU-4``/``dev_CIDEr``; atomic write."""
+    """Draw per-epoch ``train_loss``/``dev_loss`` and ``dev_BLEU-4``/``dev_CIDEr``; atomic write.
+
+    A self-critical run has ``train_reward`` (the samples' CIDEr-D) instead of
+    ``train_loss``: it goes with the scores.
+    """
     # The object API with an Agg canvas: no pyplot, no global backend switch, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -17,11 +21,14 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     losses, scores = fig.subplots(1, 2)
+    present = history[0].keys() if history else ()
     for key, label in (("train_loss", "train"), ("dev_loss", "dev")):
-        losses.plot(epochs, [h[key] for h in history], marker="o", label=label)
+        if key in present:
+            losses.plot(epochs, [h[key] for h in history], marker="o", label=label)
     losses.set(xlabel="epoch", ylabel="cross-entropy per word", title="loss")
-    for key in ("dev_BLEU-4", "dev_CIDEr"):
-        scores.plot(epochs, [h[key] for h in history], marker="o", label=key.removeprefix("dev_"))
+    for key, label in (("dev_BLEU-4", "BLEU-4"), ("dev_CIDEr", "CIDEr"), ("train_reward", "train samples' CIDEr-D")):
+        if key in present:
+            scores.plot(epochs, [h[key] for h in history], marker="o", label=label)
     best = max(history, key=lambda h: h["dev_CIDEr"], default=None)
     if best is not None:
         scores.axvline(best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})")

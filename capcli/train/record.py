@@ -26,13 +26,15 @@ class RunInfo:
     ``options`` is the run's TrainOptions as a dict; ``feature_seconds`` the
     time spent filling the feature cache (kept across ``--resume``);
     ``distributed`` the process group ({"backend", "world_size", "nodes"}) of a
-    run on several processes (``device`` is then rank 0's).
+    run on several processes (``device`` is then rank 0's); ``initialised_from``
+    the provenance summary of the ``--init`` checkpoint the run started from.
     """
 
     def __init__(self, options: dict[str, Any], command: str, train: Split, dev: Split, device: torch.device,
-                 feature_seconds: float, distributed: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 feature_seconds: float, distributed: dict[str, Any] | None = None,
+                 initialised_from: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.options, self.command, self.train, self.dev, self.device = options, command, train, dev, device
-        self.feature_seconds, self.distributed = feature_seconds, distributed
+        self.feature_seconds, self.distributed, self.initialised_from = feature_seconds, distributed, initialised_from
 
     def hardware(self) -> dict[str, Any]:
         info: dict[str, Any] = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "device": str(self.device),
@@ -53,6 +55,7 @@ class RunInfo:
 
     def provenance(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         beam = self.options["dev_beam"]
+        started = {"initialised_from": self.initialised_from} if self.initialised_from else {}
         return {
             "dataset": self.options["dataset"], "trained_on": "train", "selected_on": "dev",
             "data": self.data(), "data_dir": self.options["data"], "command": self.command,
@@ -61,7 +64,7 @@ class RunInfo:
             "hardware": self.hardware(), "epochs": len(history), "best_epoch": best["epoch"],
             "dev_metrics": best["metrics"],
             "dev_protocol": f"{QUICK_PROTOCOL}; {'greedy' if beam == 1 else f'beam {beam}'}",
-            "licence": LICENCES.get(self.options["dataset"], "see the data set's terms"),
+            "licence": LICENCES.get(self.options["dataset"], "see the data set's terms"), **started,
         }  # fmt: skip
 
     def record(self, history: list[dict[str, Any]], best: dict[str, Any], seconds: float, vocab_size: int) -> dict:
@@ -73,6 +76,7 @@ class RunInfo:
                         "epochs": round(sum(h["seconds"] for h in history), 1),
                         "this_session": round(seconds, 1)},
             "hardware": self.hardware(), "dev_protocol": QUICK_PROTOCOL, "history": history,
+            **({"initialised_from": self.initialised_from} if self.initialised_from else {}),
         }  # fmt: skip
 
 

@@ -1,0 +1,109 @@
+"""Self-critical sequence training (SCST): fine-tune a trained captioner on CIDEr-D itself.
+
+Cross-entropy teaches the next word of a reference; captions are judged as
+whole sentences.  SCST (Rennie et al. 2017) samples ``k`` captions per image
+from the model, scores each with CIDEr-D against the image's references, and
+follows the policy gradient ``-(r - b) * sum_t log p(w_t)``.  The baseline
+``b`` of a sample is the mean reward of the image's *other* samples (Luo 2020,
+"A Better Variant of Self-Critical Sequence Training"): no extra greedy pass,
+and an unbiased estimate.
+
+Sampling obeys the runtime's rules (``decode.SearchSpec``): banned specials are
+never drawn, the first word is not <end>, and <end> is forced after
+``max_len`` words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from capcli import decode
+from capcli.text import Vocab
+from capcli.train.model import CaptionModel
+from capcli.train.reward import CiderD
+
+
+class Sampler(nn.Module):
+    """Cached frozen backbone output -> ``k`` sampled captions per image, with their log-probabilities.
+
+    One module around the tuned backbone stages and the captioner, so that
+    DistributedDataParallel sees every trained parameter used in ``forward``.
+    """
+
+    def __init__(self, model: CaptionModel, tuned: nn.Module, spec: decode.SearchSpec, vocab_size: int) -> None:
+        super().__init__()
+        self.model, self.tuned, self.spec = model, tuned, spec
+        banned = torch.zeros(vocab_size, dtype=torch.bool)
+        banned[list(spec.banned)] = True
+        self.register_buffer("banned", banned, persistent=False)
+
+    def forward(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (N, C', h', w') -> tokens (N*k, T) and their log-probabilities (N*k, T).
+
+        Rows are image-major (image ``b`` owns rows ``b*k .. b*k+k-1``).  A row
+        holds its words, then <end>, then <pad> (id 0) with log-probability 0.
+        """
+        spec = self.spec
+        grid = self.tuned(inputs).flatten(2).transpose(1, 2)  # (N, L, C)
+        features = self.model.features(grid)  # (N, L, D)
+        keys, state = self.model.decoder.init(features)  # (N, L, A), each (N, H)
+        features, keys = features.repeat_interleave(k, 0), keys.repeat_interleave(k, 0)  # (N*k, L, ·)
+        state = tuple(s.repeat_interleave(k, 0) for s in state)
+        rows = features.size(0)
+        tokens = torch.full((rows,), spec.start_id, dtype=torch.long, device=features.device)
+        done = torch.zeros(rows, dtype=torch.bool, device=features.device)
+        words, logps = [], []
+        for t in range(spec.max_len + 1):
+            logits, state, _ = self.model.decoder.step(tokens, state, features, keys)
+            allowed = ~self.banned  # (V,), a new tensor
+            if t == 0:
+                allowed[spec.end_id] = False  # at least one word
+            elif t == spec.max_len:
+                allowed[:] = False
+                allowed[spec.end_id] = True  # the longest caption ends here
+            logprobs = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=1)  # (N*k, V)
+            with torch.no_grad():
+                drawn = torch.multinomial(logprobs.exp(), 1).squeeze(1)  # (N*k,)
+            drawn = drawn.masked_fill(done, spec.end_id)  # finished rows: a valid id to gather, then masked
+            chosen = logprobs.gather(1, drawn.unsqueeze(1)).squeeze(1)  # (N*k,)
+            words.append(drawn.masked_fill(done, 0))
+            logps.append(torch.where(done, torch.zeros_like(chosen), chosen))
+            done = done | (drawn == spec.end_id)
+            tokens = drawn
+            if bool(done.all()):  # one device sync a step: stop as soon as every caption has ended
+                break
+        return torch.stack(words, dim=1), torch.stack(logps, dim=1)  # (N*k, T) each
+
+
+def words_of(tokens: np.ndarray, vocab: Vocab) -> list[list[str]]:
+    """Sampled rows (N, T) -> word lists, cut at <end>."""
+    out = []
+    for row in tokens.tolist():
+        ids = row[: row.index(vocab.end_id)] if vocab.end_id in row else row
+        out.append(vocab.decode(ids))
+    return out
+
+
+def advantages(rewards: np.ndarray, k: int) -> np.ndarray:
+    """(N*k,) rewards, image-major -> reward minus the mean reward of the image's other samples."""
+    r = rewards.reshape(-1, k)  # (N, k)
+    others = (r.sum(axis=1, keepdims=True) - r) / max(1, k - 1)  # (N, k)
+    return (r - others).reshape(-1)
+
+
+def self_critical_loss(
+    sampler: nn.Module, inputs: torch.Tensor, images: Sequence[int], k: int, reward: CiderD, vocab: Vocab
+) -> tuple[torch.Tensor, float]:
+    """Summed policy-gradient loss of ``k`` samples for each of ``images``, and their summed reward.
+
+    ``images`` are the rows of ``reward``'s references; a sum, like the
+    cross-entropy path, so a batch split across processes adds up.
+    """
+    tokens, logps = sampler(inputs, k)  # (N*k, T) each
+    rewards = reward.scores(np.repeat(np.asarray(images), k), words_of(tokens.cpu().numpy(), vocab))  # (N*k,)
+    adv = torch.from_numpy(advantages(rewards, k)).to(logps.device)  # (N*k,)
+    return -(adv * logps.sum(dim=1)).sum(), float(rewards.sum())
