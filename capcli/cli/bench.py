@@ -51,7 +51,7 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
               help="onnxruntime intra-op threads per lane [default: physical cores / lanes].")
 @click.option("--lanes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Batches captioned at once [default: 2 on the CPU, 1 under CUDA].")
+              help="Batches captioned at once [default: 2].")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True, metavar="R",
               help="Run the scenarios round-robin R times and report each one's fastest round (for busy machines).")
 @click.option("--big/--no-big", default=True, show_default=True, help="The phone-size JPEG scenario.")
