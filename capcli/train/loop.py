@@ -55,7 +55,7 @@ from capcli.train.data import TrainData, batches, prepare
 from capcli.train.datasets import Split, load_split
 from capcli.train.distributed import Ranks, session
 from capcli.train.features import default_cache_dir, module_fingerprint
-from capcli.train.model import CaptionModel, ModelConfig
+from capcli.train.model import CaptionModel, ModelConfig, region_grid
 from capcli.train.record import RunInfo
 from capcli.train.reward import CiderD
 
@@ -355,7 +355,7 @@ def search_spec(vocab: Vocab, config: ModelConfig) -> decode.SearchSpec:
 
 def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Cached frozen output (B, C', h', w') -> region grid (B, L, C) through the tuned stages."""
-    return tuned(inputs).flatten(2).transpose(1, 2)  # (B, L, C)
+    return region_grid(tuned(inputs))  # (B, L, C)
 
 
 def _autocast(device: torch.device):

@@ -65,6 +65,11 @@ class ModelConfig:
         return self.backbone_spec.grid
 
 
+def region_grid(feature_map: torch.Tensor) -> torch.Tensor:
+    """A backbone's feature map (B, C, h, w) -> its regions (B, h*w, C), row-major."""
+    return feature_map.flatten(2).transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Additive (Bahdanau) attention over L regions."""
 
@@ -132,7 +137,7 @@ class CaptionModel(nn.Module):
 
     def backbone_grid(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> region grid (B, L, C): the cacheable part."""
-        return self.backbone(images).flatten(2).transpose(1, 2)  # (B, L, C)
+        return region_grid(self.backbone(images))  # (B, L, C)
 
     def frozen_and_trainable_backbone(self) -> tuple[nn.Sequential, nn.Sequential]:
         """Split at ``finetune_blocks``: cache the first part, train the second."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from capcli import decode
 from capcli.text import Vocab
-from capcli.train.model import CaptionModel
+from capcli.train.model import CaptionModel, region_grid
 from capcli.train.reward import CiderD
 
 
@@ -48,7 +48,7 @@ class Sampler(nn.Module):
         holds its words, then <end>, then <pad> (id 0) with log-probability 0.
         """
         spec = self.spec
-        grid = self.tuned(inputs).flatten(2).transpose(1, 2)  # (N, L, C)
+        grid = region_grid(self.tuned(inputs))  # (N, L, C)
         features = self.model.features(grid)  # (N, L, D)
         keys, state = self.model.decoder.init(features)  # (N, L, A), each (N, H)
         features, keys = features.repeat_interleave(k, 0), keys.repeat_interleave(k, 0)  # (N*k, L, ·)
