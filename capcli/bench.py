@@ -589,18 +589,25 @@ def _banned(vocab: Any) -> list[int]:
     return [vocab.pad_id, vocab.start_id, vocab.unk_id]
 
 
-def _block_repeats(logprobs: Any, histories: list[list[int]]) -> None:
-    """capcli's rule (no repeated trigram) on a torch (rows, V) tensor, so both ways caption alike."""
+def _capcli_rules(logprobs: Any, histories: list[list[int]], vocab: Any, max_len: int) -> None:
+    """capcli's rules (no repeated trigram, no dangling last word) on a torch (rows, V) tensor.
+
+    So that both ways caption alike; ``histories`` are the rows' words so far.
+    """
     import numpy as np
     import torch
 
-    from capcli.decode import block_repeats
-    from capcli.runtime import NO_REPEAT_NGRAM
+    from capcli.decode import SearchSpec, block_dangling_end, block_repeats
+    from capcli.runtime import NO_REPEAT_NGRAM, dangling_ids
 
-    if len(histories[0]) < NO_REPEAT_NGRAM:
+    t = len(histories[0])
+    if t == 0:
         return
+    spec = SearchSpec(vocab.start_id, vocab.end_id, _banned(vocab), max_len, no_end_after=dangling_ids(vocab))
     banned = np.zeros(tuple(logprobs.shape))
-    block_repeats(banned, np.array(histories, dtype=np.int64), NO_REPEAT_NGRAM)
+    words = np.array(histories, dtype=np.int64)  # (rows, t)
+    block_repeats(banned, words, NO_REPEAT_NGRAM)
+    block_dangling_end(banned, words[:, -1], spec, t)
     logprobs[torch.from_numpy(np.isinf(banned)).to(logprobs.device)] = -float("inf")
 
 
@@ -616,7 +623,7 @@ def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, vocab: Any, 
         logprobs[:, _banned(vocab)] = -float("inf")
         if t == 0:
             logprobs[:, vocab.end_id] = -float("inf")
-        _block_repeats(logprobs, [ids])
+        _capcli_rules(logprobs, [ids], vocab, max_len)
         token = logprobs.argmax(dim=1)  # (1,)
         if int(token) == vocab.end_id:
             break
@@ -646,7 +653,7 @@ def _torch_beam(model: Any, features: Any, keys: Any, state: Any, vocab: Any, ma
             end = logprobs[:, vocab.end_id].clone()
             logprobs.fill_(-float("inf"))
             logprobs[:, vocab.end_id] = end
-        _block_repeats(logprobs, seqs)
+        _capcli_rules(logprobs, seqs, vocab, max_len)
         v = logprobs.size(1)
         top, flat = (scores[:, None] + logprobs).view(-1).topk(k)  # (k,)
         rows, words = flat // v, flat % v

@@ -20,6 +20,9 @@ Rules shared by both searches (so that beam 1 is exactly greedy):
 - ``banned`` ids (the specials <pad>, <start>, <unk>) are never produced;
 - the first token cannot be <end> (a caption has at least one word), and after
   ``max_len`` words only <end> may follow;
+- <end> cannot follow a word of ``no_end_after`` (the runtime passes articles,
+  prepositions and the like: "a dog runs in the" is not a caption), except
+  after ``max_len`` words;
 - a hypothesis is ranked by its length-normalised score
   ``sum(log p) / len ** length_penalty`` where ``len`` counts the words plus
   the <end> token (the simple "len^alpha" rule, not GNMT's ``((5+len)/6)^alpha``);
@@ -55,6 +58,7 @@ class SearchSpec:
     max_len: int = 20  # words, not counting <end>
     length_penalty: float = 0.7
     no_repeat_ngram: int = 0  # n > 0: a caption never holds the same n words twice
+    no_end_after: Sequence[int] = ()  # word ids a caption may not end on
 
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:
         return logprob / np.maximum(length, 1) ** self.length_penalty
@@ -84,6 +88,12 @@ def block_repeats(scores: np.ndarray, history: np.ndarray, n: int) -> None:
     windows = np.stack([history[:, p : p + n - 1] for p in range(t - n + 1)], axis=1)  # (N, P, n-1)
     rows, starts = np.nonzero((windows == tail[:, None, :]).all(axis=2))
     scores[rows, history[rows, starts + n - 1]] = -np.inf
+
+
+def block_dangling_end(scores: np.ndarray, last: np.ndarray, spec: SearchSpec, t: int) -> None:
+    """Set <end> to -inf in ``scores`` (N, V) for the rows whose ``last`` word (N,) may not end a caption."""
+    if 0 < t < spec.max_len and len(spec.no_end_after):
+        scores[np.isin(last, spec.no_end_after), spec.end_id] = -np.inf
 
 
 RowStepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
@@ -159,6 +169,7 @@ def greedy(step: StepFn | RowStepFn, state: State, spec: SearchSpec, *, compact:
         alphas[rows, t] = alpha
         masked = spec.mask(logprobs, t)  # (n_live, V)
         block_repeats(masked, ids[rows, :t], spec.no_repeat_ngram)
+        block_dangling_end(masked, ids[rows, t - 1], spec, t)
         tokens = masked.argmax(axis=1).astype(np.int64)  # (n_live,)
         chosen = masked[np.arange(len(rows)), tokens]  # (n_live,)
         stuck = ~np.isfinite(chosen)  # nothing allowed: stays a partial caption
@@ -229,6 +240,8 @@ def beam_search(
         )  # (n, t+1, L)
         cand = spec.mask_inplace(scores.reshape(-1, 1) + logprobs, t)  # (n, V) float64
         block_repeats(cand, history, spec.no_repeat_ngram)
+        if t > 0:
+            block_dangling_end(cand, history[:, -1], spec, t)
         cand = cand.reshape(m, k * v)  # (m, K*V)
         flat, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by index
         valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row

@@ -46,6 +46,8 @@ class Report:
             how = f"model {p['model']}, beam {p['beam']}, length penalty {p['length_penalty']}, max {p['max_len']} words"
             if p.get("no_repeat_ngram"):
                 how += f", no repeated {p['no_repeat_ngram']}-grams"
+            if p.get("no_end_after"):
+                how += f", no caption ending on {'/'.join(p['no_end_after'][:3])}/..."
         else:
             how = f"captions from {p['captions']}"
         out = [head, f"{how}; {PROTOCOL}"]
@@ -105,7 +107,7 @@ def caption_split(
             on_record(record)
     protocol = {"model": str(bundle.path), "beam": beam, "length_penalty": length_penalty,
                 "max_len": captioner.spec.max_len, "no_repeat_ngram": captioner.spec.no_repeat_ngram,
-                "device": captioner.device}  # fmt: skip
+                "no_end_after": bundle.vocab.decode(captioner.spec.no_end_after), "device": captioner.device}  # fmt: skip
     return result, protocol
 
 

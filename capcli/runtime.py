@@ -36,7 +36,7 @@ import onnxruntime as ort
 from capcli.bundle import DECODER, ENCODER, Bundle
 from capcli.decode import Hypothesis, SearchSpec, State, beam_search, greedy
 from capcli.errors import FatalError
-from capcli.text import detokenize
+from capcli.text import Vocab, detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 Context = dict[str, Any]  # "features"/"keys" as numpy arrays (CPU) or OrtValues on the GPU
@@ -71,6 +71,15 @@ def physical_cores() -> int:
 
 
 NO_REPEAT_NGRAM = 3  # default: a caption never holds the same three words twice
+# Words a caption may not end on (when the vocabulary has them): "a dog runs in the." is cut short.
+# Models fine-tuned on CIDEr (self-critical training) learn such endings; the list is the usual one.
+DANGLING_WORDS = ("a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near", "to",
+                  "is", "are", "am", "and", "his", "her", "their", "its")  # fmt: skip
+
+
+def dangling_ids(vocab: Vocab) -> tuple[int, ...]:
+    """Ids of the vocabulary's :data:`DANGLING_WORDS`."""
+    return tuple(i for i in vocab.encode(DANGLING_WORDS) if i != vocab.unk_id)
 
 
 class Captioner:
@@ -84,6 +93,7 @@ class Captioner:
         max_len: int | None = None,
         length_penalty: float = 0.7,
         no_repeat_ngram: int = NO_REPEAT_NGRAM,
+        allow_dangling_end: bool = False,
         threads: int | None = None,
         lanes: int | None = None,
     ) -> None:
@@ -101,6 +111,7 @@ class Captioner:
             max_len=max_len or bundle.max_len,
             length_penalty=length_penalty,
             no_repeat_ngram=no_repeat_ngram,
+            no_end_after=() if allow_dangling_end else dangling_ids(vocab),
         )
         kind, device_id = parse_device(device)
         self.cuda_problem: str | None = None  # why CUDA is not used, when it was tried

@@ -200,3 +200,29 @@ def test_no_repeat_ngram_blocks_a_repeated_trigram_in_greedy_and_beam() -> None:
                 assert len(set(trigrams)) < len(trigrams)  # the table alone repeats
             else:
                 assert len(set(trigrams)) == len(trigrams), hyp.ids
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_no_caption_ends_on_a_dangling_word(beam: int) -> None:
+    # A table that wants "4 5 <end>": with 5 ("the", say) in no_end_after the caption must go on to 6.
+    v = 7
+
+    def step(tokens: np.ndarray, state: dict) -> tuple[np.ndarray, dict, np.ndarray]:
+        logits = np.full((len(tokens), v), -6.0)
+        logits[tokens == 1, 4] = 0.0  # <start> -> 4
+        logits[tokens == 4, 5] = 0.0  # 4 -> 5
+        logits[tokens == 5, 2] = 0.0  # 5 -> <end> (best) ...
+        logits[tokens == 5, 6] = -1.0  # ... or 6
+        logits[tokens == 6, 2] = 0.0  # 6 -> <end>
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return logp, state, np.full((len(tokens), 2), 0.5)
+
+    state = {"h": np.zeros((1, 1))}
+    search = (lambda spec: greedy(step, state, spec)[0]) if beam == 1 else (
+        lambda spec: beam_search(step, state, spec, beam=beam)[0])  # fmt: skip
+    free = SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=5)
+    assert search(free).ids == [4, 5]
+    assert search(SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=5, no_end_after=(5,))).ids == [4, 5, 6]
+    # After max_len words <end> is forced, dangling or not: the search still ends.
+    short = search(SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=2, no_end_after=(5,)))
+    assert short.ids == [4, 5] and short.finished

@@ -18,7 +18,7 @@ from capcli.bundle import load_bundle
 from capcli.cli import main
 from capcli.errors import FatalError
 from capcli.images import load
-from capcli.runtime import CPU, CUDA, Captioner, parse_device
+from capcli.runtime import CPU, CUDA, DANGLING_WORDS, Captioner, parse_device
 from capcli.text import SPECIALS, detokenize
 
 
@@ -48,6 +48,17 @@ def test_captions_are_sentences_of_vocabulary_words(bundle, images: np.ndarray, 
         assert np.isfinite(cap.score) and cap.score <= 0
         assert cap.alphas is not None and cap.alphas.shape == (len(cap.tokens), 8, 8)
         np.testing.assert_allclose(cap.alphas.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_no_caption_ends_on_a_dangling_word(bundle, images: np.ndarray, beam: int) -> None:
+    captioner = Captioner(bundle, device="cpu", beam=beam, max_len=6)
+    vocab = bundle.vocab
+    words = [vocab.tokens[i] for i in captioner.spec.no_end_after]
+    assert {"a", "the", "in"} <= set(words) <= set(DANGLING_WORDS)  # the tiny vocabulary's share of the list
+    for cap in captioner.caption(images):
+        assert len(cap.tokens) == 6 or cap.tokens[-1] not in DANGLING_WORDS, cap.tokens
+    assert Captioner(bundle, device="cpu", beam=beam, allow_dangling_end=True).spec.no_end_after == ()
 
 
 @pytest.mark.parametrize("beam", [1, 3])
