@@ -474,3 +474,20 @@ def test_cli_rejects_fewer_than_two_samples_and_cider_without_init(scst_data: Pa
     result = runner.invoke(main, [*base, "--objective", "cider"])
     assert result.exit_code == 1, result.output
     assert "--init" in result.output
+
+
+def test_recorded_command_parses_back_to_the_same_options(tmp_path: Path) -> None:
+    """train.json's command is a real command line: booleans become --no-... flags, and click reads it back."""
+    import shlex
+
+    from capcli.cli.train import train_command
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "x.pt").write_bytes(b"")
+    options = TrainOptions(dataset="csv", data=str(tmp_path / "data"), out=str(tmp_path / "run"), pretrained=False,
+                           init=str(tmp_path / "x.pt"), objective="cider", score_end=False, lr=2e-4, epochs=3)  # fmt: skip
+    args = shlex.split(options.command())
+    assert args[:2] == ["capcli", "train"] and "--no-pretrained" in args and "--no-score-end" in args
+    params = train_command.make_context("train", args[2:]).params
+    assert params.pop("resume") is False
+    assert TrainOptions(pretrained=not params.pop("no_pretrained"), **params) == options

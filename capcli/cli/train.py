@@ -75,6 +75,9 @@ def _check_backbone(ctx: click.Context, param: click.Parameter, name: str) -> st
                    "(needs --init; use a learning rate around 2e-5).")
 @click.option("--samples", type=click.IntRange(min=2), default=5, show_default=True,
               help="Captions sampled per image by --objective cider (each one's baseline is the others' mean).")
+@click.option("--score-end/--no-score-end", default=True, show_default=True,
+              help="--objective cider: the reward counts the caption's end as a word, so captions cut off "
+                   "mid-phrase earn less (--no-score-end: plain CIDEr-D).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Captions per step: the global batch, split across the processes under torchrun.")

@@ -100,6 +100,7 @@ class TrainOptions:
     attention_penalty: float = 1.0
     objective: str = "xent"  # "xent" (teacher forcing) | "cider" (self-critical, from --init)
     samples: int = 5  # captions sampled per image by the cider objective
+    score_end: bool = True  # the cider reward counts a caption's end as a word (see capcli.train.reward)
     patience: int = 3  # epochs without a better dev CIDEr before stopping; 0 = never stop early
     dev_beam: int = 1  # dev decoding: 1 = greedy
     limit: int | None = None  # debug: first N images of each split
@@ -123,8 +124,8 @@ class TrainOptions:
             value = getattr(self, f.name)
             if f.name in LOCAL_OPTIONS[1:] or value == f.default:
                 continue
-            if f.name == "pretrained":
-                args.append("--no-pretrained")
+            if isinstance(value, bool):
+                args.append(f"--{'' if value else 'no-'}{f.name.replace('_', '-')}")
             else:
                 args += [f"--{f.name.replace('_', '-')}", str(value)]
         return shlex.join(args)
@@ -241,7 +242,7 @@ def _train(
     if ranks.distributed:
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
     if self_critical:
-        reward = CiderD([[tokenize(c) for c in s.captions] for s in train_data.samples])
+        reward = CiderD([[tokenize(c) for c in s.captions] for s in train_data.samples], mark_end=options.score_end)
         step_loss = _self_critical_step(forward, train_data, options, ranks, reward, vocab)
     else:
         step_loss = _cross_entropy_step(forward, train_data, options, ranks)
