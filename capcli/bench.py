@@ -537,7 +537,13 @@ def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
         transforms.ToTensor(),
         transforms.Normalize(pre.mean, pre.std),
     ])  # fmt: skip
+    from capcli.decode import SearchSpec
+    from capcli.runtime import NO_REPEAT_NGRAM, dangling_ids
+
     search = _torch_greedy if s.beam == 1 else _torch_beam
+    # capcli's rules, so that both ways caption alike; the tutorial loops apply them in torch.
+    rules = SearchSpec.for_vocab(vocab, model.config.max_len, no_repeat_ngram=NO_REPEAT_NGRAM,
+                                 no_end_after=dangling_ids(vocab))  # fmt: skip
 
     def caption(path: str) -> tuple[str, list[float]]:
         t0 = time.perf_counter()
@@ -549,7 +555,7 @@ def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the stage ends when the GPU is done
         t2 = time.perf_counter()
-        ids = search(model, features, keys, state, vocab, model.config.max_len, s.beam)
+        ids = search(model, features, keys, state, rules, s.beam)
         t3 = time.perf_counter()
         return detokenize([vocab.tokens[i] for i in ids]), [t1 - t0, t2 - t1, t3 - t2]
 
@@ -584,82 +590,72 @@ def _torch_device(device: str) -> Any:
     return torch.device(f"cuda:{index}" if use_cuda else "cpu")
 
 
-def _banned(vocab: Any) -> list[int]:
-    return [vocab.pad_id, vocab.start_id, vocab.unk_id]
-
-
-def _capcli_rules(logprobs: Any, histories: list[list[int]], vocab: Any, max_len: int) -> None:
-    """capcli's rules (no repeated trigram, no dangling last word) on a torch (rows, V) tensor.
-
-    So that both ways caption alike; ``histories`` are the rows' words so far.
-    """
+def _history_rules(logprobs: Any, histories: list[list[int]], rules: Any) -> None:
+    """capcli's rules that look back (no repeated trigram, no dangling last word) on a torch (rows, V) tensor."""
     import numpy as np
     import torch
 
-    from capcli.decode import SearchSpec, block_dangling_end, block_repeats
-    from capcli.runtime import NO_REPEAT_NGRAM, dangling_ids
+    from capcli.decode import block_dangling_end, block_repeats
 
-    t = len(histories[0])
-    if t == 0:
+    if not histories[0]:
         return
-    spec = SearchSpec(vocab.start_id, vocab.end_id, _banned(vocab), max_len, no_end_after=dangling_ids(vocab))
-    banned = np.zeros(tuple(logprobs.shape))
     words = np.array(histories, dtype=np.int64)  # (rows, t)
-    block_repeats(banned, words, NO_REPEAT_NGRAM)
-    block_dangling_end(banned, words[:, -1], spec, t)
+    banned = np.zeros(tuple(logprobs.shape))
+    block_repeats(banned, words, rules.no_repeat_ngram)
+    block_dangling_end(banned, words, rules)
     logprobs[torch.from_numpy(np.isinf(banned)).to(logprobs.device)] = -float("inf")
 
 
-def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, vocab: Any, max_len: int, beam: int) -> list[int]:
+def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, rules: Any, beam: int) -> list[int]:
     """Tutorial greedy decoding: one token per step, Python loop, until <end>."""
     import torch
 
-    token = torch.tensor([vocab.start_id], device=features.device)
+    token = torch.tensor([rules.start_id], device=features.device)
     ids: list[int] = []
-    for t in range(max_len):
+    for t in range(rules.max_len):
         logits, state, _ = model.decoder.step(token, state, features, keys)
         logprobs = torch.log_softmax(logits, dim=1)  # (1, V)
-        logprobs[:, _banned(vocab)] = -float("inf")
+        logprobs[:, list(rules.banned)] = -float("inf")
         if t == 0:
-            logprobs[:, vocab.end_id] = -float("inf")
-        _capcli_rules(logprobs, [ids], vocab, max_len)
+            logprobs[:, rules.end_id] = -float("inf")
+        _history_rules(logprobs, [ids], rules)
         token = logprobs.argmax(dim=1)  # (1,)
-        if int(token) == vocab.end_id:
+        if int(token) == rules.end_id:
             break
         ids.append(int(token))
     return ids
 
 
-def _torch_beam(model: Any, features: Any, keys: Any, state: Any, vocab: Any, max_len: int, beam: int) -> list[int]:
+def _torch_beam(model: Any, features: Any, keys: Any, state: Any, rules: Any, beam: int) -> list[int]:
     """Tutorial beam search for one image (the sgrvinod way: the beam shrinks as hypotheses end)."""
     import torch
 
     k, device = beam, features.device
     features, keys = features.expand(k, -1, -1), keys.expand(k, -1, -1)  # (k, L, D), (k, L, A)
     state = tuple(s.expand(k, -1).contiguous() for s in state)  # each (k, H)
-    tokens = torch.full((k,), vocab.start_id, device=device)
+    tokens = torch.full((k,), rules.start_id, device=device)
     scores = torch.zeros(k, device=device)
     scores[1:] = -float("inf")  # the k rows start identical: only one is live
     seqs: list[list[int]] = [[] for _ in range(k)]
     done: list[tuple[float, list[int]]] = []
-    for t in range(max_len + 1):
+    for t in range(rules.max_len + 1):
         logits, state, _ = model.decoder.step(tokens, state, features, keys)
         logprobs = torch.log_softmax(logits, dim=1)  # (k, V)
-        logprobs[:, _banned(vocab)] = -float("inf")
+        logprobs[:, list(rules.banned)] = -float("inf")
         if t == 0:
-            logprobs[:, vocab.end_id] = -float("inf")
-        if t == max_len:
-            end = logprobs[:, vocab.end_id].clone()
+            logprobs[:, rules.end_id] = -float("inf")
+        if t == rules.max_len:
+            end = logprobs[:, rules.end_id].clone()
             logprobs.fill_(-float("inf"))
-            logprobs[:, vocab.end_id] = end
-        _capcli_rules(logprobs, seqs, vocab, max_len)
+            logprobs[:, rules.end_id] = end
+        _history_rules(logprobs, seqs, rules)
         v = logprobs.size(1)
         top, flat = (scores[:, None] + logprobs).view(-1).topk(k)  # (k,)
         rows, words = flat // v, flat % v
         live = []
         for score, row, word in zip(top.tolist(), rows.tolist(), words.tolist()):
-            if word == vocab.end_id:
-                done.append((score / (len(seqs[row]) + 1) ** 0.7, seqs[row]))
+            if word == rules.end_id:
+                done.append((score / (len(seqs[row]) + 1) ** rules.length_penalty, seqs[row]))
             else:
                 live.append((score, row, word))
         k = len(live)

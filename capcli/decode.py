@@ -35,8 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from capcli.text import Vocab
 
 State = dict[str, np.ndarray]
 StepFn = Callable[[np.ndarray, State], tuple[np.ndarray, State, np.ndarray]]
@@ -60,8 +64,24 @@ class SearchSpec:
     no_repeat_ngram: int = 0  # n > 0: a caption never holds the same n words twice
     no_end_after: Sequence[int] = ()  # word ids a caption may not end on
 
+    @classmethod
+    def for_vocab(cls, vocab: "Vocab", max_len: int, **rules: Any) -> "SearchSpec":
+        """The spec of a model's vocabulary: its <start> and <end>, its other specials banned."""
+        return cls(vocab.start_id, vocab.end_id, (vocab.pad_id, vocab.start_id, vocab.unk_id), max_len, **rules)
+
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:
         return logprob / np.maximum(length, 1) ** self.length_penalty
+
+    def allowed(self, t: int, vocab_size: int) -> np.ndarray:
+        """(V,) bool: the tokens step ``t`` may produce (no banned id; no <end> first; only <end> after max_len)."""
+        ok = np.ones(vocab_size, dtype=bool)
+        ok[list(self.banned)] = False
+        if t == 0:
+            ok[self.end_id] = False
+        if t >= self.max_len:
+            ok[:] = False
+            ok[self.end_id] = True
+        return ok
 
     def mask(self, logprobs: np.ndarray, t: int) -> np.ndarray:
         """Log-probabilities (N, V) at step ``t`` with forbidden tokens at -inf."""
@@ -69,13 +89,7 @@ class SearchSpec:
 
     def mask_inplace(self, scores: np.ndarray, t: int) -> np.ndarray:
         """Set the tokens forbidden at step ``t`` to -inf in ``scores`` (N, V); returns it."""
-        scores[:, list(self.banned)] = -np.inf
-        if t == 0:
-            scores[:, self.end_id] = -np.inf
-        if t >= self.max_len:
-            end = scores[:, self.end_id].copy()
-            scores[:] = -np.inf
-            scores[:, self.end_id] = end
+        scores[:, ~self.allowed(t, scores.shape[1])] = -np.inf
         return scores
 
 
@@ -90,10 +104,11 @@ def block_repeats(scores: np.ndarray, history: np.ndarray, n: int) -> None:
     scores[rows, history[rows, starts + n - 1]] = -np.inf
 
 
-def block_dangling_end(scores: np.ndarray, last: np.ndarray, spec: SearchSpec, t: int) -> None:
-    """Set <end> to -inf in ``scores`` (N, V) for the rows whose ``last`` word (N,) may not end a caption."""
+def block_dangling_end(scores: np.ndarray, history: np.ndarray, spec: SearchSpec) -> None:
+    """Set <end> to -inf in ``scores`` (N, V) for the rows whose last word of ``history`` (N, t) may not end."""
+    t = history.shape[1]
     if 0 < t < spec.max_len and len(spec.no_end_after):
-        scores[np.isin(last, spec.no_end_after), spec.end_id] = -np.inf
+        scores[np.isin(history[:, -1], spec.no_end_after), spec.end_id] = -np.inf
 
 
 RowStepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
@@ -169,7 +184,7 @@ def greedy(step: StepFn | RowStepFn, state: State, spec: SearchSpec, *, compact:
         alphas[rows, t] = alpha
         masked = spec.mask(logprobs, t)  # (n_live, V)
         block_repeats(masked, ids[rows, :t], spec.no_repeat_ngram)
-        block_dangling_end(masked, ids[rows, t - 1], spec, t)
+        block_dangling_end(masked, ids[rows, :t], spec)
         tokens = masked.argmax(axis=1).astype(np.int64)  # (n_live,)
         chosen = masked[np.arange(len(rows)), tokens]  # (n_live,)
         stuck = ~np.isfinite(chosen)  # nothing allowed: stays a partial caption
@@ -240,8 +255,7 @@ def beam_search(
         )  # (n, t+1, L)
         cand = spec.mask_inplace(scores.reshape(-1, 1) + logprobs, t)  # (n, V) float64
         block_repeats(cand, history, spec.no_repeat_ngram)
-        if t > 0:
-            block_dangling_end(cand, history[:, -1], spec, t)
+        block_dangling_end(cand, history, spec)
         cand = cand.reshape(m, k * v)  # (m, K*V)
         flat, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by index
         valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row

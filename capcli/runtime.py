@@ -104,11 +104,9 @@ class Captioner:
         self.bundle = bundle
         self.beam = beam
         vocab = bundle.vocab
-        self.spec = SearchSpec(
-            start_id=vocab.start_id,
-            end_id=vocab.end_id,
-            banned=(vocab.pad_id, vocab.start_id, vocab.unk_id),
-            max_len=max_len or bundle.max_len,
+        self.spec = SearchSpec.for_vocab(
+            vocab,
+            max_len or bundle.max_len,
             length_penalty=length_penalty,
             no_repeat_ngram=no_repeat_ngram,
             no_end_after=() if allow_dangling_end else dangling_ids(vocab),

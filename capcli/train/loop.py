@@ -350,8 +350,7 @@ def _initialise(options: TrainOptions) -> tuple[CaptionModel, Vocab, TrainOption
 
 def search_spec(vocab: Vocab, config: ModelConfig) -> decode.SearchSpec:
     """The runtime's search rules (no trigram blocking: dev scores follow the model alone)."""
-    return decode.SearchSpec(vocab.start_id, vocab.end_id, banned=[vocab.pad_id, vocab.start_id, vocab.unk_id],
-                             max_len=config.max_len)  # fmt: skip
+    return decode.SearchSpec.for_vocab(vocab, config.max_len)
 
 
 def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

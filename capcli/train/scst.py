@@ -37,9 +37,9 @@ class Sampler(nn.Module):
     def __init__(self, model: CaptionModel, tuned: nn.Module, spec: decode.SearchSpec, vocab_size: int) -> None:
         super().__init__()
         self.model, self.tuned, self.spec = model, tuned, spec
-        banned = torch.zeros(vocab_size, dtype=torch.bool)
-        banned[list(spec.banned)] = True
-        self.register_buffer("banned", banned, persistent=False)
+        # The search rules' allowed tokens at the first step, the steps between, and after max_len words.
+        allowed = np.stack([spec.allowed(t, vocab_size) for t in (0, 1, spec.max_len)])
+        self.register_buffer("allowed", torch.from_numpy(allowed), persistent=False)  # (3, V)
 
     def forward(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (N, C', h', w') -> tokens (N*k, T) and their log-probabilities (N*k, T).
@@ -59,12 +59,7 @@ class Sampler(nn.Module):
         words, logps = [], []
         for t in range(spec.max_len + 1):
             logits, state, _ = self.model.decoder.step(tokens, state, features, keys)
-            allowed = ~self.banned  # (V,), a new tensor
-            if t == 0:
-                allowed[spec.end_id] = False  # at least one word
-            elif t == spec.max_len:
-                allowed[:] = False
-                allowed[spec.end_id] = True  # the longest caption ends here
+            allowed = self.allowed[0 if t == 0 else 2 if t == spec.max_len else 1]  # (V,)
             logprobs = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=1)  # (N*k, V)
             with torch.no_grad():
                 drawn = torch.multinomial(logprobs.exp(), 1).squeeze(1)  # (N*k,)
