@@ -53,9 +53,12 @@ class RunInfo:
             for split in (self.train, self.dev)
         }
 
+    def lineage(self) -> dict[str, Any]:
+        """``{"initialised_from": ...}`` for a run started from a checkpoint, else nothing."""
+        return {"initialised_from": self.initialised_from} if self.initialised_from else {}
+
     def provenance(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         beam = self.options["dev_beam"]
-        started = {"initialised_from": self.initialised_from} if self.initialised_from else {}
         return {
             "dataset": self.options["dataset"], "trained_on": "train", "selected_on": "dev",
             "data": self.data(), "data_dir": self.options["data"], "command": self.command,
@@ -64,7 +67,7 @@ class RunInfo:
             "hardware": self.hardware(), "epochs": len(history), "best_epoch": best["epoch"],
             "dev_metrics": best["metrics"],
             "dev_protocol": f"{QUICK_PROTOCOL}; {'greedy' if beam == 1 else f'beam {beam}'}",
-            "licence": LICENCES.get(self.options["dataset"], "see the data set's terms"), **started,
+            "licence": LICENCES.get(self.options["dataset"], "see the data set's terms"), **self.lineage(),
         }  # fmt: skip
 
     def record(self, history: list[dict[str, Any]], best: dict[str, Any], seconds: float, vocab_size: int) -> dict:
@@ -76,7 +79,7 @@ class RunInfo:
                         "epochs": round(sum(h["seconds"] for h in history), 1),
                         "this_session": round(seconds, 1)},
             "hardware": self.hardware(), "dev_protocol": QUICK_PROTOCOL, "history": history,
-            **({"initialised_from": self.initialised_from} if self.initialised_from else {}),
+            **self.lineage(),
         }  # fmt: skip
 
 
