@@ -9,8 +9,9 @@ width, 1 for greedy) for the whole search, so the caller binds each image's
 context (features, attention keys) repeated ``K`` times once, and only the
 recurrent state is reordered here, by integer back-pointers.
 
-Finished captions (greedy) and finished images (beam) stop costing decoder
-work: with ``compact=True`` the step is called as ``step(tokens, state, rows)``
+The first beam step computes one row per image (its K rows are identical
+until then), and finished captions (greedy) and finished images (beam) stop
+costing decoder work: with ``compact=True`` the step is called as ``step(tokens, state, rows)``
 with only the rows still searching, ``rows`` being their indices in that
 initial layout (ascending), so the caller picks the matching context rows.
 Without it the step sees all ``N`` rows, as above.
@@ -233,7 +234,6 @@ def beam_search(
     k = beam
     step_rows = _rows_step(step, b * k, compact)
     images = np.arange(b)  # images still searching, ascending; their rows are image-major
-    state = _repeat_state(state, k)
     tokens = np.full(b * k, spec.start_id, dtype=np.int64)
     # Only the first row of each image is live at the start: all K rows are identical.
     scores = np.full((b, k), -np.inf)
@@ -248,7 +248,12 @@ def beam_search(
 
     for t in range(spec.max_len + 1):
         rows = (images[:, None] * k + np.arange(k)).reshape(-1)  # (n,) in the initial layout
-        logprobs, state, alpha = step_rows(tokens, state, rows)
+        if t == 0:  # an image's K rows are still identical: compute the first, copy it
+            logprobs, state, alpha = step_rows(tokens[::k], state, rows[::k])
+            logprobs, alpha = np.repeat(logprobs, k, axis=0), np.repeat(alpha, k, axis=0)
+            state = _repeat_state(state, k)
+        else:
+            logprobs, state, alpha = step_rows(tokens, state, rows)
         m, v = len(images), logprobs.shape[1]
         steps_alpha = alpha[:, None, :] if alpha_history is None else np.concatenate(
             [alpha_history, alpha[:, None, :]], axis=1
