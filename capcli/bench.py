@@ -75,6 +75,7 @@ class BenchConfig:
     batch_size: int = 16
     workers: int | None = None  # reader threads; None: capcli's default
     device: str = "auto"
+    precision: str = "auto"  # capcli's decoder: auto uses the bundle's int8 one on the CPU when it has one
     threads: int | None = None  # onnxruntime intra-op threads per lane; None: the runtime's choice
     lanes: int | None = None  # batches captioned at once; None: the runtime's choice
     checkpoint: str | None = None  # PyTorch checkpoint for the tutorial way
@@ -218,7 +219,7 @@ def run_scenario(s: Scenario, cfg: BenchConfig, paths: list[str], folder: Path) 
             f.write(path + "\n")
     spec = {"scenario": asdict(s), "listing": str(listing), "output": str(folder / "records.jsonl"),
             "model": cfg.model, "batch_size": cfg.batch_size, "workers": cfg.workers, "device": cfg.device,
-            "threads": cfg.threads, "lanes": cfg.lanes, "checkpoint": cfg.checkpoint}  # fmt: skip
+            "precision": cfg.precision, "threads": cfg.threads, "lanes": cfg.lanes, "checkpoint": cfg.checkpoint}  # fmt: skip
     before = _cpu_seconds()
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "capcli.bench", json.dumps(spec)],
@@ -353,7 +354,7 @@ def machine_info(results: dict[str, Result]) -> dict[str, Any]:
     }
     # What the sessions really used, as the workers reported it; capcli's own arrangement first.
     for r in sorted(results.values(), key=lambda r: r.key != "beam3"):
-        for key in ("model", "quantized", "providers", "device", "lanes", "intra_op_threads", "torch", "torch_threads",
+        for key in ("model", "decoder", "providers", "device", "lanes", "intra_op_threads", "torch", "torch_threads",
                     "torch_device"):
             if key in r.info:
                 info.setdefault(key, r.info[key])
@@ -415,12 +416,12 @@ def _captioner(spec: dict[str, Any], beam: int) -> Any:
     from capcli.runtime import Captioner
 
     return Captioner(load_bundle(spec["model"]), device=spec["device"], beam=beam, threads=spec["threads"],
-                     lanes=spec["lanes"])  # fmt: skip
+                     lanes=spec["lanes"], precision=spec["precision"])  # fmt: skip
 
 
 def _session_info(captioner: Any) -> dict[str, Any]:
     bundle = captioner.bundle
-    return {"model": str(bundle.path), "quantized": bool(bundle.meta.get("quantized", False)),
+    return {"model": str(bundle.path), "decoder": captioner.precision,
             "providers": captioner.providers, "device": captioner.device, "lanes": captioner.lanes,
             "intra_op_threads": captioner.threads}  # fmt: skip
 

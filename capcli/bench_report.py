@@ -37,7 +37,7 @@ def _machine_line(report: Report) -> str:
         runtime += f", {m.get('lanes', 1)} lane(s) x {m['intra_op_threads']} intra-op threads"
     lines = [f"machine: {cpu}", f"runtime: {runtime}; available: {', '.join(m['providers_available'])}"]
     if m.get("model"):
-        lines.append(f"model: {m['model']}" + (" (int8-quantised)" if m.get("quantized") else ""))
+        lines.append(f"model: {m['model']}" + (" (int8 decoder)" if m.get("decoder") == "int8" else ""))
     if m.get("gpu"):
         lines.append(f"gpu: {m['gpu']}")
     if m.get("torch"):

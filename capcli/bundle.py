@@ -1,7 +1,9 @@
 """The model bundle: locate it, read and validate ``model.json``, check every file.
 
 A bundle is a directory holding ``encoder.onnx``, ``decoder.onnx`` (one decode
-step) and ``model.json`` (format in the README).  :func:`load_bundle` checks
+step), ``model.json`` (format in the README) and, optionally,
+``decoder.int8.onnx``: the same step with int8 matrix products, which the
+runtime prefers on the CPU (``capcli export --quantize`` adds it).  :func:`load_bundle` checks
 everything a run depends on before any image is touched -- the JSON, the
 format version, the sha256 of each ONNX file, and the ONNX graphs' input and
 output shapes against the vocabulary, grid and sizes that ``model.json``
@@ -28,6 +30,8 @@ FORMAT = "capcli-bundle"
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
+INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weights, for CPUs
+PRECISIONS = ("auto", "float", "int8")  # which decoder a run uses; auto: int8 on the CPU when there is one
 ENV_VAR = "CAPCLI_MODEL"
 DECODER_KINDS = ("gru", "lstm")
 RESIZE_RULES = ("squash",)
@@ -65,6 +69,10 @@ class Bundle:
     max_len: int  # words, not counting <end>
     provenance: dict[str, Any]
     files: Mapping[str, bytes] = field(repr=False)  # checked ONNX bytes by file name
+
+    @property
+    def has_int8_decoder(self) -> bool:
+        return INT8_DECODER in self.files
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -108,7 +116,8 @@ def load_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
         raise BundleError(f"model bundle {str(root)!r} (from {origin}) {what}")
     meta = _read_meta(root / MODEL_JSON)
     spec = _parse_meta(meta, root / MODEL_JSON)
-    files = {name: _read_checked(root / name, meta) for name in (ENCODER, DECODER)}
+    names = (ENCODER, DECODER, *([INT8_DECODER] if INT8_DECODER in meta["files"] else []))
+    files = {name: _read_checked(root / name, meta) for name in names}
     bundle = Bundle(root, meta, files=files, **spec)
     for name, data in files.items():
         try:
@@ -198,7 +207,11 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     if not (isinstance(meta.get("backbone"), dict) and isinstance(meta["backbone"].get("name"), str)):
         raise bad("backbone", '{"name": string, ...}')
     files = meta.get("files")
-    if not (isinstance(files, dict) and all(isinstance(files.get(n), dict) for n in (ENCODER, DECODER))):
+    if not (
+        isinstance(files, dict)
+        and all(isinstance(files.get(n), dict) for n in (ENCODER, DECODER))
+        and isinstance(files.get(INT8_DECODER, {}), dict)
+    ):
         raise bad("files", f'{{"{ENCODER}": {{"sha256": hex}}, "{DECODER}": {{"sha256": hex}}}}')
     provenance = meta.get("provenance", {})
     if not isinstance(provenance, dict):

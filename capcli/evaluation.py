@@ -44,6 +44,8 @@ class Report:
         head = f"{p['dataset']} {p['split']}: {scored} images, {p['references']:,} references"
         if "beam" in p:
             how = f"model {p['model']}, beam {p['beam']}, length penalty {p['length_penalty']}, max {p['max_len']} words"
+            if p.get("decoder") == "int8":
+                how += ", int8 decoder"
             if p.get("no_repeat_ngram"):
                 how += f", no repeated {p['no_repeat_ngram']}-grams"
             if p.get("no_end_after"):
@@ -83,6 +85,7 @@ def caption_split(
     max_len: int | None = None,
     length_penalty: float = 0.7,
     device: str = "auto",
+    precision: str = "auto",
     batch_size: int = 16,
     workers: int = 2,
     on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -94,7 +97,8 @@ def caption_split(
     from capcli.sources import Item
 
     bundle = load_bundle(model)
-    captioner = Captioner(bundle, device=device, beam=beam, max_len=max_len, length_penalty=length_penalty)
+    captioner = Captioner(bundle, device=device, beam=beam, max_len=max_len, length_penalty=length_penalty,
+                          precision=precision)  # fmt: skip
     items = (Item(index=i, source=str(s.image), path=str(s.image)) for i, s in enumerate(split.samples))
     result = Hypotheses({})
     for record in caption_items(items, captioner, make_reader(bundle.preprocess), batch_size=batch_size,
@@ -107,7 +111,8 @@ def caption_split(
             on_record(record)
     protocol = {"model": str(bundle.path), "beam": beam, "length_penalty": length_penalty,
                 "max_len": captioner.spec.max_len, "no_repeat_ngram": captioner.spec.no_repeat_ngram,
-                "no_end_after": bundle.vocab.decode(captioner.spec.no_end_after), "device": captioner.device}  # fmt: skip
+                "no_end_after": bundle.vocab.decode(captioner.spec.no_end_after), "device": captioner.device,
+                "decoder": captioner.precision}  # fmt: skip
     return result, protocol
 
 

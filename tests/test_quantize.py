@@ -1,4 +1,4 @@
-"""capcli export --quantize: an int8 bundle that validates, loads and captions like any other."""
+"""capcli export --quantize: a bundle with an int8 decoder that validates, loads, captions, and is used on the CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from capcli.bundle import DECODER, ENCODER, load_bundle
+from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle
 from capcli.cli import main
 
 pytest.importorskip("onnx")
@@ -21,34 +21,67 @@ def _ops(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
-def test_quantized_bundle_from_a_bundle(tiny_bundle: Path, photos: Path, tmp_path: Path) -> None:
+def test_quantize_adds_an_int8_decoder_that_the_cpu_prefers(tiny_bundle: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8"
     result = CliRunner().invoke(main, ["export", str(tiny_bundle), "-o", str(out), "--quantize",
                                        "--check-images", str(photos)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "identical greedy captions" in result.output
 
-    bundle = load_bundle(out)  # sha256s and signatures check out
+    bundle = load_bundle(out)  # sha256s and signatures check out, the int8 decoder's too
+    assert bundle.has_int8_decoder and not load_bundle(tiny_bundle).has_int8_decoder
     source = json.loads((tiny_bundle / "model.json").read_text())
     meta = bundle.meta
-    assert meta["quantized"] is True and "quantized" not in source
+    # The float graphs are the source's, byte for byte; the int8 decoder is listed beside them.
     for name in (ENCODER, DECODER):
-        assert meta["files"][name]["sha256"] != source["files"][name]["sha256"]
-        assert meta["provenance"]["quantization"]["source"][name] == source["files"][name]["sha256"]
-    # Everything but the files and the quantisation record is the source bundle's.
-    same = {k: v for k, v in meta.items() if k not in ("files", "quantized", "provenance")}
+        assert (out / name).read_bytes() == (tiny_bundle / name).read_bytes()
+        assert meta["files"][name] == source["files"][name]
+    quantization = meta["provenance"]["quantization"]
+    assert quantization["file"] == INT8_DECODER and quantization["source"][DECODER] == source["files"][DECODER]["sha256"]
+    same = {k: v for k, v in meta.items() if k not in ("files", "provenance")}
     assert same == {k: v for k, v in source.items() if k not in ("files", "provenance")}
-    comparison = meta["provenance"]["quantization"]["comparison"]
+    comparison = quantization["comparison"]
     assert comparison["inputs"] == "6 photo(s)" and 0 <= comparison["greedy_captions_identical"] <= 1
-    # The products with weights are int8 now (only activation x activation products stay float).
-    assert "MatMulInteger" in _ops(out / DECODER) and "Gemm" not in _ops(out / DECODER)
+    # The products with weights are int8 (only activation x activation products stay float).
+    assert "MatMulInteger" in _ops(out / INT8_DECODER) and "Gemm" not in _ops(out / INT8_DECODER)
+    assert "MatMulInteger" not in _ops(out / DECODER)
 
-    records = tmp_path / "captions.jsonl"
-    result = CliRunner().invoke(main, ["caption", str(photos), "--model", str(out), "-o", str(records),
+    # The CPU uses it by default; --precision float and int8 choose.
+    from capcli.runtime import Captioner
+
+    assert Captioner(bundle, device="cpu").precision == "int8"
+    assert Captioner(bundle, device="cpu", precision="float").precision == "float"
+    for precision in ("auto", "float", "int8"):
+        records = tmp_path / f"{precision}.jsonl"
+        result = CliRunner().invoke(main, ["caption", str(photos), "--model", str(out), "-o", str(records),
+                                           "--device", "cpu", "--precision", precision])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in records.read_text().splitlines()]
+        assert len(lines) == 6 and all(r["status"] == "ok" and r["caption"] for r in lines)
+
+
+def test_int8_needs_an_int8_decoder(tiny_bundle: Path, photos: Path) -> None:
+    result = CliRunner().invoke(main, ["caption", str(photos), "--model", str(tiny_bundle), "--precision", "int8",
                                        "--device", "cpu"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in records.read_text().splitlines()]
-    assert len(lines) == 6 and all(r["status"] == "ok" and r["caption"] for r in lines)
+    assert result.exit_code == 1
+    assert "no decoder.int8.onnx" in result.output and "--quantize" in result.output
+
+
+def test_a_listed_int8_decoder_is_checked(tiny_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from capcli.errors import BundleError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    meta = json.loads((broken / "model.json").read_text())
+    meta["files"][INT8_DECODER] = {"sha256": "0" * 64}
+    (broken / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="decoder.int8.onnx: missing"):
+        load_bundle(broken)
+    shutil.copy(broken / DECODER, broken / INT8_DECODER)
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        load_bundle(broken)
 
 
 def test_quantized_export_from_a_checkpoint(tmp_path: Path) -> None:
@@ -58,8 +91,9 @@ def test_quantized_export_from_a_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "int8"
     result = CliRunner().invoke(main, ["export", str(checkpoint), "-o", str(out), "--quantize"])
     assert result.exit_code == 0, result.output
-    meta = load_bundle(out).meta
-    assert meta["quantized"] is True
+    bundle = load_bundle(out)
+    meta = bundle.meta
+    assert bundle.has_int8_decoder
     assert meta["provenance"]["parity"]["max_abs_diff"]  # the float export was checked against PyTorch first
     assert meta["provenance"]["checkpoint"]["file"] == "tiny.pt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8", "tiny.pt"]  # no float bundle left behind

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from capcli.bundle import PRECISIONS
 from capcli.cli import main
 from capcli.errors import CapcliError
 
@@ -48,6 +49,8 @@ def _size(value: str) -> tuple[int, int]:
               help="Reader threads [default: capcli's].")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where the ONNX model runs (the tutorial way runs PyTorch on the CPU).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="capcli's decoder: auto uses the bundle's int8 decoder on the CPU when it has one.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
               help="onnxruntime intra-op threads per lane [default: physical cores / lanes].")
 @click.option("--lanes", type=click.IntRange(min=1), default=None, metavar="N",
@@ -64,7 +67,7 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--json", "json_path", metavar="FILE", type=click.Path(dir_okay=False), default=None,
               help="Also write every figure as JSON to FILE.")
 def bench_command(model: str | None, images: str | None, n: int, checkpoint: str | None, batch_size: int,
-                  workers: int | None, device: str, threads: int | None, lanes: int | None, rounds: int, big: bool,
+                  workers: int | None, device: str, precision: str, threads: int | None, lanes: int | None, rounds: int, big: bool,
                   big_size: tuple[int, int], memory: bool, memory_counts: str, json_path: str | None) -> None:  # fmt: skip
     """Measure capcli against its limit and the tutorial way, in one run.
 
@@ -101,7 +104,7 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
     if len(counts) != 2 or min(counts) < 1:
         raise click.BadParameter("expected two positive counts, e.g. 1000,20000", param_hint="'--memory-counts'")
     cfg = BenchConfig(model=model, images=folder, n=n, batch_size=batch_size, workers=workers, device=device,
-                      threads=threads, lanes=lanes, checkpoint=checkpoint, big=big, big_size=big_size, memory=memory,
+                      precision=precision, threads=threads, lanes=lanes, checkpoint=checkpoint, big=big, big_size=big_size, memory=memory,
                       memory_counts=counts, rounds=rounds)  # type: ignore[arg-type]  # fmt: skip
     try:
         report = run_bench(cfg, say=lambda line: click.echo(line, err=True))

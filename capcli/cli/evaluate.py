@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from capcli.bundle import PRECISIONS
 from capcli.cli import main
 from capcli.errors import CapcliError, ExitStatus
 from capcli.train.datasets import DATASETS
@@ -31,6 +32,8 @@ from capcli.train.datasets import DATASETS
 @click.option("--max-len", type=click.IntRange(min=1), default=None, help="Longest caption [default: the bundle's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Threads reading images ahead of the model.")
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (its Java process needs 2 GB of memory).")
@@ -42,7 +45,7 @@ from capcli.train.datasets import DATASETS
 def eval_command(
     ctx: click.Context, model: str | None, captions_file: str | None, dataset: str, data: str, images: str | None,
     split: str, limit: int | None, beam: int, length_penalty: float, max_len: int | None, batch_size: int,
-    device: str, workers: int, no_meteor: bool, json_out: str | None, captions_out: str | None,
+    device: str, precision: str, workers: int, no_meteor: bool, json_out: str | None, captions_out: str | None,
 ) -> None:  # fmt: skip
     """Caption a data set split with a bundle and score it the standard way.
 
@@ -76,7 +79,7 @@ def eval_command(
             try:
                 hypotheses, protocol = evaluation.caption_split(
                     data_split, model, beam=beam, max_len=max_len, length_penalty=length_penalty, device=device,
-                    batch_size=batch_size, workers=workers, on_record=writer.write if writer else None,
+                    precision=precision, batch_size=batch_size, workers=workers, on_record=writer.write if writer else None,
                 )  # fmt: skip
             finally:
                 if writer is not None:

@@ -24,8 +24,8 @@ from capcli.errors import CapcliError
                    "Default: the training data set's images/ recorded in the checkpoint, else random inputs.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the output path.")
 @click.option("--quantize", is_flag=True,
-              help="Write an int8 bundle (dynamic quantisation of the matrix products; faster decoding on CPUs). "
-                   "CHECKPOINT may then also be an existing bundle directory.")
+              help="Also write decoder.int8.onnx (dynamic int8 quantisation of the decoder's matrix products), "
+                   "which capcli prefers on CPUs. CHECKPOINT may then also be an existing bundle directory.")
 def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, images: tuple[str, ...],
                    force: bool, quantize: bool) -> None:  # fmt: skip
     """Export CHECKPOINT (a `capcli train` checkpoint) as a model bundle.
@@ -37,10 +37,12 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     Exit 1 when the check fails; nothing is written then.
 
     \b
-    With --quantize the float bundle, once checked, becomes an int8 one
-    ("quantized": true in model.json); how far that moved the outputs (greedy
-    captions, log-probabilities on the check images) is recorded in its
-    provenance and printed. Measure its captions with `capcli eval --model`.
+    With --quantize the bundle, once checked, also gets decoder.int8.onnx, the
+    decoder step with int8 matrix products, which capcli uses on the CPU unless
+    --precision float (CUDA keeps the float decoder); how far it moves the
+    outputs (greedy captions, log-probabilities on the check images) is
+    recorded in the provenance and printed. Measure its captions with
+    `capcli eval --model OUT --device cpu` (and --precision float to compare).
     """
     try:
         from export import export_checkpoint

@@ -67,6 +67,7 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
             "max_len": bundle.max_len,
             "providers_used": captioner.providers,
             "device": captioner.device,
+            "decoder_precision": captioner.precision,
         }
     )
     if captioner.cuda_problem:

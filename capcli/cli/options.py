@@ -23,6 +23,7 @@ import click
 from rich.console import Console
 
 from capcli.attention import AttentionFigures
+from capcli.bundle import PRECISIONS
 from capcli.errors import ExitStatus, FatalError
 from capcli.images import DEFAULT_MAX_PIXELS
 from capcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Captioner, Fetch, Summary, caption_items, make_reader
@@ -49,6 +50,7 @@ class CaptionSettings:
     beam: int = 3
     max_len: int | None = None  # None: the bundle's
     device: str = "auto"
+    precision: str = "auto"  # decoder: int8 on the CPU when the bundle has one, else float
     workers: int = DEFAULT_WORKERS
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
@@ -91,6 +93,9 @@ _OPTIONS = [
                  help="Longest caption in words [default: the bundle's]."),
     click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=_check_device,
                  help="Where the model runs; auto uses CUDA when it works, else the CPU; cuda:N picks GPU N."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                 help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one "
+                      "(about twice as fast a step), float everywhere else."),
     click.option("--workers", type=click.IntRange(min=1), metavar="N", default=DEFAULT_WORKERS,
                  show_default="CPU count, at most 8",
                  help="Threads reading and decoding images ahead of the model."),
@@ -124,7 +129,8 @@ def load_captioner(settings: CaptionSettings) -> tuple[Captioner, Preprocess]:
     from capcli.runtime import Captioner as OrtCaptioner  # onnxruntime: imported only when needed
 
     try:
-        captioner = OrtCaptioner(bundle, device=settings.device, beam=settings.beam, max_len=settings.max_len)
+        captioner = OrtCaptioner(bundle, device=settings.device, beam=settings.beam, max_len=settings.max_len,
+                                 precision=settings.precision)  # fmt: skip
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--device'") from None
     return captioner, bundle.preprocess
