@@ -631,8 +631,7 @@ def _torch_beam(model: Any, features: Any, keys: Any, state: Any, rules: Any, be
     """Tutorial beam search for one image (the sgrvinod way: the beam shrinks as hypotheses end)."""
     import torch
 
-    k, device = beam, features.device
-    features, keys = features.expand(k, -1, -1), keys.expand(k, -1, -1)  # (k, L, D), (k, L, A)
+    k, device = beam, features.device  # features (1, L, D) and keys (1, A, L) serve all k rows
     state = tuple(s.expand(k, -1).contiguous() for s in state)  # each (k, H)
     tokens = torch.full((k,), rules.start_id, device=device)
     scores = torch.zeros(k, device=device)
@@ -667,7 +666,6 @@ def _torch_beam(model: Any, features: Any, keys: Any, state: Any, rules: Any, be
         scores = torch.tensor([score for score, _, _ in live], device=device)
         tokens = torch.tensor([word for _, _, word in live], device=device)
         state = tuple(s[keep] for s in state)
-        features, keys = features[:k], keys[:k]
     return max(done, key=lambda d: d[0])[1] if done else seqs[0]
 
 

@@ -27,7 +27,7 @@ from capcli.onnxinfo import Shape, Signature, read_signature
 from capcli.text import SPECIALS, Vocab
 
 FORMAT = "capcli-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-image decoder context, keys (B, A, L); 1 (capcli 0.1): context repeated per row
 MODEL_JSON = "model.json"
 ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weights, for CPUs
@@ -149,7 +149,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: not a capcli bundle (format is {meta.get('format')!r}, expected {FORMAT!r})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        hint = " (newer than this capcli: upgrade capcli)" if isinstance(version, int) and version > 1 else ""
+        hint = ""
+        if version == 1:
+            hint = f" (written by capcli 0.1: `capcli export {path.parent} -o NEW --upgrade` converts it)"
+        elif isinstance(version, int) and version > FORMAT_VERSION:
+            hint = " (newer than this capcli: upgrade capcli)"
         raise BundleError(f"{path}: unsupported format_version {version!r}{hint}; this capcli reads {FORMAT_VERSION}")
     return meta
 
@@ -258,15 +262,15 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     states = {s: (None, hidden) for s in bundle.state_names}
     if name == ENCODER:
         inputs: dict[str, Shape] = {"image": (None, 3, *bundle.preprocess.size)}
-        outputs: dict[str, Shape] = {"features": (None, regions, d), "keys": (None, regions, a), **states}
+        outputs: dict[str, Shape] = {"features": (None, regions, d), "keys": (None, a, regions), **states}
     else:
-        inputs = {"token": (None,), **states, "features": (None, regions, d), "keys": (None, regions, a)}
+        inputs = {"token": (None,), **states, "features": (None, regions, d), "keys": (None, a, regions)}
         outputs = {"logprobs": (None, v), **{f"{s}_out": shape for s, shape in states.items()}, "alpha": (None, regions)}
     what = {
         ("logprobs", 1): f"the vocabulary size ({v} tokens in {MODEL_JSON})",
         ("alpha", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
         ("features", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
-        ("keys", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
+        ("keys", 2): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
     }
     path = bundle.path / name
     for kind, expected, actual in (("input", inputs, sig.inputs), ("output", outputs, sig.outputs)):

@@ -1,20 +1,16 @@
 """Batched greedy and beam search over a one-step decoder, in numpy.
 
-The step function sees ``N`` rows and nothing else::
+The step function sees the ``N`` rows of the ``M`` images still searching::
 
-    step(tokens int64 (N,), state {name: (N, ...)}) -> (logprobs (N, V), new state, alpha (N, L))
+    step(tokens int64 (N,), state {name: (N, ...)}, images int (M,)) -> (logprobs (N, V), new state, alpha (N, L))
 
-Rows are image-major: image ``b`` owns rows ``b*K .. b*K+K-1`` (``K`` = beam
-width, 1 for greedy) for the whole search, so the caller binds each image's
-context (features, attention keys) repeated ``K`` times once, and only the
-recurrent state is reordered here, by integer back-pointers.
-
-The first beam step computes one row per image (its K rows are identical
-until then), and finished captions (greedy) and finished images (beam) stop
-costing decoder work: with ``compact=True`` the step is called as ``step(tokens, state, rows)``
-with only the rows still searching, ``rows`` being their indices in that
-initial layout (ascending), so the caller picks the matching context rows.
-Without it the step sees all ``N`` rows, as above.
+``images`` are their indices in the batch (ascending), so the caller binds
+the matching per-image context (features, attention keys); rows are
+image-major, ``R = N / M`` rows per image (1 for greedy; the beam width ``K``,
+except at the first step, where an image's K rows would be identical and one
+is computed).  Only the recurrent state is reordered here, by integer
+back-pointers.  Finished captions (greedy) and finished images (beam) leave
+the batch: their rows are not computed again.
 
 Rules shared by both searches (so that beam 1 is exactly greedy):
 
@@ -44,7 +40,7 @@ if TYPE_CHECKING:
     from capcli.text import Vocab
 
 State = dict[str, np.ndarray]
-StepFn = Callable[[np.ndarray, State], tuple[np.ndarray, State, np.ndarray]]
+StepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
 
 
 @dataclass
@@ -112,37 +108,8 @@ def block_dangling_end(scores: np.ndarray, history: np.ndarray, spec: SearchSpec
         scores[np.isin(history[:, -1], spec.no_end_after), spec.end_id] = -np.inf
 
 
-RowStepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
-
-
 def _repeat_state(state: State, k: int) -> State:
     return {name: np.repeat(value, k, axis=0) for name, value in state.items()}
-
-
-def _rows_step(step: StepFn | RowStepFn, n: int, compact: bool) -> RowStepFn:
-    """The search calls ``step(tokens, state, rows)`` with the rows still searching only.
-
-    ``compact``: ``step`` takes those rows as they are (``rows`` = their indices
-    in the initial layout).  Otherwise ``step`` sees all ``n`` rows, as it
-    was built for: the rows of finished images are filled in with zeros and
-    their outputs dropped.
-    """
-    if compact:
-        return step  # type: ignore[return-value]
-
-    def full(tokens: np.ndarray, state: State, rows: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
-        if len(rows) == n:
-            return step(tokens, state)  # type: ignore[call-arg]
-        all_tokens = np.zeros(n, dtype=tokens.dtype)
-        all_tokens[rows] = tokens
-        all_state = {}
-        for name, value in state.items():
-            all_state[name] = np.zeros((n, *value.shape[1:]), dtype=value.dtype)
-            all_state[name][rows] = value
-        logprobs, new_state, alpha = step(all_tokens, all_state)  # type: ignore[call-arg]
-        return logprobs[rows], {name: v[rows] for name, v in new_state.items()}, alpha[rows]
-
-    return full
 
 
 def _top(scores: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,22 +131,20 @@ def _top(scores: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     return index, value
 
 
-def greedy(step: StepFn | RowStepFn, state: State, spec: SearchSpec, *, compact: bool = False) -> list[Hypothesis]:
-    """Most likely next word at every step, for all B images at once (N = B rows).
+def greedy(step: StepFn, state: State, spec: SearchSpec) -> list[Hypothesis]:
+    """Most likely next word at every step, for all B images at once (one row each).
 
-    Rows whose caption has ended are not computed again (``compact``: see
-    :func:`_rows_step`).
+    Images whose caption has ended leave the batch.
     """
     n = next(iter(state.values())).shape[0]
-    step_rows = _rows_step(step, n, compact)
-    rows = np.arange(n)  # rows still decoding, ascending
+    rows = np.arange(n)  # images still decoding, ascending: one row each
     tokens = np.full(n, spec.start_id, dtype=np.int64)
     total = np.zeros(n)
     finished = np.zeros(n, dtype=bool)
     ids = np.full((n, spec.max_len + 1), -1, dtype=np.int64)  # -1: not a word of this row
     alphas: np.ndarray | None = None  # (N, T, L)
     for t in range(spec.max_len + 1):
-        logprobs, state, alpha = step_rows(tokens, state, rows)
+        logprobs, state, alpha = step(tokens, state, rows)
         if alphas is None:
             alphas = np.zeros((n, spec.max_len + 1, alpha.shape[1]), dtype=alpha.dtype)
         alphas[rows, t] = alpha
@@ -214,9 +179,7 @@ def greedy(step: StepFn | RowStepFn, state: State, spec: SearchSpec, *, compact:
     return out
 
 
-def beam_search(
-    step: StepFn | RowStepFn, state: State, spec: SearchSpec, beam: int = 3, *, compact: bool = False
-) -> list[Hypothesis]:
+def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> list[Hypothesis]:
     """Beam search for B images at once; ``step`` is called with up to N = B * beam rows.
 
     ``state`` holds the initial state per image, (B, ...); it is repeated here.
@@ -226,13 +189,11 @@ def beam_search(
     fairseq, so beam 1 is exactly greedy), the best ``beam`` word extensions
     live on.  An image is done once it holds ``beam`` finished hypotheses and its
     best live one, normalised at its current length, no longer beats the best
-    finished one; its rows are then no longer computed (``compact``: see
-    :func:`_rows_step`).  Each image returns its best finished hypothesis, or
-    its best partial one when none could end.
+    finished one; it then leaves the batch.  Each image returns its best
+    finished hypothesis, or its best partial one when none could end.
     """
     b = next(iter(state.values())).shape[0]
     k = beam
-    step_rows = _rows_step(step, b * k, compact)
     images = np.arange(b)  # images still searching, ascending; their rows are image-major
     tokens = np.full(b * k, spec.start_id, dtype=np.int64)
     # Only the first row of each image is live at the start: all K rows are identical.
@@ -247,13 +208,12 @@ def beam_search(
     rank = np.arange(width)
 
     for t in range(spec.max_len + 1):
-        rows = (images[:, None] * k + np.arange(k)).reshape(-1)  # (n,) in the initial layout
         if t == 0:  # an image's K rows are still identical: compute the first, copy it
-            logprobs, state, alpha = step_rows(tokens[::k], state, rows[::k])
+            logprobs, state, alpha = step(tokens[::k], state, images)
             logprobs, alpha = np.repeat(logprobs, k, axis=0), np.repeat(alpha, k, axis=0)
             state = _repeat_state(state, k)
         else:
-            logprobs, state, alpha = step_rows(tokens, state, rows)
+            logprobs, state, alpha = step(tokens, state, images)
         m, v = len(images), logprobs.shape[1]
         steps_alpha = alpha[:, None, :] if alpha_history is None else np.concatenate(
             [alpha_history, alpha[:, None, :]], axis=1

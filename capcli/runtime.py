@@ -1,9 +1,10 @@
 """onnxruntime sessions for a bundle: providers, ``encode()``, ``step()``, ``caption()``.
 
 Layers, bottom up: :meth:`Captioner.encode` runs encoder.onnx once per image;
-:meth:`Captioner.step` runs one decoder step over ``N`` rows; :meth:`Captioner.caption`
-binds each image's context to its rows and hands the step to the numpy search
-in :mod:`capcli.decode`.
+:meth:`Captioner.step` runs one decoder step over the ``N`` rows of ``M``
+images (each image's context is bound once, however many rows read it);
+:meth:`Captioner.caption` hands the step to the numpy search in
+:mod:`capcli.decode`, binding the context of the images still searching.
 
 Providers: ``device="auto"`` uses CUDA when onnxruntime offers it *and* it
 really initialises (onnxruntime silently falls back to the CPU when a CUDA
@@ -45,6 +46,7 @@ from capcli.errors import FatalError
 from capcli.text import Vocab, detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+CONTEXT = ("features", "keys")  # per-image decoder inputs, computed once by the encoder
 Context = dict[str, Any]  # "features"/"keys" as numpy arrays (CPU) or OrtValues on the GPU
 
 
@@ -176,17 +178,18 @@ class Captioner:
         outputs = self._encoder.run(self._encoder_outputs, {"image": self._check_images(images)})
         return dict(zip(self._encoder_outputs, outputs))
 
-    def bind_context(self, encoded: dict[str, np.ndarray], repeat: int) -> Context:
-        """Each image's features and keys repeated for its ``repeat`` rows (image-major)."""
-        return self._bind(_repeat_context(encoded, repeat))
-
-    def _bind(self, context: dict[str, np.ndarray]) -> Context:
+    def bind_context(self, encoded: dict[str, np.ndarray], images: np.ndarray | None = None) -> Context:
+        """The features (M, L, D) and keys (M, A, L) of ``images`` (default: all), ready for :meth:`step`."""
+        context = {name: encoded[name] if images is None else encoded[name][images] for name in CONTEXT}
         if self._cuda_id is not None:  # upload once; every step binds the same device buffers
             return {name: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self._cuda_id) for name, v in context.items()}
         return context
 
     def step(self, tokens: np.ndarray, state: State, context: Context) -> tuple[np.ndarray, State, np.ndarray]:
-        """One decoder step over N rows: (logprobs (N, V), new state, alpha (N, L))."""
+        """One decoder step over the N rows of the M images of ``context`` (image-major, N / M rows each).
+
+        Returns (logprobs (N, V), new state, alpha (N, L)).
+        """
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         if self._cuda_id is not None:
             binding = self._decoder.io_binding()
@@ -216,20 +219,18 @@ class Captioner:
         encoded = self.encode(images)
         encoded_at = time.perf_counter()
         state = {name: encoded[name] for name in self.bundle.state_names}
-        rows_context = _repeat_context(encoded, self.beam)  # on the host
-        bound: list[Any] = [-1, None]  # (row count, context of those rows)
+        bound: list[Any] = [-1, None]  # (image count, context of those images)
 
-        def step(tokens: np.ndarray, st: State, rows: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
-            # The search drops finished images' rows; the set only shrinks, so a new count is a new set.
-            if bound[0] != len(rows):
-                whole = len(rows) == len(rows_context["keys"])
-                bound[:] = len(rows), self._bind({k: v if whole else v[rows] for k, v in rows_context.items()})
+        def step(tokens: np.ndarray, st: State, which: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
+            # Finished images leave the search; the set only shrinks, so a new count is a new set.
+            if bound[0] != len(which):
+                bound[:] = len(which), self.bind_context(encoded, None if len(which) == len(images) else which)
             return self.step(tokens, st, bound[1])
 
         if self.beam == 1:
-            hyps = greedy(step, state, self.spec, compact=True)
+            hyps = greedy(step, state, self.spec)
         else:
-            hyps = beam_search(step, state, self.spec, beam=self.beam, compact=True)
+            hyps = beam_search(step, state, self.spec, beam=self.beam)
         captions = [self._to_caption(h) for h in hyps]
         with self._seconds_lock:
             self.seconds["encode"] += encoded_at - started
@@ -246,10 +247,6 @@ class Captioner:
         if images.ndim != 4 or images.shape[1:] != (3, h, w):
             raise ValueError(f"images must be (B, 3, {h}, {w}), got {images.shape}")
         return np.ascontiguousarray(images, dtype=np.float32)
-
-
-def _repeat_context(encoded: dict[str, np.ndarray], repeat: int) -> dict[str, np.ndarray]:
-    return {name: np.repeat(encoded[name], repeat, axis=0) for name in ("features", "keys")}  # (B*K, L, .)
 
 
 def _session_options(threads: int | None) -> ort.SessionOptions:

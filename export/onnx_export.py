@@ -5,11 +5,13 @@ onnxruntime is the code that was trained:
 
 - ``EncoderGraph``: backbone -> flatten -> ``model.project`` -> ``decoder.init``
   (features, attention keys, initial state), once per image;
-- ``DecoderStep``: ``decoder.step`` + log-softmax, one word.
+- ``DecoderStep``: ``decoder.step`` + log-softmax, one word for N rows of M
+  images (image-major): the per-image context (features, keys) is an input
+  of M rows, the token and recurrent state of N.
 
 Exported in eval mode with torch's TorchScript-based exporter (``dynamo=False``:
 with torch 2.14 the dynamo exporter cannot write opset 17 for these graphs),
-batch axis dynamic, checked with ``onnx.checker``.  Everything is written into
+batch axes dynamic, checked with ``onnx.checker``.  Everything is written into
 a temporary directory beside the target, checked there (bundle validation and
 the parity check, see :mod:`export.parity`), and only then moved into place.
 """
@@ -34,10 +36,11 @@ from capcli import __version__
 from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, sha256_bytes
 from capcli.errors import FatalError
 from capcli.text import Vocab
-from capcli.train.model import CaptionModel, ModelConfig
+from capcli.train.model import CaptionModel, Decoder, ModelConfig
 
 DEFAULT_OPSET = 17
-BATCH = "batch"
+BATCH = "batch"  # images, in encoder.onnx and in the decoder's context inputs
+ROWS = "rows"  # decoder rows: a whole number of them per image
 
 
 class EncoderGraph(nn.Module):
@@ -49,21 +52,21 @@ class EncoderGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.model.features(self.model.backbone_grid(image))  # (B, L, D)
-        keys, state = self.model.decoder.init(features)  # (B, L, A), each (B, H)
+        keys, state = self.model.decoder.init(features)  # (B, A, L), each (B, H)
         return (features, keys, *state)
 
 
 class DecoderStep(nn.Module):
-    """decoder.onnx: token, h[, c], features, keys -> logprobs, h_out[, c_out], alpha."""
+    """decoder.onnx: token (N,), h[, c] (N, H), features (M, L, D), keys (M, A, L) -> logprobs, h_out[, c_out], alpha."""
 
-    def __init__(self, model: CaptionModel) -> None:
+    def __init__(self, decoder: Decoder) -> None:
         super().__init__()
-        self.decoder = model.decoder
+        self.decoder = decoder
 
     def forward(self, token: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         *state, features, keys = inputs
         logits, new_state, alpha = self.decoder.step(token, tuple(state), features, keys)
-        return (torch.log_softmax(logits, dim=1), *new_state, alpha)  # (B, V), each (B, H), (B, L)
+        return (torch.log_softmax(logits, dim=1), *new_state, alpha)  # (N, V), each (N, H), (N, L)
 
 
 def state_names(config: ModelConfig) -> list[str]:
@@ -72,41 +75,58 @@ def state_names(config: ModelConfig) -> list[str]:
 
 def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -> None:
     """Write encoder.onnx and decoder.onnx into ``folder`` and check them."""
-    import onnx
-
     cfg = model.config
-    states = state_names(cfg)
-    encoder, step = EncoderGraph(model).eval(), DecoderStep(model).eval()
+    encoder = EncoderGraph(model).eval()
     images = torch.randn(2, 3, *model.backbone.spec.image_size)  # (2, 3, H, W): batch 2, no size-1 axis specialised
     with torch.no_grad():
         features, keys, *state = encoder(images)
-    tokens = torch.tensor([1, 4 % cfg.vocab_size], dtype=torch.long)
-    enc_out = ["features", "keys", *states]
-    dec_in = ["token", *states, "features", "keys"]
-    dec_out = ["logprobs", *(f"{s}_out" for s in states), "alpha"]
+    enc_out = ["features", "keys", *state_names(cfg)]
     with _quiet_exporter():
         torch.onnx.export(
             encoder, (images,), str(folder / ENCODER), input_names=["image"], output_names=enc_out,
             dynamic_axes={name: {0: BATCH} for name in ["image", *enc_out]},
             opset_version=opset, dynamo=False,
         )  # fmt: skip
+    _fix_context_sizes(folder / ENCODER, cfg)
+    export_decoder(model.decoder, cfg, features, keys, folder / DECODER, opset)
+
+
+def export_decoder(
+    decoder: Decoder, cfg: ModelConfig, features: torch.Tensor, keys: torch.Tensor, path: Path, opset: int
+) -> None:
+    """Write and check decoder.onnx for ``decoder``, traced on the context of 2 images (2 rows each)."""
+    states = state_names(cfg)
+    step = DecoderStep(decoder).eval()
+    rows = 2 * features.size(0)  # (2 rows per image: the rows axis is not tied to the images axis)
+    tokens = torch.arange(1, rows + 1, dtype=torch.long) % cfg.vocab_size
+    state = [torch.randn(rows, cfg.hidden_dim) for _ in states]
+    dec_in = ["token", *states, "features", "keys"]
+    dec_out = ["logprobs", *(f"{s}_out" for s in states), "alpha"]
+    axes = {name: {0: BATCH if name in ("features", "keys") else ROWS} for name in dec_in + dec_out}
+    with _quiet_exporter():
         torch.onnx.export(
-            step, (tokens, *state, features, keys), str(folder / DECODER), input_names=dec_in, output_names=dec_out,
-            dynamic_axes={name: {0: BATCH} for name in dec_in + dec_out},
-            opset_version=opset, dynamo=False,
+            step, (tokens, *state, features, keys), str(path), input_names=dec_in, output_names=dec_out,
+            dynamic_axes=axes, opset_version=opset, dynamo=False,
         )  # fmt: skip
-    regions = model.backbone.spec.grid[0] * model.backbone.spec.grid[1]
-    fixed = {"features": [regions, cfg.feature_dim], "keys": [regions, cfg.attention_dim]}  # beyond the batch axis
-    for name in (ENCODER, DECODER):
-        path = str(folder / name)
-        graph = onnx.load(path)
-        for value in graph.graph.output:
-            # The tracer leaves the region axis symbolic after flatten(); it is fixed by the backbone.
-            for dim, size in zip(value.type.tensor_type.shape.dim[1:], fixed.get(value.name, [])):
-                dim.Clear()
-                dim.dim_value = size
-        onnx.save(graph, path)
-        onnx.checker.check_model(path, full_check=True)
+    _fix_context_sizes(path, cfg)
+
+
+def _fix_context_sizes(path: Path, cfg: ModelConfig) -> None:
+    """Write the fixed sizes of the context tensors into the graph's signature, then check it.
+
+    The tracer leaves the region axis symbolic after flatten(); it is fixed by the backbone.
+    """
+    import onnx
+
+    regions = cfg.grid[0] * cfg.grid[1]
+    fixed = {"features": [regions, cfg.feature_dim], "keys": [cfg.attention_dim, regions]}  # beyond the batch axis
+    graph = onnx.load(str(path))
+    for value in [*graph.graph.input, *graph.graph.output]:
+        for dim, size in zip(value.type.tensor_type.shape.dim[1:], fixed.get(value.name, [])):
+            dim.Clear()
+            dim.dim_value = size
+    onnx.save(graph, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def bundle_meta(

@@ -106,7 +106,7 @@ def check_parity(
         for name, ref in zip(("features", "keys", *names), (features, keys, *state)):
             note(name, ort_out[name], ref)
         ort_state = {name: ort_out[name] for name in names}
-        context = captioner.bind_context(ort_out, 1)
+        context = captioner.bind_context(ort_out)
         tokens = torch.full((len(pixels),), bundle.vocab.start_id, dtype=torch.long)
         for t in range(steps):
             logits, state, alpha = model.decoder.step(tokens, state, features, keys)

@@ -120,7 +120,7 @@ def compare_decoders(bundle: str | os.PathLike[str], images: Sequence[str | os.P
     encoded = ref.encode(pixels)  # the encoder is the same float graph in both
     start = np.full(len(pixels), both.vocab.start_id, dtype=np.int64)
     state = {n: encoded[n] for n in both.state_names}
-    steps = [c.step(start, state, c.bind_context(encoded, 1))[0] for c in (ref, new)]
+    steps = [c.step(start, state, c.bind_context(encoded))[0] for c in (ref, new)]
     same = sum(x.text == y.text for x, y in zip(ref.caption(pixels), new.caption(pixels)))
     return {
         "inputs": inputs,

@@ -53,7 +53,7 @@ def test_beam_weights_are_those_of_the_chosen_hypothesis_steps(captioner) -> Non
     for image, caption in zip(batch, captioner.caption(batch)):
         encoded = captioner.encode(image[None])
         state = {name: encoded[name] for name in captioner.bundle.state_names}
-        context = captioner.bind_context(encoded, 1)
+        context = captioner.bind_context(encoded)
         replayed = []
         for token in [vocab.start_id, *vocab.encode(caption.tokens)[:-1]]:  # the word before each word
             _, state, alpha = captioner.step(np.array([token]), state, context)  # alpha (1, L)

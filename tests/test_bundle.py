@@ -52,7 +52,7 @@ def test_signature_reader_agrees_with_onnx(tiny_bundle: Path) -> None:
         assert sig.outputs == shapes(model.graph.output)
         assert sig.opset == 17
     size = len(load_bundle(tiny_bundle).vocab)
-    assert read_signature((tiny_bundle / "decoder.onnx").read_bytes()).outputs["logprobs"] == ("batch", size)
+    assert read_signature((tiny_bundle / "decoder.onnx").read_bytes()).outputs["logprobs"] == ("rows", size)
 
 
 def test_signature_reader_rejects_garbage() -> None:
@@ -104,7 +104,8 @@ def test_bad_json(bundle_copy: Path) -> None:
     ("change", "message"),
     [
         (lambda m: m.update(format="something-else"), r"not a capcli bundle"),
-        (lambda m: m.update(format_version=2), r"unsupported format_version 2 \(newer than this capcli"),
+            (lambda m: m.update(format_version=3), r"unsupported format_version 3 \(newer than this capcli"),
+            (lambda m: m.update(format_version=1), r"unsupported format_version 1 \(written by capcli 0\.1: .*--upgrade"),
         (lambda m: m.update(grid=[8]), r"field 'grid' must be \[gh, gw\]"),
         (lambda m: m["preprocess"].update(resize="crop"), r"field 'preprocess'"),
         (lambda m: m["decoder"].update(kind="transformer"), r"field 'decoder'"),

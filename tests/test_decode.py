@@ -30,7 +30,7 @@ def _table(image: int, prefix: tuple[int, ...], end_allowed: bool) -> tuple[np.n
 
 
 def make_step(end_allowed: bool = True):
-    def step(tokens: np.ndarray, state: dict[str, np.ndarray]):
+    def step(tokens: np.ndarray, state: dict[str, np.ndarray], images: np.ndarray):
         prefix = state["prefix"]  # (N, 12): image id, then words, -1 padded
         lp, al, new = [], [], prefix.copy()
         for r, tok in enumerate(tokens):
@@ -150,42 +150,38 @@ def test_wider_beam_never_scores_worse_here() -> None:
 
 
 @pytest.mark.parametrize("beam", [1, 3])
-def test_compact_steps_skip_finished_images_and_change_nothing(beam: int) -> None:
+def test_finished_images_leave_the_batch_and_rows_are_image_major(beam: int) -> None:
     spec = SearchSpec(1, 2, (0, 1, 3), max_len=6)
-    images = [0, 7, 3, 9, 4, 5]
-    full_step = make_step()
-    calls: list[np.ndarray] = []
+    ids = [0, 7, 3, 9, 4, 5]  # the table's image ids, by batch index
+    table_step = make_step()
+    calls: list[tuple[list[int], int]] = []  # (images, rows per image) of each step
 
-    def compact_step(tokens: np.ndarray, state: dict[str, np.ndarray], rows: np.ndarray):
-        calls.append(rows.copy())
-        assert len(tokens) == len(rows) == len(state["prefix"])
-        return full_step(tokens, state)  # this table needs no context: rows are only checked
+    def step(tokens: np.ndarray, state: dict[str, np.ndarray], images: np.ndarray):
+        per = len(tokens) // len(images)
+        assert len(tokens) == per * len(images) == len(state["prefix"])
+        # Row r belongs to image images[r // per]: the state it carries says so.
+        assert state["prefix"][:, 0].tolist() == [ids[i] for i in np.repeat(images, per)]
+        calls.append((images.tolist(), per))
+        return table_step(tokens, state, images)
 
-    search = (lambda s, st, **kw: greedy(s, st, spec, **kw)) if beam == 1 else (
-        lambda s, st, **kw: beam_search(s, st, spec, beam=beam, **kw))
-    plain = search(full_step, initial_state(images))
-    compact = search(compact_step, initial_state(images), compact=True)
-    for a, b in zip(plain, compact):
-        assert (a.ids, a.finished) == (b.ids, b.finished)
-        assert a.score == pytest.approx(b.score)
-        np.testing.assert_allclose(a.alphas, b.alphas)
-    # The first step computes one row per image (its K rows are identical), then all of them.
-    assert calls[0].tolist() == list(range(0, len(images) * beam, beam))
-    later = calls[1:] if beam > 1 else calls
-    assert later[0].tolist() == list(range(len(images) * beam))
-    for before, after in zip(later, later[1:]):
-        assert set(after) <= set(before) and list(after) == sorted(after)
-    # Images finish at different steps here, so later steps compute fewer rows.
-    assert len(later[-1]) < len(later[0])
-    if beam > 1:  # whole images leave: their K rows together
-        assert all(len(rows) % beam == 0 and set(rows // beam * beam) <= set(rows) for rows in later)
+    hyps = greedy(step, initial_state(ids), spec) if beam == 1 else beam_search(step, initial_state(ids), spec, beam=beam)
+    for image, hyp in zip(ids, hyps):  # as if searched alone
+        alone = beam_search(make_step(), initial_state([image]), spec, beam=beam)[0]
+        assert (hyp.ids, hyp.finished) == (alone.ids, alone.finished) and hyp.score == pytest.approx(alone.score)
+    # The first step computes one row per image (a beam's K rows are identical then), later ones K.
+    assert calls[0] == (list(range(len(ids))), 1)
+    assert all(per == beam for _, per in calls[1:])
+    for (before, _), (after, _) in zip(calls, calls[1:]):
+        assert set(after) <= set(before) and after == sorted(after)
+    # Images finish at different steps here, so later steps compute fewer images.
+    assert len(calls[-1][0]) < len(ids)
 
 
 def test_no_repeat_ngram_blocks_a_repeated_trigram_in_greedy_and_beam() -> None:
     # A step table that loves the cycle 4 -> 5 -> 6 -> 4 ...: unblocked, "4 5 6 4 5 6 ..." repeats trigrams.
     v = 8
 
-    def step(tokens: np.ndarray, state: dict) -> tuple[np.ndarray, dict, np.ndarray]:
+    def step(tokens: np.ndarray, state: dict, images: np.ndarray) -> tuple[np.ndarray, dict, np.ndarray]:
         logits = np.full((len(tokens), v), -5.0)
         nxt = np.where(tokens == 1, 4, np.where(tokens == 6, 4, tokens + 1))
         logits[np.arange(len(tokens)), nxt % v] = 0.0
@@ -210,7 +206,7 @@ def test_no_caption_ends_on_a_dangling_word(beam: int) -> None:
     # A table that wants "4 5 <end>": with 5 ("the", say) in no_end_after the caption must go on to 6.
     v = 7
 
-    def step(tokens: np.ndarray, state: dict) -> tuple[np.ndarray, dict, np.ndarray]:
+    def step(tokens: np.ndarray, state: dict, images: np.ndarray) -> tuple[np.ndarray, dict, np.ndarray]:
         logits = np.full((len(tokens), v), -6.0)
         logits[tokens == 1, 4] = 0.0  # <start> -> 4
         logits[tokens == 4, 5] = 0.0  # 4 -> 5

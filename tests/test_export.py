@@ -58,7 +58,7 @@ def test_model_json_describes_the_model(tmp_path: Path) -> None:
     model = make_tiny_model(vocab, "lstm")
     out = export_bundle(model, vocab, tmp_path / "b", provenance={"dataset": "flickr8k"})
     meta = json.loads((out / "model.json").read_text())
-    assert meta["format"] == "capcli-bundle" and meta["format_version"] == 1
+    assert meta["format"] == "capcli-bundle" and meta["format_version"] == 2
     assert meta["vocab"]["tokens"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert meta["preprocess"] == {"size": [64, 64], "resize": "squash", "interpolation": "bilinear",
                                   "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # fmt: skip
@@ -87,13 +87,18 @@ def test_dynamic_batch_and_eval_mode(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = model.features(model.backbone_grid(torch.from_numpy(images)))
     np.testing.assert_allclose(enc["features"], ref.numpy(), atol=1e-5)
-    context = cap.bind_context(enc, 2)  # 10 rows
-    state = {"h": np.repeat(enc["h"], 2, axis=0)}
+    context = cap.bind_context(enc)  # 5 images' context, read by 2 rows each
+    state = {"h": np.repeat(enc["h"], 2, axis=0)}  # (10, H) image-major
     tokens = np.arange(10, dtype=np.int64) % len(vocab)
     first = cap.step(tokens, state, context)
     second = cap.step(tokens, state, context)
     assert first[0].shape == (10, len(vocab)) and first[2].shape == (10, 64)
     np.testing.assert_array_equal(first[0], second[0])
+    # Row r reads image r // 2: the same as stepping that row alone with its image's context.
+    for r in (0, 3, 9):
+        alone = cap.step(tokens[r : r + 1], {"h": state["h"][r : r + 1]}, cap.bind_context(enc, np.array([r // 2])))
+        np.testing.assert_allclose(first[0][r], alone[0][0], atol=1e-5)
+        np.testing.assert_allclose(first[2][r], alone[2][0], atol=1e-6)
 
 
 def test_existing_target_needs_force_and_parity_failure_writes_nothing(tmp_path: Path) -> None:

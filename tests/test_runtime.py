@@ -138,8 +138,8 @@ def test_auto_and_cuda_report_what_happened(bundle, images: np.ndarray) -> None:
             np.testing.assert_allclose(enc_gpu[name], value, atol=1e-3)
         tokens = np.arange(len(images), dtype=np.int64) + 4
         state = {"h": enc_cpu["h"]}
-        gpu_step = auto.step(tokens, state, auto.bind_context(enc_cpu, 1))  # context bound on the GPU
-        cpu_step = cpu.step(tokens, state, cpu.bind_context(enc_cpu, 1))
+        gpu_step = auto.step(tokens, state, auto.bind_context(enc_cpu))  # context bound on the GPU
+        cpu_step = cpu.step(tokens, state, cpu.bind_context(enc_cpu))
         np.testing.assert_allclose(gpu_step[0], cpu_step[0], atol=1e-3)
         np.testing.assert_allclose(gpu_step[1]["h"], cpu_step[1]["h"], atol=1e-3)
         assert len(auto.caption(images)) == len(images)

@@ -560,16 +560,15 @@ def _search(
     device = inputs.device
     with _autocast(device):
         features = model.features(_grid(tuned, inputs))  # (B, L, D)
-        keys, state = model.decoder.init(features)  # (B, L, A), each (B, H)
+        keys, state = model.decoder.init(features)  # (B, A, L), each (B, H)
     names = ("h",) if len(state) == 1 else ("h", "c")
-    if beam > 1:  # rows are image-major: image b owns rows b*K .. b*K+K-1
-        features, keys = features.repeat_interleave(beam, 0), keys.repeat_interleave(beam, 0)
 
-    def step(tokens: np.ndarray, st: decode.State) -> tuple[np.ndarray, decode.State, np.ndarray]:
+    def step(tokens: np.ndarray, st: decode.State, images: np.ndarray) -> tuple[np.ndarray, decode.State, np.ndarray]:
+        which = torch.from_numpy(images).to(device)
         with _autocast(device):
             logits, new, alpha = model.decoder.step(
                 torch.from_numpy(tokens).to(device), tuple(torch.from_numpy(st[n]).to(device) for n in names),
-                features, keys,
+                features[which], keys[which],
             )  # fmt: skip
         logprobs = torch.log_softmax(logits.float(), dim=1)  # (N, V)
         return logprobs.cpu().numpy(), {n: s.float().cpu().numpy() for n, s in zip(names, new)}, alpha.float().cpu().numpy()

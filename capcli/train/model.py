@@ -71,7 +71,14 @@ def region_grid(feature_map: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Additive (Bahdanau) attention over L regions."""
+    """Additive (Bahdanau) attention of N rows over the L regions of their M images.
+
+    Rows are image-major: image ``m`` owns rows ``m*R .. m*R+R-1`` (R = N / M:
+    1 in training, the beam width or the number of samples when decoding), so
+    each image's keys are stored once, however many rows read them.  Keys are
+    laid out (M, A, L): the score is then one (1, A) x (A, L) product per row,
+    which onnxruntime runs much faster than (L, A) x (A, 1).
+    """
 
     def __init__(self, hidden_dim: int, attention_dim: int) -> None:
         super().__init__()
@@ -79,9 +86,10 @@ class Attention(nn.Module):
         self.score = nn.Linear(attention_dim, 1)
 
     def forward(self, h: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        q = self.query(h).unsqueeze(1)  # (B, 1, A)
-        e = self.score(torch.tanh(keys + q)).squeeze(2)  # (B, L)
-        return torch.softmax(e, dim=1)  # (B, L)
+        m, a, regions = keys.shape  # (M, A, L)
+        q = self.query(h).reshape(m, -1, a, 1)  # (M, R, A, 1)
+        e = torch.matmul(self.score.weight, torch.tanh(keys.unsqueeze(1) + q))  # (M, R, 1, L)
+        return torch.softmax(e.reshape(-1, regions) + self.score.bias, dim=1)  # (N, L)
 
 
 class Decoder(nn.Module):
@@ -103,8 +111,8 @@ class Decoder(nn.Module):
         self.out = nn.Linear(h, cfg.vocab_size)
 
     def init(self, features: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """Per-image work done once: attention keys and the initial state."""
-        keys = self.keys(features)  # (B, L, A)
+        """Per-image work done once: attention keys (B, A, L) and the initial state."""
+        keys = self.keys(features).transpose(1, 2).contiguous()  # (B, A, L)
         mean = features.mean(dim=1)  # (B, D)
         state = tuple(torch.tanh(layer(mean)) for layer in self.init_state)  # each (B, H)
         return keys, state
@@ -112,17 +120,22 @@ class Decoder(nn.Module):
     def step(
         self, tokens: torch.Tensor, state: State, features: torch.Tensor, keys: torch.Tensor
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """One word: (logits (B, V), new state, attention weights (B, L))."""
-        h = state[0]  # (B, H)
-        alpha = self.attention(h, keys)  # (B, L)
-        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, D)
-        context = torch.sigmoid(self.gate(h)) * context  # (B, D)
-        x = torch.cat([self.embed(tokens), context], dim=1)  # (B, E + D)
+        """One word for N rows of M images (rows image-major, see :class:`Attention`).
+
+        tokens (N,), state each (N, H), features (M, L, D), keys (M, A, L) ->
+        (logits (N, V), new state, attention weights (N, L)).
+        """
+        h = state[0]  # (N, H)
+        alpha = self.attention(h, keys)  # (N, L)
+        m, regions, d = features.shape
+        context = torch.matmul(alpha.reshape(m, -1, regions), features).reshape(-1, d)  # (N, D)
+        context = torch.sigmoid(self.gate(h)) * context  # (N, D)
+        x = torch.cat([self.embed(tokens), context], dim=1)  # (N, E + D)
         if self.kind == "gru":
             new_state: State = (self.cell(x, h),)
         else:
             new_state = tuple(self.cell(x, (state[0], state[1])))
-        logits = self.out(self.dropout(new_state[0]))  # (B, V)
+        logits = self.out(self.dropout(new_state[0]))  # (N, V)
         return logits, new_state, alpha
 
 

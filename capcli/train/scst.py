@@ -50,10 +50,9 @@ class Sampler(nn.Module):
         spec = self.spec
         grid = region_grid(self.tuned(inputs))  # (N, L, C)
         features = self.model.features(grid)  # (N, L, D)
-        keys, state = self.model.decoder.init(features)  # (N, L, A), each (N, H)
-        features, keys = features.repeat_interleave(k, 0), keys.repeat_interleave(k, 0)  # (N*k, L, ·)
-        state = tuple(s.repeat_interleave(k, 0) for s in state)
-        rows = features.size(0)
+        keys, state = self.model.decoder.init(features)  # (N, A, L), each (N, H)
+        state = tuple(s.repeat_interleave(k, 0) for s in state)  # each (N*k, H): k rows per image
+        rows = state[0].size(0)
         tokens = torch.full((rows,), spec.start_id, dtype=torch.long, device=features.device)
         done = torch.zeros(rows, dtype=torch.bool, device=features.device)
         words, logps = [], []
