@@ -117,7 +117,7 @@ def load_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     meta = _read_meta(root / MODEL_JSON)
     spec = _parse_meta(meta, root / MODEL_JSON)
     names = (ENCODER, DECODER, *([INT8_DECODER] if INT8_DECODER in meta["files"] else []))
-    files = {name: _read_checked(root / name, meta) for name in names}
+    files = {name: read_checked(root / name, meta) for name in names}
     bundle = Bundle(root, meta, files=files, **spec)
     for name, data in files.items():
         try:
@@ -236,7 +236,7 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
-def _read_checked(path: Path, meta: dict[str, Any]) -> bytes:
+def read_checked(path: Path, meta: dict[str, Any]) -> bytes:
     expected = meta["files"][path.name].get("sha256")
     try:
         data = path.read_bytes()

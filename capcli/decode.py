@@ -105,7 +105,8 @@ def block_dangling_end(scores: np.ndarray, history: np.ndarray, spec: SearchSpec
     """Set <end> to -inf in ``scores`` (N, V) for the rows whose last word of ``history`` (N, t) may not end."""
     t = history.shape[1]
     if 0 < t < spec.max_len and len(spec.no_end_after):
-        scores[np.isin(history[:, -1], spec.no_end_after), spec.end_id] = -np.inf
+        dangling = (history[:, -1:] == np.asarray(spec.no_end_after)).any(axis=1)  # (N,); np.isin sorts: slower here
+        scores[dangling, spec.end_id] = -np.inf
 
 
 def _repeat_state(state: State, k: int) -> State:

@@ -5,8 +5,8 @@ with int8 weights for every matrix product with a weight matrix (GRU/LSTM
 gates, attention query, context gate, output layer), its activations
 quantised on the fly at each call.  The runtime prefers it on the CPU, where
 those products are most of a step; CUDA keeps the float decoder.  Products
-with a single output column (the attention score, ``w @ tanh(...)``) stay
-float: quantising their large input costs more than it saves.  The encoder
+with a vector weight (the attention score, ``w @ tanh(...)``) stay float:
+quantising their large input costs more than it saves.  The encoder
 stays float: its convolutions dominate it, and static int8 convolutions (QDQ
 or QOperator, per channel, 32 calibration photos) were no faster on an AVX2
 CPU and moved the region features by ~70% of their size.
@@ -89,7 +89,12 @@ def quantize_bundle(
 
 
 def _vector_products(path: Path) -> list[str]:
-    """MatMul nodes whose weight has a single column: matrix-vector products, left in float."""
+    """MatMul nodes whose weight is a vector (a single row or column): left in float.
+
+    The attention score is ``w (1, A) @ tanh(...)``; the quantiser only
+    quantises weights on the right, so it stays float anyway, but a decoder
+    written as ``tanh(...) @ w (A, 1)`` would otherwise get a slower int8 product.
+    """
     import onnx
 
     model = onnx.load(str(path))
@@ -98,7 +103,7 @@ def _vector_products(path: Path) -> list[str]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
             shapes[node.output[0]] = list(node.attribute[0].t.dims)
     return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and any(shapes.get(i, [0])[-1:] == [1] for i in n.input[1:])]  # fmt: skip
+            if n.op_type == "MatMul" and any(1 in shapes.get(i, [])[-2:] for i in n.input)]  # fmt: skip
 
 
 def compare_decoders(bundle: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:

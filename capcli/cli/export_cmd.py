@@ -26,8 +26,11 @@ from capcli.errors import CapcliError
 @click.option("--quantize", is_flag=True,
               help="Also write decoder.int8.onnx (dynamic int8 quantisation of the decoder's matrix products), "
                    "which capcli prefers on CPUs. CHECKPOINT may then also be an existing bundle directory.")
+@click.option("--upgrade", is_flag=True,
+              help="CHECKPOINT is a bundle written by capcli 0.1 (format 1): convert it to this capcli's format, "
+                   "checked against the old graphs.")
 def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, images: tuple[str, ...],
-                   force: bool, quantize: bool) -> None:  # fmt: skip
+                   force: bool, quantize: bool, upgrade: bool) -> None:  # fmt: skip
     """Export CHECKPOINT (a `capcli train` checkpoint) as a model bundle.
 
     Writes encoder.onnx, decoder.onnx (one decoding step) and model.json into a
@@ -43,10 +46,17 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     outputs (greedy captions, log-probabilities on the check images) is
     recorded in the provenance and printed. Measure its captions with
     `capcli eval --model OUT --device cpu` (and --precision float to compare).
+
+    \b
+    With --upgrade, CHECKPOINT is a capcli 0.1 bundle; its graphs are
+    rewritten for this capcli (the same weights: keys laid out per region
+    last, the decoder reading each image's context once), compared with the
+    old graphs on the check images, and written only within --tolerance.
     """
     try:
         from export import export_checkpoint
         from export.quantize import quantize_bundle
+        from export.upgrade import upgrade_bundle
     except ModuleNotFoundError as exc:
         raise click.ClickException(
             f"export needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
@@ -55,13 +65,17 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     command = ["capcli", "export", checkpoint, "-o", out_dir, "--opset", str(opset), "--tolerance", str(tolerance)]
     for image in images:
         command += ["--check-images", image]
-    if quantize:
-        command.append("--quantize")
+    command += ["--quantize"] * quantize + ["--upgrade"] * upgrade
     is_bundle = Path(checkpoint).is_dir()
-    if is_bundle and not quantize:
-        raise click.UsageError("CHECKPOINT is a directory: only --quantize makes a new bundle from a bundle")
+    if is_bundle and not (quantize or upgrade):
+        raise click.UsageError("CHECKPOINT is a directory: only --quantize or --upgrade make a new bundle from a bundle")
+    if upgrade and not is_bundle:
+        raise click.UsageError("--upgrade converts a bundle directory, not a checkpoint (export it anew instead)")
 
     def export_to(where: str | Path) -> Path:
+        if upgrade:
+            return upgrade_bundle(checkpoint, where, images=images, tolerance=tolerance, overwrite=force,
+                                  command=shlex.join(command))  # fmt: skip
         return export_checkpoint(
             checkpoint, where, opset=opset, tolerance=tolerance, images=images, overwrite=force,
             command=shlex.join(command),
@@ -71,7 +85,7 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     try:
         if not quantize:
             path = export_to(out_dir)
-        elif is_bundle:
+        elif is_bundle and not upgrade:
             path = quantize_bundle(checkpoint, out_dir, images=images, overwrite=force, command=shlex.join(command))
         else:
             Path(out_dir).absolute().parent.mkdir(parents=True, exist_ok=True)
@@ -80,9 +94,20 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
                 path = quantize_bundle(source, out_dir, images=images, overwrite=force, command=shlex.join(command))
     except CapcliError as exc:
         raise click.ClickException(str(exc)) from None
+    if upgrade:
+        _echo_upgrade(path)
     if quantize:
         _echo_quantization(path)
     click.echo(f"bundle written to {path}", err=True)
+
+
+def _echo_upgrade(path: Path) -> None:
+    import json
+
+    parity = json.loads((path / "model.json").read_text(encoding="utf-8"))["provenance"]["upgrade"]["parity"]
+    worst = max(parity["max_abs_diff"].items(), key=lambda kv: kv[1])
+    click.echo(f"upgraded from format 1; new vs old graphs on {parity['inputs']}, {parity['steps']} decoder steps: "
+               f"largest difference {worst[1]:.1e} ({worst[0]})", err=True)
 
 
 def _echo_quantization(path: Path) -> None:

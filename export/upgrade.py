@@ -1,0 +1,197 @@
+"""Format-1 bundle (capcli 0.1) -> format 2, without its checkpoint (``capcli export OLD -o NEW --upgrade``).
+
+Format 2 changed two graph interfaces, not the model:
+
+- encoder.onnx outputs the attention keys as (B, A, L) instead of (B, L, A):
+  the upgrade appends a Transpose to the old graph;
+- decoder.onnx reads each image's context once, for all the rows of that
+  image, instead of a copy per row: the upgrade rebuilds the decoder step in
+  PyTorch from the old graph's weights (they keep their training names; the
+  attention score's weight is the one unnamed (A, 1) matrix) and exports it
+  with today's :class:`~export.onnx_export.DecoderStep`.
+
+The new graphs are then run against the old ones on the same inputs (encoder
+outputs; decoder steps with the old graph fed the context repeated per row,
+both fed the same tokens), and the bundle is moved into place only when every
+difference is within the tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from capcli import __version__
+from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, load_bundle, read_checked, sha256_bytes
+from capcli.errors import FatalError
+from capcli.train.model import Decoder, ModelConfig
+from export.onnx_export import (
+    DEFAULT_OPSET, _check_target, _fix_context_sizes, _move_into_place, _temp_dir_beside, export_decoder, write_meta,
+)  # fmt: skip
+from export.parity import DEFAULT_TOLERANCE, ParityError, find_images
+
+OLD_VERSION = 1
+STEPS = 5  # decoder steps compared
+ROWS_PER_IMAGE = 2  # decoder rows per image in the comparison (a beam's rows)
+
+
+def upgrade_bundle(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    images: Sequence[str | os.PathLike[str]] = (),
+    tolerance: float = DEFAULT_TOLERANCE,
+    overwrite: bool = False,
+    command: str | None = None,
+) -> Path:
+    """Write the format-2 version of the format-1 bundle at ``source`` to ``out_dir``, atomically.
+
+    ``images``: photos or folders for the comparison (up to 3 images; random
+    inputs without them).  ParityError (nothing written) above ``tolerance``.
+    """
+    src = Path(source)
+    meta = _old_meta(src)
+    files = {name: read_checked(src / name, meta) for name in (ENCODER, DECODER)}
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    target = Path(out_dir)
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _temp_dir_beside(target) as tmp:
+        (tmp / ENCODER).write_bytes(_transpose_keys(files[ENCODER]))
+        _fix_context_sizes(tmp / ENCODER, cfg)
+        regions = cfg.grid[0] * cfg.grid[1]
+        features = torch.randn(2, regions, cfg.feature_dim)  # (2, L, D) tracing inputs
+        keys = torch.randn(2, cfg.attention_dim, regions)  # (2, A, L)
+        export_decoder(_decoder_from_graph(files[DECODER], cfg), cfg, features, keys, tmp / DECODER,
+                       meta.get("opset", DEFAULT_OPSET))  # fmt: skip
+        new_meta = copy.deepcopy(meta)
+        new_meta["format_version"] = FORMAT_VERSION
+        new_meta["files"] = {name: {"sha256": sha256_bytes((tmp / name).read_bytes())} for name in (ENCODER, DECODER)}
+        upgrade = {
+            "from_format": OLD_VERSION,
+            "source": {"path": str(src), **{name: meta["files"][name]["sha256"] for name in (ENCODER, DECODER)}},
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "capcli": __version__,
+            "torch": torch.__version__,
+            **({"command": command} if command else {}),
+        }
+        new_meta.setdefault("provenance", {})["upgrade"] = upgrade
+        write_meta(tmp, new_meta)
+        upgrade["parity"] = compare_with_old(files, tmp, images)
+        worst = max(upgrade["parity"]["max_abs_diff"].items(), key=lambda kv: kv[1])
+        if worst[1] > tolerance:
+            raise ParityError(
+                f"the upgraded graphs disagree with the old ones: {worst[0]} differs by {worst[1]:.2e} "
+                f"(tolerance {tolerance:g}); no bundle was written"
+            )
+        write_meta(tmp, new_meta)
+        _move_into_place(tmp, target)
+    return target
+
+
+def _old_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FatalError(f"{folder / MODEL_JSON}: cannot read: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise FatalError(f"{folder}: not a capcli bundle")
+    version = meta.get("format_version")
+    if version != OLD_VERSION:
+        raise FatalError(f"{folder}: format_version {version!r}: only format {OLD_VERSION} bundles need --upgrade")
+    if meta.get("quantized"):
+        raise FatalError(f"{folder}: an int8 bundle: upgrade the float bundle it came from, with --quantize")
+    if not isinstance(meta.get("model_config"), dict):
+        raise FatalError(f"{folder}: model.json has no model_config to rebuild the decoder from")
+    return meta
+
+
+def _transpose_keys(encoder: bytes) -> bytes:
+    """The old encoder graph with its keys output (B, L, A) transposed to (B, A, L)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_from_string(encoder)
+    graph = model.graph
+    (producer,) = [node for node in graph.node if "keys" in node.output]
+    regions_first = "keys_regions_first"
+    producer.output[list(producer.output).index("keys")] = regions_first
+    graph.node.append(helper.make_node("Transpose", [regions_first], ["keys"], perm=[0, 2, 1], name="keys_to_AL"))
+    return model.SerializeToString()
+
+
+def _decoder_from_graph(decoder: bytes, cfg: ModelConfig) -> Decoder:
+    """The PyTorch decoder whose step the old decoder.onnx computes, weights copied from its initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {init.name: numpy_helper.to_array(init) for init in onnx.load_from_string(decoder).graph.initializer}
+    state = {name.removeprefix("decoder."): w for name, w in weights.items() if name.startswith("decoder.")}
+    # nn.Linear(A, 1) was exported as a MatMul with its weight transposed, under a generated name.
+    (score,) = [w for name, w in weights.items() if not name.startswith("decoder.") and w.shape == (cfg.attention_dim, 1)]
+    state["attention.score.weight"] = score.T
+    module = Decoder(cfg)
+    missing, unexpected = module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=False)
+    per_image = {name for name in missing if name.startswith(("keys.", "init_state."))}  # in encoder.onnx, not the step
+    if unexpected or set(missing) != per_image:
+        raise FatalError(f"decoder.onnx is not a capcli 0.1 decoder step (missing {sorted(set(missing) - per_image)}, "
+                         f"unexpected {sorted(unexpected)})")  # fmt: skip
+    return module.eval()
+
+
+def compare_with_old(
+    old_files: dict[str, bytes], new_folder: Path, images: Sequence[str | os.PathLike[str]] = ()
+) -> dict[str, Any]:
+    """Largest differences between the old graphs and the bundle at ``new_folder``, per tensor."""
+    import onnxruntime as ort
+
+    from capcli.images import load
+    from capcli.runtime import Captioner
+
+    bundle = load_bundle(new_folder)
+    new = Captioner(bundle, device="cpu", beam=1, lanes=1, precision="float")
+    old_encoder, old_decoder = (ort.InferenceSession(old_files[n], providers=["CPUExecutionProvider"])
+                                for n in (ENCODER, DECODER))  # fmt: skip
+    files = find_images(images)
+    if files:
+        pixels = np.stack([load(str(f), bundle.preprocess).array for f in files])  # (B, 3, H, W)
+        inputs = f"{len(files)} photo(s)"
+    else:
+        h, w = bundle.preprocess.size
+        pixels = np.random.default_rng(0).standard_normal((3, 3, h, w)).astype(np.float32)
+        inputs = "3 random images (no photos given)"
+    diffs: dict[str, float] = {}
+
+    def note(name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
+        diffs[name] = max(diffs.get(name, 0.0), float(np.abs(ours - theirs).max()))
+
+    names = bundle.state_names
+    old_out = dict(zip([o.name for o in old_encoder.get_outputs()], old_encoder.run(None, {"image": pixels})))
+    encoded = new.encode(pixels)
+    note("features", encoded["features"], old_out["features"])
+    note("keys", encoded["keys"], old_out["keys"].transpose(0, 2, 1))
+    r = ROWS_PER_IMAGE
+    old_context = {name: np.repeat(old_out[name], r, axis=0) for name in ("features", "keys")}  # per row
+    old_state = new_state = {name: np.repeat(encoded[name], r, axis=0) for name in names}
+    context = new.bind_context(encoded)
+    tokens = np.full(len(pixels) * r, bundle.vocab.start_id, dtype=np.int64)
+    tokens[1::r] = 4 % len(bundle.vocab)  # the rows of an image differ
+    old_names = [o.name for o in old_decoder.get_outputs()]
+    for _ in range(STEPS):
+        old_step = dict(zip(old_names, old_decoder.run(None, {"token": tokens, **old_state, **old_context})))
+        logprobs, new_state, alpha = new.step(tokens, new_state, context)
+        note("logprobs", logprobs, old_step["logprobs"])
+        note("alpha", alpha, old_step["alpha"])
+        for name in names:
+            note(f"{name}_out", new_state[name], old_step[f"{name}_out"])
+        old_state = {name: old_step[f"{name}_out"] for name in names}
+        tokens = logprobs.argmax(axis=1).astype(np.int64)  # the same tokens for both sides
+    return {"inputs": inputs, "steps": STEPS, "rows_per_image": r, "max_abs_diff": diffs}
