@@ -10,7 +10,8 @@ image-major, ``R = N / M`` rows per image (1 for greedy; the beam width ``K``,
 except at the first step, where an image's K rows would be identical and one
 is computed).  Only the recurrent state is reordered here, by integer
 back-pointers.  Finished captions (greedy) and finished images (beam) leave
-the batch: their rows are not computed again.
+the batch: their rows are not computed again.  The search writes into the
+``logprobs`` the step returns (forbidden words become -inf): return a fresh array.
 
 Rules shared by both searches (so that beam 1 is exactly greedy):
 
@@ -149,7 +150,7 @@ def greedy(step: StepFn, state: State, spec: SearchSpec) -> list[Hypothesis]:
         if alphas is None:
             alphas = np.zeros((n, spec.max_len + 1, alpha.shape[1]), dtype=alpha.dtype)
         alphas[rows, t] = alpha
-        masked = spec.mask(logprobs, t)  # (n_live, V)
+        masked = spec.mask_inplace(logprobs, t)  # (n_live, V) (logprobs is ours to change)
         block_repeats(masked, ids[rows, :t], spec.no_repeat_ngram)
         block_dangling_end(masked, ids[rows, :t], spec)
         tokens = masked.argmax(axis=1).astype(np.int64)  # (n_live,)
@@ -215,18 +216,21 @@ def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> 
             state = _repeat_state(state, k)
         else:
             logprobs, state, alpha = step(tokens, state, images)
-        m, v = len(images), logprobs.shape[1]
+        m = len(images)
         steps_alpha = alpha[:, None, :] if alpha_history is None else np.concatenate(
             [alpha_history, alpha[:, None, :]], axis=1
         )  # (n, t+1, L)
-        cand = spec.mask_inplace(scores.reshape(-1, 1) + logprobs, t)  # (n, V) float64
-        block_repeats(cand, history, spec.no_repeat_ngram)
-        block_dangling_end(cand, history, spec)
-        cand = cand.reshape(m, k * v)  # (m, K*V)
-        flat, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by index
+        allowed = spec.mask_inplace(logprobs, t)  # (n, V), forbidden words at -inf (logprobs is ours to change)
+        block_repeats(allowed, history, spec.no_repeat_ngram)
+        block_dangling_end(allowed, history, spec)
+        # A row's score is the same for all its words, so each image's 2K best extensions are among
+        # its rows' 2K best words: rank those (n, 2K) instead of all K x V (same order, same ties).
+        row_words, row_logprobs = _top(allowed, width)  # (n, 2K) each, best first, ties by lower id
+        cand = (scores.reshape(-1, 1) + row_logprobs).reshape(m, k * width)  # (m, K*2K) float64
+        pick, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by (row, word)
         valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row
-        src = np.arange(m)[:, None] * k + flat // v  # (m, 2K) source row of each candidate
-        word = flat % v
+        src = np.arange(m)[:, None] * k + pick // width  # (m, 2K) source row of each candidate
+        word = row_words.reshape(m, k * width)[np.arange(m)[:, None], pick]  # (m, 2K)
         is_end = valid & (word == spec.end_id)
         # As in fairseq: an <end> outside the top K is not taken.
         ended = is_end & (rank < k)
