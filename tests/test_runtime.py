@@ -179,6 +179,7 @@ def test_info_with_a_bundle(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) 
     assert facts["model"] == str(tiny_bundle) and facts["model_from"] == "$CAPCLI_MODEL"
     assert facts["vocab_size"] == size and facts["decoder"] == "gru" and facts["backbone"] == "tiny"
     assert facts["grid"] == [8, 8] and facts["providers_used"] == [CPU] and facts["device"] == "cpu"
+    assert facts["decoder_precision"] == "float"  # this bundle has no int8 decoder
     assert facts["onnxruntime"] == ort.__version__ and facts["numpy"] == np.__version__
     text = CliRunner().invoke(main, ["info", "--model", str(tiny_bundle), "--device", "cpu"]).output
     assert "vocab_size:" in text and str(size) in text and "grid:" in text and "8x8" in text
