@@ -219,7 +219,8 @@ def run_scenario(s: Scenario, cfg: BenchConfig, paths: list[str], folder: Path) 
             f.write(path + "\n")
     spec = {"scenario": asdict(s), "listing": str(listing), "output": str(folder / "records.jsonl"),
             "model": cfg.model, "batch_size": cfg.batch_size, "workers": cfg.workers, "device": cfg.device,
-            "precision": cfg.precision, "threads": cfg.threads, "lanes": cfg.lanes, "checkpoint": cfg.checkpoint}  # fmt: skip
+            "precision": cfg.precision, "threads": cfg.threads, "lanes": cfg.lanes,
+            "checkpoint": cfg.checkpoint}  # fmt: skip
     before = _cpu_seconds()
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "capcli.bench", json.dumps(spec)],

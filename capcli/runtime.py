@@ -158,7 +158,8 @@ class Captioner:
             self.lanes = lanes or min(2, cores)
             self.threads = threads or max(1, cores // self.lanes)
             options = _session_options(self.threads)
-            self.precision = "int8" if precision == "int8" or (precision == "auto" and bundle.has_int8_decoder) else "float"
+            int8 = precision == "int8" or (precision == "auto" and bundle.has_int8_decoder)
+            self.precision = "int8" if int8 else "float"
             decoder = INT8_DECODER if self.precision == "int8" else DECODER
             self._encoder = ort.InferenceSession(bundle.files[ENCODER], options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[decoder], options, providers=[CPU])

@@ -57,7 +57,10 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStep(nn.Module):
-    """decoder.onnx: token (N,), h[, c] (N, H), features (M, L, D), keys (M, A, L) -> logprobs, h_out[, c_out], alpha."""
+    """decoder.onnx: token (N,), h[, c] (N, H), features (M, L, D), keys (M, A, L) -> logprobs, h_out[, c_out], alpha.
+
+    N rows of M images, image-major (see :class:`capcli.train.model.Attention`).
+    """
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()

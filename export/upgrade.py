@@ -136,10 +136,12 @@ def _decoder_from_graph(decoder: bytes, cfg: ModelConfig) -> Decoder:
     weights = {init.name: numpy_helper.to_array(init) for init in onnx.load_from_string(decoder).graph.initializer}
     state = {name.removeprefix("decoder."): w for name, w in weights.items() if name.startswith("decoder.")}
     # nn.Linear(A, 1) was exported as a MatMul with its weight transposed, under a generated name.
-    (score,) = [w for name, w in weights.items() if not name.startswith("decoder.") and w.shape == (cfg.attention_dim, 1)]
+    unnamed = [w for name, w in weights.items() if not name.startswith("decoder.")]
+    (score,) = [w for w in unnamed if w.shape == (cfg.attention_dim, 1)]
     state["attention.score.weight"] = score.T
     module = Decoder(cfg)
-    missing, unexpected = module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=False)
+    tensors = {name: torch.from_numpy(np.array(w)) for name, w in state.items()}
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
     per_image = {name for name in missing if name.startswith(("keys.", "init_state."))}  # in encoder.onnx, not the step
     if unexpected or set(missing) != per_image:
         raise FatalError(f"decoder.onnx is not a capcli 0.1 decoder step (missing {sorted(set(missing) - per_image)}, "

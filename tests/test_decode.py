@@ -164,7 +164,8 @@ def test_finished_images_leave_the_batch_and_rows_are_image_major(beam: int) -> 
         calls.append((images.tolist(), per))
         return table_step(tokens, state, images)
 
-    hyps = greedy(step, initial_state(ids), spec) if beam == 1 else beam_search(step, initial_state(ids), spec, beam=beam)
+    state = initial_state(ids)
+    hyps = greedy(step, state, spec) if beam == 1 else beam_search(step, state, spec, beam=beam)
     for image, hyp in zip(ids, hyps):  # as if searched alone
         alone = beam_search(make_step(), initial_state([image]), spec, beam=beam)[0]
         assert (hyp.ids, hyp.finished) == (alone.ids, alone.finished) and hyp.score == pytest.approx(alone.score)

@@ -67,8 +67,9 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--json", "json_path", metavar="FILE", type=click.Path(dir_okay=False), default=None,
               help="Also write every figure as JSON to FILE.")
 def bench_command(model: str | None, images: str | None, n: int, checkpoint: str | None, batch_size: int,
-                  workers: int | None, device: str, precision: str, threads: int | None, lanes: int | None, rounds: int, big: bool,
-                  big_size: tuple[int, int], memory: bool, memory_counts: str, json_path: str | None) -> None:  # fmt: skip
+                  workers: int | None, device: str, precision: str, threads: int | None, lanes: int | None,
+                  rounds: int, big: bool, big_size: tuple[int, int], memory: bool, memory_counts: str,
+                  json_path: str | None) -> None:  # fmt: skip
     """Measure capcli against its limit and the tutorial way, in one run.
 
     \b
@@ -104,8 +105,8 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
     if len(counts) != 2 or min(counts) < 1:
         raise click.BadParameter("expected two positive counts, e.g. 1000,20000", param_hint="'--memory-counts'")
     cfg = BenchConfig(model=model, images=folder, n=n, batch_size=batch_size, workers=workers, device=device,
-                      precision=precision, threads=threads, lanes=lanes, checkpoint=checkpoint, big=big, big_size=big_size, memory=memory,
-                      memory_counts=counts, rounds=rounds)  # type: ignore[arg-type]  # fmt: skip
+                      precision=precision, threads=threads, lanes=lanes, checkpoint=checkpoint, big=big,
+                      big_size=big_size, memory=memory, memory_counts=counts, rounds=rounds)  # type: ignore[arg-type]  # fmt: skip
     try:
         report = run_bench(cfg, say=lambda line: click.echo(line, err=True))
     except CapcliError as exc:

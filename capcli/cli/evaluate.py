@@ -79,7 +79,8 @@ def eval_command(
             try:
                 hypotheses, protocol = evaluation.caption_split(
                     data_split, model, beam=beam, max_len=max_len, length_penalty=length_penalty, device=device,
-                    precision=precision, batch_size=batch_size, workers=workers, on_record=writer.write if writer else None,
+                    precision=precision, batch_size=batch_size, workers=workers,
+                    on_record=writer.write if writer else None,
                 )  # fmt: skip
             finally:
                 if writer is not None:

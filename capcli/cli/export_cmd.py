@@ -68,7 +68,7 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     command += ["--quantize"] * quantize + ["--upgrade"] * upgrade
     is_bundle = Path(checkpoint).is_dir()
     if is_bundle and not (quantize or upgrade):
-        raise click.UsageError("CHECKPOINT is a directory: only --quantize or --upgrade make a new bundle from a bundle")
+        raise click.UsageError("CHECKPOINT is a directory: only --quantize or --upgrade make a bundle from a bundle")
     if upgrade and not is_bundle:
         raise click.UsageError("--upgrade converts a bundle directory, not a checkpoint (export it anew instead)")
 
