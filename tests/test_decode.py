@@ -226,3 +226,17 @@ def test_no_caption_ends_on_a_dangling_word(beam: int) -> None:
     # After max_len words <end> is forced, dangling or not: the search still ends.
     short = search(SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=2, no_end_after=(5,)))
     assert short.ids == [4, 5] and short.finished
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3])
+def test_ties_go_to_the_lower_row_then_the_lower_word(beam: int) -> None:
+    # Every word equally likely at every step: all captions of a length tie, and the lowest ids win.
+    def step(tokens: np.ndarray, state: dict, images: np.ndarray) -> tuple[np.ndarray, dict, np.ndarray]:
+        logp = np.full((len(tokens), 7), np.log(0.3), dtype=np.float32)
+        logp[:, 2] = np.log(0.1)  # <end>
+        return logp, state, np.full((len(tokens), 2), 0.5, dtype=np.float32)
+
+    spec = SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=2, length_penalty=0.0)
+    state = {"h": np.zeros((3, 1))}
+    hyps = greedy(step, state, spec) if beam == 1 else beam_search(step, state, spec, beam=beam)
+    assert [h.ids for h in hyps] == [[4, 4]] * 3
