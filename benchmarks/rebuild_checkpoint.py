@@ -1,0 +1,132 @@
+"""A PyTorch checkpoint rebuilt from a bundle, for `capcli bench --checkpoint` when the training one is gone.
+
+The tutorial-way scenario of ``capcli bench`` runs the model in PyTorch, so it
+needs a checkpoint. The shipped model's was not kept; its weights are all in
+the bundle, though:
+
+- decoder.onnx and encoder.onnx keep the training names of the decoder,
+  projection and initial-state weights; the two matrix products the exporter
+  rewrote as ``MatMul`` (region projection, attention keys) hold the
+  transposed weights under generated names;
+- the exporter folded each batch norm into the convolution before it, so the
+  convolutions get the folded weights and bias, and each batch norm becomes an
+  identity (mean 0, variance 1 - eps, scale 1, the folded bias as its shift).
+
+That pairing assumes every convolution is followed by its batch norm in the
+module order, and that the graph runs the convolutions in that order (true of
+EfficientNet-Lite). The rebuilt encoder is then compared with onnxruntime on
+real photos; the script refuses to write a checkpoint that disagrees. The
+batch norms are identities only in eval mode: use the result for inference
+(and frozen-backbone training), not for fine-tuning the backbone.
+
+    python benchmarks/rebuild_checkpoint.py capcli/models/default /tmp/shipped.pt
+    capcli bench --checkpoint /tmp/shipped.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from capcli.bundle import DECODER, ENCODER, Bundle, load_bundle
+from capcli.images import load
+from capcli.runtime import Captioner
+from capcli.train.model import CaptionModel, ModelConfig
+from export.parity import find_images
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "flickr8k" / "images"
+TOLERANCE = 1e-3
+
+
+def rebuild(bundle_dir: str) -> tuple[CaptionModel, Bundle]:
+    bundle = load_bundle(bundle_dir)
+    cfg = ModelConfig.from_dict({**bundle.meta["model_config"], "pretrained": False})
+    model = CaptionModel(cfg).eval()
+    graphs = [onnx.load_from_string(bundle.files[name]) for name in (ENCODER, DECODER)]
+    weights = {i.name: numpy_helper.to_array(i) for g in graphs for i in g.graph.initializer}
+    for node in graphs[0].graph.node:  # small weights may come as Constant nodes
+        if node.op_type == "Constant":
+            weights[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    convs = [n for n in graphs[0].graph.node if n.op_type == "Conv"]
+    pairs: list[list[nn.Module | None]] = []  # [conv, its batch norm]
+    for module in model.backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            pairs.append([module, None])
+        elif isinstance(module, nn.BatchNorm2d):
+            if not pairs or pairs[-1][1] is not None:
+                sys.exit("a batch norm that follows no convolution: this backbone is not supported")
+            pairs[-1][1] = module
+    if len(pairs) != len(convs):
+        sys.exit(f"{len(pairs)} convolutions in PyTorch, {len(convs)} in encoder.onnx: not supported")
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(array))
+
+    with torch.no_grad():
+        for node, (conv, bn) in zip(convs, pairs):
+            weight = weights[node.input[1]]
+            bias = weights[node.input[2]] if len(node.input) > 2 else np.zeros(weight.shape[0], np.float32)
+            conv.weight.copy_(tensor(weight))
+            if conv.bias is not None:
+                conv.bias.copy_(tensor(bias))
+                bias = np.zeros_like(bias)
+            if bn is not None:
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(tensor(bias))
+        state = model.state_dict()
+        for name, array in weights.items():
+            key = name.removeprefix("model.")
+            if key.startswith(("project.", "decoder.")) and key in state:
+                state[key].copy_(tensor(array))
+        for node in graphs[0].graph.node:
+            if node.op_type == "MatMul" and node.input[1] in weights:
+                key = "project.1.weight" if "project" in node.name else "decoder.keys.weight"
+                state[key].copy_(tensor(weights[node.input[1]].T))
+    model.load_state_dict(state)
+    return model, bundle
+
+
+def check(model: CaptionModel, bundle: Bundle, images: Path) -> float:
+    """Largest difference between the rebuilt encoder (features, keys, state) and onnxruntime's."""
+    files = find_images([images], limit=4)
+    if not files:
+        sys.exit(f"no photos in {images} to check the rebuilt encoder on")
+    pixels = np.stack([load(str(f), bundle.preprocess).array for f in files])  # (B, 3, H, W)
+    ours = Captioner(bundle, device="cpu", beam=1, precision="float").encode(pixels)
+    with torch.no_grad():
+        features = model.features(model.backbone_grid(torch.from_numpy(pixels)))  # (B, L, D)
+        keys, state = model.decoder.init(features)
+    pairs = [("features", features), ("keys", keys), *zip(bundle.state_names, state)]
+    return max(float(np.abs(ours[name] - ref.numpy()).max()) for name, ref in pairs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", help="bundle directory")
+    parser.add_argument("out", help="checkpoint file to write")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="photos to check the rebuilt encoder on")
+    args = parser.parse_args()
+    model, bundle = rebuild(args.bundle)
+    diff = check(model, bundle, args.images)
+    print(f"rebuilt encoder vs onnxruntime: largest difference {diff:.1e}")
+    if diff > TOLERANCE:
+        sys.exit(f"above {TOLERANCE:g}: not written")
+    payload = {"config": model.config.to_dict(), "vocab": list(bundle.vocab.tokens), "model": model.state_dict(),
+               "provenance": {"rebuilt_from_bundle": str(bundle.path), "files": bundle.meta["files"],
+                              "encoder_max_abs_diff": diff}}  # fmt: skip
+    torch.save(payload, args.out)
+    print(f"checkpoint written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
