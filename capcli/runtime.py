@@ -17,10 +17,10 @@ IOBinding; the small recurrent state travels with the step because the beam
 search reorders it on the host.
 
 Precision: on the CPU the decoder step is mostly matrix products, which run
-about twice as fast in int8, so ``precision="auto"`` uses the bundle's
-``decoder.int8.onnx`` there when it has one (its dev-split cost is measured
-in model.json); under CUDA, and with ``"float"``, the float decoder.  The
-encoder is always float.
+2-3x faster in int8 (the whole step about 1.6x), so ``precision="auto"``
+uses the bundle's ``decoder.int8.onnx`` there when it has one (its dev-split
+cost is measured in model.json); under CUDA, and with ``"float"``, the float
+decoder.  The encoder is always float.
 """
 
 from __future__ import annotations

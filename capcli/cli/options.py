@@ -95,7 +95,7 @@ _OPTIONS = [
                  help="Where the model runs; auto uses CUDA when it works, else the CPU; cuda:N picks GPU N."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                  help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one "
-                      "(about twice as fast a step), float everywhere else."),
+                      "(a step about 1.6x faster), float everywhere else."),
     click.option("--workers", type=click.IntRange(min=1), metavar="N", default=DEFAULT_WORKERS,
                  show_default="CPU count, at most 8",
                  help="Threads reading and decoding images ahead of the model."),
