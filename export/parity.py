@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from capcli.bundle import load_bundle
+from capcli.bundle import Preprocess, load_bundle
 from capcli.errors import FatalError
 from capcli.runtime import Captioner
 from capcli.train.model import CaptionModel
@@ -66,6 +66,28 @@ def find_images(paths: Sequence[str | os.PathLike[str]], limit: int = 3) -> list
     return found[:limit]
 
 
+def check_pixels(
+    images: Sequence[str | os.PathLike[str]], pre: Preprocess, limit: int, random_count: int, *,
+    seed: int = 0, name_folders: bool = False,
+) -> tuple[np.ndarray, str]:
+    """Preprocessed inputs (B, 3, H, W) for comparing graphs, and what they are.
+
+    Up to ``limit`` photos of ``images`` (see :func:`find_images`), or
+    ``random_count`` random images when there are none; ``name_folders``
+    names the photos' folders in the description.
+    """
+    from capcli.images import load
+
+    files = find_images(images, limit=limit)
+    if not files:
+        h, w = pre.size
+        pixels = np.random.default_rng(seed).standard_normal((random_count, 3, h, w)).astype(np.float32)
+        return pixels, f"{random_count} random images (no photos given)"
+    pixels = np.stack([load(str(f), pre).array for f in files])  # (B, 3, H, W)
+    where = f" from {', '.join(sorted({str(f.parent) for f in files}))}" if name_folders else ""
+    return pixels, f"{len(files)} photo(s){where}"
+
+
 def check_parity(
     model: CaptionModel,
     bundle_dir: str | os.PathLike[str],
@@ -77,19 +99,9 @@ def check_parity(
     seed: int = 0,
 ) -> ParityReport:
     """Compare the bundle at ``bundle_dir`` with ``model``; never raises on a mismatch (see ``report.ok``)."""
-    from capcli.images import load
-
     bundle = load_bundle(bundle_dir)
     captioner = Captioner(bundle, device="cpu", beam=1)
-    files = find_images(images, limit=batch)
-    if files:
-        pixels = np.stack([load(str(f), bundle.preprocess).array for f in files])  # (B, 3, H, W)
-        where = sorted({str(f.parent) for f in files})
-        inputs = f"{len(files)} photo(s) from {', '.join(where)}"
-    else:
-        h, w = bundle.preprocess.size
-        pixels = np.random.default_rng(seed).standard_normal((batch, 3, h, w)).astype(np.float32)
-        inputs = f"{batch} random images (no photos given)"
+    pixels, inputs = check_pixels(images, bundle.preprocess, batch, batch, seed=seed, name_folders=True)
     report = ParityReport(inputs, steps, tolerance)
 
     def note(name: str, ours: np.ndarray, theirs: torch.Tensor) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle, sha256_bytes
 from export import _training_photos
 from export.onnx_export import _check_target, _move_into_place, _temp_dir_beside, write_meta
-from export.parity import find_images
+from export.parity import check_pixels
 
 OP_TYPES = ["MatMul", "Gemm"]
 COMPARE_IMAGES = 16
@@ -108,20 +108,12 @@ def _vector_products(path: Path) -> list[str]:
 
 def compare_decoders(bundle: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:
     """How far the bundle's int8 decoder moves the float one's outputs: greedy captions and first-step numbers."""
-    from capcli.images import load
     from capcli.runtime import Captioner
 
     both = load_bundle(bundle)
     ref = Captioner(both, device="cpu", beam=1, lanes=1, precision="float")
     new = Captioner(both, device="cpu", beam=1, lanes=1, precision="int8")
-    files = find_images(images, limit=COMPARE_IMAGES)
-    if files:
-        pixels = np.stack([load(str(f), ref.bundle.preprocess).array for f in files])  # (B, 3, H, W)
-        inputs = f"{len(files)} photo(s)"
-    else:
-        h, w = ref.bundle.preprocess.size
-        pixels = np.random.default_rng(0).standard_normal((4, 3, h, w)).astype(np.float32)
-        inputs = "4 random images (no photos given)"
+    pixels, inputs = check_pixels(images, both.preprocess, COMPARE_IMAGES, 4)
     encoded = ref.encode(pixels)  # the encoder is the same float graph in both
     start = np.full(len(pixels), both.vocab.start_id, dtype=np.int64)
     state = {n: encoded[n] for n in both.state_names}

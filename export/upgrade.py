@@ -36,11 +36,12 @@ from capcli.train.model import Decoder, ModelConfig
 from export.onnx_export import (
     DEFAULT_OPSET, _check_target, _fix_context_sizes, _move_into_place, _temp_dir_beside, export_decoder, write_meta,
 )  # fmt: skip
-from export.parity import DEFAULT_TOLERANCE, ParityError, find_images
+from export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
 
 OLD_VERSION = 1
 STEPS = 5  # decoder steps compared
 ROWS_PER_IMAGE = 2  # decoder rows per image in the comparison (a beam's rows)
+COMPARE_IMAGES = 3  # photos compared (or random images without photos)
 
 
 def upgrade_bundle(
@@ -155,21 +156,13 @@ def compare_with_old(
     """Largest differences between the old graphs and the bundle at ``new_folder``, per tensor."""
     import onnxruntime as ort
 
-    from capcli.images import load
     from capcli.runtime import Captioner
 
     bundle = load_bundle(new_folder)
     new = Captioner(bundle, device="cpu", beam=1, lanes=1, precision="float")
     old_encoder, old_decoder = (ort.InferenceSession(old_files[n], providers=["CPUExecutionProvider"])
                                 for n in (ENCODER, DECODER))  # fmt: skip
-    files = find_images(images)
-    if files:
-        pixels = np.stack([load(str(f), bundle.preprocess).array for f in files])  # (B, 3, H, W)
-        inputs = f"{len(files)} photo(s)"
-    else:
-        h, w = bundle.preprocess.size
-        pixels = np.random.default_rng(0).standard_normal((3, 3, h, w)).astype(np.float32)
-        inputs = "3 random images (no photos given)"
+    pixels, inputs = check_pixels(images, bundle.preprocess, COMPARE_IMAGES, COMPARE_IMAGES)
     diffs: dict[str, float] = {}
 
     def note(name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
