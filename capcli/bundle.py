@@ -114,7 +114,7 @@ def load_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     if not root.is_dir():
         what = "not a directory" if root.exists() else "does not exist"
         raise BundleError(f"model bundle {str(root)!r} (from {origin}) {what}")
-    meta = _read_meta(root / MODEL_JSON)
+    meta = _check_version(read_meta_json(root / MODEL_JSON), root / MODEL_JSON)
     spec = _parse_meta(meta, root / MODEL_JSON)
     names = (ENCODER, DECODER, *([INT8_DECODER] if INT8_DECODER in meta["files"] else []))
     files = {name: read_checked(root / name, meta) for name in names}
@@ -132,7 +132,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def read_meta_json(path: Path) -> dict[str, Any]:
+    """model.json as a dict, once it is readable JSON of the capcli bundle format (any version)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -147,6 +148,10 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: expected a JSON object")
     if meta.get("format") != FORMAT:
         raise BundleError(f"{path}: not a capcli bundle (format is {meta.get('format')!r}, expected {FORMAT!r})")
+    return meta
+
+
+def _check_version(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         hint = ""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,9 @@ import numpy as np
 import torch
 
 from capcli import __version__
-from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, load_bundle, read_checked, sha256_bytes
+from capcli.bundle import (
+    DECODER, ENCODER, FORMAT_VERSION, MODEL_JSON, load_bundle, read_checked, read_meta_json, sha256_bytes,
+)  # fmt: skip
 from capcli.errors import FatalError
 from capcli.train.model import Decoder, ModelConfig
 from export.onnx_export import (
@@ -99,12 +100,7 @@ def upgrade_bundle(
 
 
 def _old_meta(folder: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FatalError(f"{folder / MODEL_JSON}: cannot read: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise FatalError(f"{folder}: not a capcli bundle")
+    meta = read_meta_json(folder / MODEL_JSON)
     version = meta.get("format_version")
     if version != OLD_VERSION:
         raise FatalError(f"{folder}: format_version {version!r}: only format {OLD_VERSION} bundles need --upgrade")
