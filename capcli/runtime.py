@@ -160,7 +160,7 @@ class Captioner:
             options = _session_options(self.threads)
             int8 = precision == "int8" or (precision == "auto" and bundle.has_int8_decoder)
             self.precision = "int8" if int8 else "float"
-            decoder = INT8_DECODER if self.precision == "int8" else DECODER
+            decoder = INT8_DECODER if int8 else DECODER
             self._encoder = ort.InferenceSession(bundle.files[ENCODER], options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[decoder], options, providers=[CPU])
         self.providers: list[str] = self._encoder.get_providers()

@@ -66,6 +66,7 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     for image in images:
         command += ["--check-images", image]
     command += ["--quantize"] * quantize + ["--upgrade"] * upgrade
+    recorded = shlex.join(command)
     is_bundle = Path(checkpoint).is_dir()
     if is_bundle and not (quantize or upgrade):
         raise click.UsageError("CHECKPOINT is a directory: only --quantize or --upgrade make a bundle from a bundle")
@@ -75,10 +76,10 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
     def export_to(where: str | Path) -> Path:
         if upgrade:
             return upgrade_bundle(checkpoint, where, images=images, tolerance=tolerance, overwrite=force,
-                                  command=shlex.join(command))  # fmt: skip
+                                  command=recorded)  # fmt: skip
         return export_checkpoint(
             checkpoint, where, opset=opset, tolerance=tolerance, images=images, overwrite=force,
-            command=shlex.join(command),
+            command=recorded,
             report=lambda r: click.echo("\n".join(r.lines()), err=True),
         )  # fmt: skip
 
@@ -86,12 +87,12 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
         if not quantize:
             path = export_to(out_dir)
         elif is_bundle and not upgrade:
-            path = quantize_bundle(checkpoint, out_dir, images=images, overwrite=force, command=shlex.join(command))
+            path = quantize_bundle(checkpoint, out_dir, images=images, overwrite=force, command=recorded)
         else:
             Path(out_dir).absolute().parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=Path(out_dir).absolute().parent, prefix=".float-") as tmp:
                 source = export_to(Path(tmp) / "bundle")
-                path = quantize_bundle(source, out_dir, images=images, overwrite=force, command=shlex.join(command))
+                path = quantize_bundle(source, out_dir, images=images, overwrite=force, command=recorded)
     except CapcliError as exc:
         raise click.ClickException(str(exc)) from None
     if upgrade:
