@@ -137,7 +137,8 @@ def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image
             if draft_to and image.format == "JPEG":
                 image.draft(None, (draft_to, draft_to))  # a square request: safe under any rotation
             image.load()
-            rgb = _to_rgb(_upright(image))
+            _upright(image)
+            rgb = _to_rgb(image)  # a new image (the file's closes with ``fp``)
             return rgb, _n_frames(image)
     except ItemError:
         raise
@@ -196,11 +197,12 @@ def _register_heif() -> bool:
     return True
 
 
-def _upright(image: Image.Image) -> Image.Image:
+def _upright(image: Image.Image) -> None:
+    """Turn ``image`` upright per its EXIF orientation, in place: no copy of upright photos."""
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # corrupt EXIF: keep the pixels as stored
-        return image
+        pass
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
