@@ -138,7 +138,7 @@ def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image
                 image.draft(None, (draft_to, draft_to))  # a square request: safe under any rotation
             image.load()
             _upright(image)
-            rgb = _to_rgb(image)  # a new image (the file's closes with ``fp``)
+            rgb = _to_rgb(image)  # always a new image: the file's own one is closed with ``fp``
             return rgb, _n_frames(image)
     except ItemError:
         raise
@@ -201,7 +201,7 @@ def _upright(image: Image.Image) -> None:
     """Turn ``image`` upright per its EXIF orientation, in place: no copy of upright photos."""
     try:
         ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # corrupt EXIF: keep the pixels as stored
+    except Exception:  # corrupt EXIF: the pixels stay as stored (or turned, when only rewriting the tag failed)
         pass
 
 
