@@ -71,6 +71,8 @@ def _note(r: Result) -> str:
         notes.append("rounds " + ", ".join(f"{x:.1f}" for x in r.rates))
     if r.info.get("other_cores", 0) >= 0.2:
         notes.append(f"[yellow]other processes used {r.info['other_cores']:.1f} cores meanwhile[/]")
+    if "warm_up" in r.info:
+        notes.append(f"untimed warm-up {r.info['warm_up']['images']} at {r.info['warm_up']['images_per_s']:.1f}/s")
     if "rates_by_arrangement" in r.info:
         notes.append("lanes x threads: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r.info["rates_by_arrangement"].items()))
     if r.failed:

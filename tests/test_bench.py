@@ -50,6 +50,9 @@ def test_bench_runs_every_scenario_and_reports_ratios(
         assert all(v >= 0 for v in r["stages"].values())
         assert r["failed"] == 0
         assert r["info"]["other_cores"] >= 0  # how busy the rest of the machine was meanwhile
+        if kinds[key] == "capcli":  # warmed up untimed first, as timed: one batch of 4 per lane
+            assert r["info"]["warm_up"]["images"] == r["info"]["lanes"] * 4
+            assert r["info"]["warm_up"]["images_per_s"] > 0
     # Both ran the same model; with this 64-px model capcli's JPEG draft decoding changes some pixels.
     assert 0.5 <= results["tutorial_greedy"]["info"]["same_captions_as_capcli_greedy"] <= 1.0
 
