@@ -509,8 +509,8 @@ def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
         warm = sum(1 for _ in caption_items(head, captioner, read, batch_size=batch_size, workers=workers))
         warm_rate = round(warm / (time.perf_counter() - clock), 3)
     captioner.seconds = {k: 0.0 for k in captioner.seconds}
-    result = Result(s.key, s.label, load_seconds=time.perf_counter() - started, output=spec["output"],
-                    info=_session_info(captioner) | {"warm_up": {"images": warm, "images_per_s": warm_rate}})  # fmt: skip
+    info = _session_info(captioner) | {"warm_up": {"images": warm, "images_per_s": warm_rate}}
+    result = Result(s.key, s.label, load_seconds=time.perf_counter() - started, info=info, output=spec["output"])
     timed_read = _TimedReader(read)
     writer, _ = open_output(spec["output"], "jsonl", resume=False, retry_errors=False)
     write_seconds = 0.0
