@@ -47,11 +47,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from capcli.errors import FatalError
 
@@ -494,19 +494,24 @@ class _TimedReader:
 
 
 def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
-    from capcli.pipeline import DEFAULT_WORKERS, caption_items, make_reader
+    from capcli.pipeline import DEFAULT_WORKERS, Reader, Record, caption_items, make_reader
     from capcli.sources import iter_items
     from capcli.writers import open_output
 
     started = time.perf_counter()
     captioner = _captioner(spec, beam=s.beam)
-    batch_size, workers = spec["batch_size"], spec["workers"] or DEFAULT_WORKERS
+    batch_size = spec["batch_size"]
     read = make_reader(captioner.bundle.preprocess)
+
+    def records(listing: IO[bytes], read: Reader, count: int | None = None) -> Iterator[Record]:
+        """The pipeline as `capcli caption -` runs it, on the listing's first ``count`` paths (all: None)."""
+        items = itertools.islice(iter_items(["-"], stdin=listing), count)
+        return caption_items(items, captioner, read, batch_size=batch_size, workers=spec["workers"] or DEFAULT_WORKERS)
+
     # Warm-up, as timed: the pipeline on the listing's first batch per lane (records dropped).
     with open(spec["listing"], "rb") as listing:
-        head = itertools.islice(iter_items(["-"], stdin=listing), captioner.lanes * batch_size)
         clock = time.perf_counter()
-        warm = sum(1 for _ in caption_items(head, captioner, read, batch_size=batch_size, workers=workers))
+        warm = sum(1 for _ in records(listing, read, captioner.lanes * batch_size))
         warm_rate = round(warm / (time.perf_counter() - clock), 3)
     captioner.seconds = {k: 0.0 for k in captioner.seconds}
     info = _session_info(captioner) | {"warm_up": {"images": warm, "images_per_s": warm_rate}}
@@ -516,9 +521,7 @@ def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
     write_seconds = 0.0
     with open(spec["listing"], "rb") as listing:
         clock = time.perf_counter()
-        records = caption_items(iter_items(["-"], stdin=listing), captioner, timed_read, batch_size=batch_size,
-                                workers=workers)  # fmt: skip
-        for record in records:
+        for record in records(listing, timed_read):
             at = time.perf_counter()
             writer.write(record)
             write_seconds += time.perf_counter() - at
