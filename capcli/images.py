@@ -13,8 +13,7 @@ import io
 import os
 import stat
 from dataclasses import dataclass
-from importlib import resources
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 # Pillow's own decompression-bomb threshold. Pillow refuses images over twice
 # its MAX_IMAGE_PIXELS on its own, so a larger --max-pixels does not go past that.
 DEFAULT_MAX_PIXELS = 89_478_485
-UPSCALE_GRAPH = "upscale.onnx"  # package data, written by export/upscale_graph.py
 
 ERROR_KINDS = {
     "not_found": "the file does not exist (or is a dangling link); a glob matched nothing",
@@ -102,43 +100,16 @@ def to_array(image: Image.Image, pre: Preprocess) -> np.ndarray:
     if pre.interpolation not in _RESAMPLE:
         raise BundleError(f"unsupported interpolation {pre.interpolation!r}")
     height, width = pre.size
-    scale, shift = _affine(pre)
-    if pre.interpolation == "bilinear" and image.width <= width and image.height <= height:
-        # No side shrinks: Pillow's bilinear filter is plain interpolation here, which
-        # onnxruntime does about twice as fast (see export/upscale_graph.py).
-        feed = {"pixels": np.asarray(image), "size": np.array(pre.size, dtype=np.int64),
-                "scale": scale.reshape(1, 3, 1, 1), "shift": shift.reshape(1, 3, 1, 1)}  # fmt: skip
-        return _upscaler().run(None, feed)[0]  # (3, H, W)
     image = image.resize((width, height), _RESAMPLE[pre.interpolation])
     pixels = np.asarray(image)  # (H, W, 3) uint8
-    # x * scale + shift per channel written straight into CHW: several times
-    # cheaper than float conversion, two broadcasts and a transposed copy.
+    # (x/255 - mean) / std as one multiply-add per channel written straight into CHW:
+    # several times cheaper than float conversion, two broadcasts and a transposed copy.
     out = np.empty((3, height, width), dtype=np.float32)
     for c in range(3):
-        np.multiply(pixels[:, :, c], scale[c], out=out[c])
-        out[c] += shift[c]
+        scale = np.float32(1.0 / (255.0 * pre.std[c]))
+        np.multiply(pixels[:, :, c], scale, out=out[c])
+        out[c] += np.float32(-pre.mean[c] / pre.std[c])
     return out  # (3, H, W)
-
-
-@functools.cache
-def _affine(pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
-    """(x/255 - mean) / std as x * scale + shift: the (3,) float32 scale and shift."""
-    scale = np.array([1.0 / (255.0 * s) for s in pre.std], dtype=np.float32)
-    shift = np.array([-m / s for m, s in zip(pre.mean, pre.std)], dtype=np.float32)
-    return scale, shift
-
-
-@functools.cache
-def _upscaler() -> Any:
-    """The onnxruntime session of capcli/upscale.onnx (one per process; ``run`` is thread-safe)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # the reader pool is the parallelism
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    graph = resources.files("capcli").joinpath(UPSCALE_GRAPH).read_bytes()
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def _open_file(path: str) -> IO[bytes]:

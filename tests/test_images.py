@@ -221,42 +221,6 @@ def test_to_array_layout_and_normalisation() -> None:
     assert np.allclose(x[:, 2, 3], [1.0, 0.0, 3.0])
 
 
-def pillow_reference(image: Image.Image, pre: Preprocess) -> np.ndarray:
-    """Pillow's resize, then (x/255 - mean) / std in float64, CHW."""
-    height, width = pre.size
-    pixels = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
-    return ((pixels - pre.mean) / pre.std).transpose(2, 0, 1)
-
-
-@pytest.mark.parametrize("size", [(24, 16), (7, 5), (1, 1), (24, 3), (20, 16)])
-def test_bilinear_upscaling_is_pillows_filter_without_the_8_bit_rounding(size) -> None:
-    rng = np.random.default_rng(sum(size))
-    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    pre = Preprocess(size=(16, 24), mean=(0.5, 0.4, 0.3), std=(0.5, 0.25, 0.2), resize="squash",
-                     interpolation="bilinear")
-    x = to_array(image, pre)
-    assert x.dtype == np.float32 and x.shape == (3, 16, 24) and x.flags.c_contiguous and x.flags.writeable
-    # Pillow rounds to 8 bits after each of its two passes; the onnxruntime path does not:
-    # at most one level apart.
-    levels = np.abs(x - pillow_reference(image, pre)) * (255 * np.array(pre.std)[:, None, None])
-    assert levels.max() <= 1 + 1e-3
-
-
-@pytest.mark.parametrize("size", [(48, 32), (30, 8)])  # both sides shrink; one shrinks, one grows
-def test_shrinking_stays_with_pillows_antialiased_filter(size) -> None:
-    rng = np.random.default_rng(1)
-    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    assert np.allclose(to_array(image, PRE), pillow_reference(image, PRE), atol=1e-6)
-
-
-def test_the_packaged_upscale_graph_is_the_generated_one() -> None:
-    pytest.importorskip("onnx")
-    from export.upscale_graph import GRAPH, build
-
-    assert (Path(images.__file__).parent / images.UPSCALE_GRAPH) == GRAPH
-    assert GRAPH.read_bytes() == build(), "run: python -m export.upscale_graph"
-
-
 def test_real_photo(photos: Path) -> None:
     path = sorted(photos.iterdir())[0]
     loaded = load(str(path), PRE)
