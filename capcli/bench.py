@@ -453,15 +453,19 @@ def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
     batches = [np.stack(arrays[i : i + size]) for i in range(0, len(arrays), size)]  # each (B, 3, H, W)
     count = len(arrays)
     del arrays
-    for c in arrangements:  # warm-up, as timed: ``lanes`` batches at once
+
+    def encode_all(c: Captioner, some: list[Any]) -> None:
+        """Encode ``some`` batches as capcli arranges them: ``c.lanes`` at once."""
         with ThreadPoolExecutor(c.lanes) as lanes:
-            list(lanes.map(c.encode, batches[: c.lanes]))
+            list(lanes.map(c.encode, some))
+
+    for c in arrangements:  # warm-up, as timed: one batch per lane
+        encode_all(c, batches[: c.lanes])
     result = Result(s.key, s.label, images=count, load_seconds=time.perf_counter() - started)
     rates = {}  # "lanes x threads" -> images/s
     for c in arrangements:
         clock = time.perf_counter()
-        with ThreadPoolExecutor(c.lanes) as lanes:
-            list(lanes.map(c.encode, batches))
+        encode_all(c, batches)
         seconds = time.perf_counter() - clock
         rates[f"{c.lanes}x{c.threads}"] = round(count / seconds, 3)
         if not result.seconds or seconds < result.seconds:
