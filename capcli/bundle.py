@@ -27,7 +27,10 @@ from capcli.onnxinfo import Shape, Signature, read_signature
 from capcli.text import SPECIALS, Vocab
 
 FORMAT = "capcli-bundle"
-FORMAT_VERSION = 2  # 2: per-image decoder context, keys (B, A, L); 1 (capcli 0.1): context repeated per row
+# 3: optional tagger ("tags": class probabilities from the encoder) and concept input ("concept");
+# 2: per-image decoder context, keys (B, A, L); 1 (capcli 0.1): context repeated per row
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # a version-2 bundle is a version-3 bundle without tags or concepts
 MODEL_JSON = "model.json"
 ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weights, for CPUs
@@ -69,6 +72,17 @@ class Bundle:
     max_len: int  # words, not counting <end>
     provenance: dict[str, Any]
     files: Mapping[str, bytes] = field(repr=False)  # checked ONNX bytes by file name
+    tag_labels: tuple[str, ...] = ()  # names of the encoder's "tags" classes; () = the bundle has no tagger
+    concept_dim: int = 0  # width of the per-image "concept" decoder input; 0 = none
+
+    @property
+    def has_tags(self) -> bool:
+        return bool(self.tag_labels)
+
+    @property
+    def context_names(self) -> tuple[str, ...]:
+        """Per-image decoder inputs, computed once by the encoder and bound to every step."""
+        return ("features", "keys", "concept") if self.concept_dim else ("features", "keys")
 
     @property
     def has_int8_decoder(self) -> bool:
@@ -153,13 +167,14 @@ def read_meta_json(path: Path) -> dict[str, Any]:
 
 def _check_version(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         hint = ""
         if version == 1:
             hint = f" (written by capcli 0.1: `capcli export {path.parent} -o NEW --upgrade` converts it)"
         elif isinstance(version, int) and version > FORMAT_VERSION:
             hint = " (newer than this capcli: upgrade capcli)"
-        raise BundleError(f"{path}: unsupported format_version {version!r}{hint}; this capcli reads {FORMAT_VERSION}")
+        raise BundleError(f"{path}: unsupported format_version {version!r}{hint}; "
+                         f"this capcli reads {', '.join(map(str, READABLE_VERSIONS))}")
     return meta
 
 
@@ -225,6 +240,13 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     provenance = meta.get("provenance", {})
     if not isinstance(provenance, dict):
         raise bad("provenance", "an object")
+    tags = meta.get("tags", {"labels": []})
+    if not (isinstance(tags, dict) and isinstance(tags.get("labels"), list)
+            and all(isinstance(t, str) for t in tags["labels"])):  # fmt: skip
+        raise bad("tags", '{"labels": [class names in the tagger\'s order]}')
+    concept = meta.get("concept", {"dim": 0})
+    if not (isinstance(concept, dict) and type(concept.get("dim")) is int and concept["dim"] >= 0):
+        raise bad("concept", '{"dim": int, "top_k": int}')
     return {
         "vocab": vocab,
         "preprocess": Preprocess(
@@ -238,6 +260,8 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
         "decoder": dec["kind"],
         "max_len": meta["max_len"],
         "provenance": provenance,
+        "tag_labels": tuple(tags["labels"]),
+        "concept_dim": concept["dim"],
     }
 
 
@@ -265,17 +289,23 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     regions = bundle.grid[0] * bundle.grid[1]
     d, a, v = meta["feature_dim"], meta["attention_dim"], len(bundle.vocab)
     states = {s: (None, hidden) for s in bundle.state_names}
+    context: dict[str, Shape] = {"features": (None, regions, d), "keys": (None, a, regions)}
+    if bundle.concept_dim:
+        context["concept"] = (None, bundle.concept_dim)
     if name == ENCODER:
         inputs: dict[str, Shape] = {"image": (None, 3, *bundle.preprocess.size)}
-        outputs: dict[str, Shape] = {"features": (None, regions, d), "keys": (None, a, regions), **states}
+        outputs: dict[str, Shape] = {**context, **states}
+        if bundle.has_tags:
+            outputs["tags"] = (None, len(bundle.tag_labels))
     else:
-        inputs = {"token": (None,), **states, "features": (None, regions, d), "keys": (None, a, regions)}
+        inputs = {"token": (None,), **states, **context}
         outputs = {"logprobs": (None, v), **{f"{s}_out": shape for s, shape in states.items()}, "alpha": (None, regions)}
     what = {
         ("logprobs", 1): f"the vocabulary size ({v} tokens in {MODEL_JSON})",
         ("alpha", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
         ("features", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
         ("keys", 2): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
+        ("tags", 1): f"the {len(bundle.tag_labels)} tag labels in {MODEL_JSON}",
     }
     path = bundle.path / name
     for kind, expected, actual in (("input", inputs, sig.inputs), ("output", outputs, sig.outputs)):

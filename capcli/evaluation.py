@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from capcli.errors import FatalError
+from capcli.hallucination import hallucination
 from capcli.metrics import METRICS, PROTOCOL, coco_scores
 from capcli.train.datasets import Split
 from capcli.writers import COLUMNS, read_records
@@ -54,6 +55,13 @@ class Report:
             how = f"captions from {p['captions']}"
         out = [head, f"{how}; {PROTOCOL}"]
         out += [f"{name:<8} {self.metrics[name]:.3f}" for name in METRICS if name in self.metrics]
+        if "object_hallucination" in self.metrics:
+            m = self.metrics
+            out += [
+                f"objects: {m['object_hallucination']:.3f} of {int(m['object_mentions']):,} object words name something "
+                "no reference of their photo mentions (CHAIR-i);",
+                f"         {m['caption_hallucination']:.3f} of the captions have at least one (CHAIR-s)",
+            ]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +75,7 @@ def score(split: Split, hypotheses: Hypotheses, protocol: dict[str, Any], meteor
     references = {str(s.image): list(s.captions) for s in split.samples}
     refs = {k: references[k] for k in hypotheses.captions}
     metrics = coco_scores(refs, hypotheses.captions, meteor=meteor)
+    metrics.update(hallucination(refs, hypotheses.captions))
     protocol = {
         "dataset": split.dataset, "split": split.split, "images": len(hypotheses.captions),
         "split_images": len(split.samples), "references": sum(len(r) for r in refs.values()),

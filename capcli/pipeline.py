@@ -217,6 +217,8 @@ def ok_record(item: Item, caption: Any, n_frames: int = 1) -> Record:
     record = _head(item) | {"status": "ok", "caption": caption.text, "score": round(float(caption.score), 4)}
     if n_frames > 1:
         record["n_frames"] = n_frames
+    if getattr(caption, "tags", None) is not None:
+        record["tags"] = [{"label": label, "p": round(p, 4)} for label, p in caption.tags]
     return record
 
 

@@ -46,8 +46,7 @@ from capcli.errors import FatalError
 from capcli.text import Vocab, detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-CONTEXT = ("features", "keys")  # per-image decoder inputs, computed once by the encoder
-Context = dict[str, Any]  # "features"/"keys" as numpy arrays (CPU) or OrtValues on the GPU
+Context = dict[str, Any]  # the bundle's context_names as numpy arrays (CPU) or OrtValues on the GPU
 
 
 @dataclass
@@ -56,6 +55,7 @@ class Caption:
     tokens: list[str]  # the words, no special tokens
     score: float  # length-normalised log-probability (see capcli.decode)
     alphas: np.ndarray | None  # (T, gh, gw) attention behind each word of the chosen hypothesis
+    tags: list[tuple[str, float]] | None = None  # the tagger's top classes (label, probability), when asked
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -105,6 +105,7 @@ class Captioner:
         threads: int | None = None,
         lanes: int | None = None,
         precision: str = "auto",
+        tags: int = 0,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
@@ -113,6 +114,10 @@ class Captioner:
                              "(`capcli export BUNDLE -o OUT --quantize` adds one)")  # fmt: skip
         if beam < 1:
             raise ValueError("beam must be at least 1")
+        if tags and not bundle.has_tags:
+            raise FatalError(f"--tags: the model {bundle.path} has no tagger (bundles exported from a model "
+                             "with a tagger have one, as the shipped model does)")  # fmt: skip
+        self.tags = tags
         if max_len is not None and max_len < 1:
             raise ValueError("max_len must be at least 1")
         self.bundle = bundle
@@ -175,13 +180,14 @@ class Captioner:
         return f"cuda:{self._cuda_id}" if self._cuda_id is not None else "cpu"
 
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Images (B, 3, H, W) -> {"features" (B, L, D), "keys" (B, L, A), "h" (B, H)[, "c"]}."""
+        """Images (B, 3, H, W) -> {"features" (B, L, D), "keys" (B, A, L), "h" (B, H)[, "c"][, "concept" (B, C)]
+        [, "tags" (B, K)]}."""
         outputs = self._encoder.run(self._encoder_outputs, {"image": self._check_images(images)})
         return dict(zip(self._encoder_outputs, outputs))
 
     def bind_context(self, encoded: dict[str, np.ndarray], images: np.ndarray | None = None) -> Context:
         """The features (M, L, D) and keys (M, A, L) of ``images`` (default: all), ready for :meth:`step`."""
-        context = {name: encoded[name] if images is None else encoded[name][images] for name in CONTEXT}
+        context = {name: encoded[name] if images is None else encoded[name][images] for name in self.bundle.context_names}
         if self._cuda_id is not None:  # upload once; every step binds the same device buffers
             return {name: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self._cuda_id) for name, v in context.items()}
         return context
@@ -213,7 +219,8 @@ class Captioner:
         return out["logprobs"], new_state, out["alpha"]
 
     def caption(self, images: np.ndarray) -> list[Caption]:
-        """Images (B, 3, H, W) float32, preprocessed per ``bundle.preprocess`` -> B captions."""
+        """Images (B, 3, H, W) float32, preprocessed per ``bundle.preprocess`` -> B captions
+        (with the tagger's top ``tags`` classes when the captioner was made with ``tags``)."""
         if len(images) == 0:
             return []
         started = time.perf_counter()
@@ -233,6 +240,9 @@ class Captioner:
         else:
             hyps = beam_search(step, state, self.spec, beam=self.beam)
         captions = [self._to_caption(h) for h in hyps]
+        if self.tags:
+            for caption, probs in zip(captions, encoded["tags"]):
+                caption.tags = top_tags(probs, self.bundle.tag_labels, self.tags)
         with self._seconds_lock:
             self.seconds["encode"] += encoded_at - started
             self.seconds["decode"] += time.perf_counter() - encoded_at
@@ -248,6 +258,12 @@ class Captioner:
         if images.ndim != 4 or images.shape[1:] != (3, h, w):
             raise ValueError(f"images must be (B, 3, {h}, {w}), got {images.shape}")
         return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def top_tags(probs: np.ndarray, labels: tuple[str, ...], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable classes of one image's probabilities (K,), best first (ties: lower index)."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(labels[i], float(probs[i])) for i in order]
 
 
 def _session_options(threads: int | None) -> ort.SessionOptions:

@@ -97,6 +97,8 @@ def _close(stream: BinaryIO, close_stream: bool) -> None:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, (list, dict)):  # tags: a JSON cell
+        return json.dumps(value, ensure_ascii=False)
     text = str(value)
     if isinstance(value, str) and text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
         return "'" + text

@@ -37,6 +37,7 @@ from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, 
 from capcli.errors import FatalError
 from capcli.text import Vocab
 from capcli.train.model import CaptionModel, Decoder, ModelConfig
+from capcli.train.tagger import labels_for
 
 DEFAULT_OPSET = 17
 BATCH = "batch"  # images, in encoder.onnx and in the decoder's context inputs
@@ -44,36 +45,45 @@ ROWS = "rows"  # decoder rows: a whole number of them per image
 
 
 class EncoderGraph(nn.Module):
-    """encoder.onnx: image -> features, keys, h[, c]."""
+    """encoder.onnx: image -> features, keys[, concept], h[, c][, tags]."""
 
     def __init__(self, model: CaptionModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.model.features(self.model.backbone_grid(image))  # (B, L, D)
-        keys, state = self.model.decoder.init(features)  # (B, A, L), each (B, H)
-        return (features, keys, *state)
+        encoded = self.model.encode(image)
+        tags = (encoded.tags,) if encoded.tags is not None else ()
+        return (*encoded.context, *encoded.state, *tags)
 
 
 class DecoderStep(nn.Module):
-    """decoder.onnx: token (N,), h[, c] (N, H), features (M, L, D), keys (M, A, L) -> logprobs, h_out[, c_out], alpha.
+    """decoder.onnx: token (N,), h[, c] (N, H), features (M, L, D), keys (M, A, L)[, concept (M, C)]
+    -> logprobs, h_out[, c_out], alpha.
 
     N rows of M images, image-major (see :class:`capcli.train.model.Attention`).
     """
 
-    def __init__(self, decoder: Decoder) -> None:
+    def __init__(self, decoder: Decoder, grounded: bool) -> None:
         super().__init__()
-        self.decoder = decoder
+        self.decoder, self.grounded = decoder, grounded
 
     def forward(self, token: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        *state, features, keys = inputs
-        logits, new_state, alpha = self.decoder.step(token, tuple(state), features, keys)
+        if self.grounded:
+            *state, features, keys, concept = inputs
+        else:
+            (*state, features, keys), concept = inputs, None
+        logits, new_state, alpha = self.decoder.step(token, tuple(state), features, keys, concept)
         return (torch.log_softmax(logits, dim=1), *new_state, alpha)  # (N, V), each (N, H), (N, L)
 
 
 def state_names(config: ModelConfig) -> list[str]:
     return ["h"] if config.decoder == "gru" else ["h", "c"]
+
+
+def context_names(config: ModelConfig) -> list[str]:
+    """The decoder's per-image inputs, in the order the encoder outputs them."""
+    return ["features", "keys", *(["concept"] if config.grounded else [])]
 
 
 def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -82,8 +92,9 @@ def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -
     encoder = EncoderGraph(model).eval()
     images = torch.randn(2, 3, *model.backbone.spec.image_size)  # (2, 3, H, W): batch 2, no size-1 axis specialised
     with torch.no_grad():
-        features, keys, *state = encoder(images)
-    enc_out = ["features", "keys", *state_names(cfg)]
+        outputs = encoder(images)
+    context = outputs[: len(context_names(cfg))]
+    enc_out = [*context_names(cfg), *state_names(cfg), *(["tags"] if model.tagger is not None else [])]
     with _quiet_exporter():
         torch.onnx.export(
             encoder, (images,), str(folder / ENCODER), input_names=["image"], output_names=enc_out,
@@ -91,24 +102,27 @@ def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -
             opset_version=opset, dynamo=False,
         )  # fmt: skip
     _fix_context_sizes(folder / ENCODER, cfg)
-    export_decoder(model.decoder, cfg, features, keys, folder / DECODER, opset)
+    export_decoder(model.decoder, cfg, context, folder / DECODER, opset)
 
 
 def export_decoder(
-    decoder: Decoder, cfg: ModelConfig, features: torch.Tensor, keys: torch.Tensor, path: Path, opset: int
+    decoder: Decoder, cfg: ModelConfig, context: tuple[torch.Tensor, ...], path: Path, opset: int
 ) -> None:
-    """Write and check decoder.onnx for ``decoder``, traced on the context of 2 images (2 rows each)."""
+    """Write and check decoder.onnx for ``decoder``, traced on the context of 2 images (2 rows each).
+
+    ``context``: the encoder's per-image outputs, in :func:`context_names` order.
+    """
     states = state_names(cfg)
-    step = DecoderStep(decoder).eval()
-    rows = 2 * features.size(0)  # (2 rows per image: the rows axis is not tied to the images axis)
+    step = DecoderStep(decoder, cfg.grounded).eval()
+    rows = 2 * context[0].size(0)  # (2 rows per image: the rows axis is not tied to the images axis)
     tokens = torch.arange(1, rows + 1, dtype=torch.long) % cfg.vocab_size
     state = [torch.randn(rows, cfg.hidden_dim) for _ in states]
-    dec_in = ["token", *states, "features", "keys"]
+    dec_in = ["token", *states, *context_names(cfg)]
     dec_out = ["logprobs", *(f"{s}_out" for s in states), "alpha"]
-    axes = {name: {0: BATCH if name in ("features", "keys") else ROWS} for name in dec_in + dec_out}
+    axes = {name: {0: BATCH if name in context_names(cfg) else ROWS} for name in dec_in + dec_out}
     with _quiet_exporter():
         torch.onnx.export(
-            step, (tokens, *state, features, keys), str(path), input_names=dec_in, output_names=dec_out,
+            step, (tokens, *state, *context), str(path), input_names=dec_in, output_names=dec_out,
             dynamic_axes=axes, opset_version=opset, dynamo=False,
         )  # fmt: skip
     _fix_context_sizes(path, cfg)
@@ -122,7 +136,8 @@ def _fix_context_sizes(path: Path, cfg: ModelConfig) -> None:
     import onnx
 
     regions = cfg.grid[0] * cfg.grid[1]
-    fixed = {"features": [regions, cfg.feature_dim], "keys": [cfg.attention_dim, regions]}  # beyond the batch axis
+    fixed = {"features": [regions, cfg.feature_dim], "keys": [cfg.attention_dim, regions],
+             "concept": [cfg.concept_dim], "tags": [cfg.classes]}  # beyond the batch axis  # fmt: skip
     graph = onnx.load(str(path))
     for value in [*graph.graph.input, *graph.graph.output]:
         for dim, size in zip(value.type.tensor_type.shape.dim[1:], fixed.get(value.name, [])):
@@ -151,10 +166,16 @@ def bundle_meta(
         "backbone": {"name": cfg.backbone, "source": spec.source, "image_size": list(spec.image_size),
                      "channels": spec.channels, "pretrained": cfg.pretrained},  # fmt: skip
         "model_config": cfg.to_dict(),
+        **({"concept": {"dim": cfg.concept_dim, "top_k": cfg.concepts}} if cfg.grounded else {}),
+        **({"tags": {"labels": list(labels_for(cfg.backbone)), "source": _tag_source(cfg)}} if cfg.classes else {}),
         "opset": opset,
         "files": {name: {"sha256": sha256_bytes((folder / name).read_bytes())} for name in (ENCODER, DECODER)},
         "provenance": provenance,
     }
+
+
+def _tag_source(cfg: ModelConfig) -> str:
+    return f"the {cfg.backbone} ImageNet-1k classifier, unmodified (its own top {cfg.tagger_stages} stages)"
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -112,16 +112,17 @@ def check_parity(
     names = bundle.state_names
     ort_out = captioner.encode(pixels)
     with torch.no_grad():
-        x = torch.from_numpy(pixels)
-        features = model.features(model.backbone_grid(x))  # (B, L, D)
-        keys, state = model.decoder.init(features)
-        for name, ref in zip(("features", "keys", *names), (features, keys, *state)):
+        encoded = model.encode(torch.from_numpy(pixels))
+        features, keys, state, concept = encoded.features, encoded.keys, encoded.state, encoded.concept
+        for name, ref in zip((*bundle.context_names, *names), (*encoded.context, *state)):
             note(name, ort_out[name], ref)
+        if encoded.tags is not None:
+            note("tags", ort_out["tags"], encoded.tags)
         ort_state = {name: ort_out[name] for name in names}
         context = captioner.bind_context(ort_out)
         tokens = torch.full((len(pixels),), bundle.vocab.start_id, dtype=torch.long)
         for t in range(steps):
-            logits, state, alpha = model.decoder.step(tokens, state, features, keys)
+            logits, state, alpha = model.decoder.step(tokens, state, features, keys, concept)
             logprobs = torch.log_softmax(logits, dim=1)  # (B, V)
             ort_logprobs, ort_state, ort_alpha = captioner.step(tokens.numpy(), ort_state, context)
             note("logprobs", ort_logprobs, logprobs)

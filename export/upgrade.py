@@ -72,7 +72,7 @@ def upgrade_bundle(
         regions = cfg.grid[0] * cfg.grid[1]
         features = torch.randn(2, regions, cfg.feature_dim)  # (2, L, D) tracing inputs
         keys = torch.randn(2, cfg.attention_dim, regions)  # (2, A, L)
-        export_decoder(_decoder_from_graph(files[DECODER], cfg), cfg, features, keys, tmp / DECODER,
+        export_decoder(_decoder_from_graph(files[DECODER], cfg), cfg, (features, keys), tmp / DECODER,
                        meta.get("opset", DEFAULT_OPSET))  # fmt: skip
         new_meta = copy.deepcopy(meta)
         new_meta["format_version"] = FORMAT_VERSION

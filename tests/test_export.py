@@ -58,7 +58,7 @@ def test_model_json_describes_the_model(tmp_path: Path) -> None:
     model = make_tiny_model(vocab, "lstm")
     out = export_bundle(model, vocab, tmp_path / "b", provenance={"dataset": "flickr8k"})
     meta = json.loads((out / "model.json").read_text())
-    assert meta["format"] == "capcli-bundle" and meta["format_version"] == 2
+    assert meta["format"] == "capcli-bundle" and meta["format_version"] == 3
     assert meta["vocab"]["tokens"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert meta["preprocess"] == {"size": [64, 64], "resize": "squash", "interpolation": "bilinear",
                                   "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # fmt: skip

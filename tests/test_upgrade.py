@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from capcli.bundle import DECODER, ENCODER, load_bundle
+from capcli.bundle import DECODER, ENCODER, FORMAT_VERSION, load_bundle
 from capcli.cli import main
 from capcli.errors import BundleError
 
@@ -86,7 +86,7 @@ def test_upgrade_keeps_the_captions_and_records_how(tmp_path: Path, photos: Path
 
     bundle = load_bundle(new)  # format 2: validates
     meta, before = bundle.meta, json.loads((old / "model.json").read_text())
-    assert meta["format_version"] == 2 and meta["vocab"] == before["vocab"] and meta["grid"] == before["grid"]
+    assert meta["format_version"] == FORMAT_VERSION and meta["vocab"] == before["vocab"] and meta["grid"] == before["grid"]
     upgrade = meta["provenance"]["upgrade"]
     assert upgrade["from_format"] == 1 and upgrade["source"][DECODER] == before["files"][DECODER]["sha256"]
     assert upgrade["parity"]["inputs"] == "3 photo(s)" and max(upgrade["parity"]["max_abs_diff"].values()) < 1e-4

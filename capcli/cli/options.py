@@ -57,6 +57,7 @@ class CaptionSettings:
     retry_errors: bool = False
     attention_dir: str | None = None  # write an attention figure per captioned input here
     shard: tuple[int, int] | None = None  # (K, N): only the inputs of shard K of N
+    tags: int = 0  # add the tagger's top-K classes to each record
 
 
 def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -108,6 +109,9 @@ _OPTIONS = [
     click.option("--attention-dir", metavar="DIR", default=None,
                  help="Also draw each caption's attention, word by word, as DIR/<index>-<name>.png "
                       "(the record's \"attention\" field)."),
+    click.option("--tags", type=click.IntRange(min=0), metavar="K", default=0,
+                 help="Also list the model's top K ImageNet labels with their probabilities "
+                      "(the record's \"tags\" field), from the same encoder pass."),
     click.option("--shard", metavar="K/N", default=None, callback=_parse_shard,
                  help="Caption only shard K of N (K from 0), chosen by a stable hash of each input, "
                       "so N jobs split the inputs without coordination; indexes stay global."),
@@ -130,7 +134,7 @@ def load_captioner(settings: CaptionSettings) -> tuple[Captioner, Preprocess]:
 
     try:
         captioner = OrtCaptioner(bundle, device=settings.device, beam=settings.beam, max_len=settings.max_len,
-                                 precision=settings.precision)  # fmt: skip
+                                 precision=settings.precision, tags=settings.tags)  # fmt: skip
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--device'") from None
     return captioner, bundle.preprocess
@@ -156,6 +160,8 @@ def run_captioning(
     device = ""
     if settings.attention_dir:
         extra_columns += ("attention",)
+    if settings.tags:
+        extra_columns += ("tags",)
     if settings.shard:
         items = take_shard(items, *settings.shard)
     try:

@@ -16,6 +16,9 @@ Formats (``--dataset``):
   with the image folder ``train2017/`` etc.  ``dev`` is the val file.
 - ``karpathy``: ``dataset_{coco,flickr8k,flickr30k}.json``; train includes
   ``restval`` (the usual "train+restval"), dev is ``val``.
+- ``coco-everyday``: ``captions.csv`` (``image,caption,split``) with the photos
+  in ``images/``; its caption-only ``text-captions.csv`` is read by
+  :func:`load_text_captions`.
 - ``csv``: a generic ``image,caption`` CSV or JSONL (``{"image", "caption"}`` or
   ``{"image", "captions": [...]}``), with an optional ``split`` column; without
   one, a stable hash of the image name puts 10 % of the images in dev.
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from capcli.errors import FatalError
 
-DATASETS = ("flickr8k", "flickr30k", "coco", "karpathy", "csv")
+DATASETS = ("flickr8k", "flickr30k", "coco", "coco-everyday", "karpathy", "csv")
 SPLITS = ("train", "dev", "test")
 _SPLIT_ALIASES = {"train": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test"}
 # Folder names the photos come in, tried in order when --images is not given.
@@ -100,7 +103,26 @@ def load_split(dataset: str, data: Path, split: str, images: Path | None = None)
         return _load_karpathy(data, split, images)
     if dataset == "csv":
         return _load_generic(data, split, images)
+    if dataset == "coco-everyday":
+        folder = data if data.is_dir() else data.parent
+        everyday = _load_generic(data, split, images if images is not None else folder / "images")
+        everyday.dataset = "coco-everyday"
+        return everyday
     raise FatalError(f"unknown data set kind {dataset!r}; choose from {', '.join(DATASETS)}")
+
+
+def load_text_captions(path: Path) -> dict[str, list[str]]:
+    """Caption-only sentences (``coco_id,caption`` CSV, as coco-everyday's ``text-captions.csv``), by photo id.
+
+    Malformed rows are skipped; a missing file is fatal.
+    """
+    if not Path(path).is_file():
+        raise FatalError(f"caption-only text not found: {path}")
+    collector = _Collector()
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            collector.add(row.get("coco_id"), row.get("caption"))
+    return collector.captions
 
 
 # -- shared helpers -----------------------------------------------------------

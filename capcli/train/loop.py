@@ -227,7 +227,7 @@ def _train(
     by_image = self_critical or options.batch_by == "image" or (options.batch_by == "auto" and config.finetune_blocks > 0)
     steps_per_epoch = len(list(batches(train_data, options.batch_size, by_image, options.seed, epoch=1)))
     optimizer = _optimizer(model, tuned, options)
-    scheduler = _one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
+    scheduler = one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "metrics": {}}
     first_epoch, step = 1, 0
@@ -467,7 +467,7 @@ def _self_critical_step(
     return StepLoss(loss, ("train_reward",))
 
 
-def _one_cycle(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.OneCycleLR:
+def one_cycle(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.OneCycleLR:
     """Warm up for a ``warmup`` fraction of ``steps``, then anneal (cosine) to near zero."""
     # OneCycleLR divides by its phases' lengths in steps: a debug run of a few steps gets a longer warmup.
     steps = max(2, steps)

@@ -34,11 +34,23 @@ class ModelConfig:
     dropout: float = 0.5
     max_len: int = 20  # words, not counting <start>/<end>
     finetune_blocks: int = 0  # top backbone stages trained; 0 = frozen backbone
+    # Grounding (see capcli.train.tagger): the decoder also reads the backbone's own top ``concepts``
+    # ImageNet classes, weighted by their renormalised probabilities, as one (concept_dim,) vector.
+    concepts: int = 0  # 0 = no tagger and no concept input (the models before grounding)
+    concept_dim: int = 256
+    classes: int = 0  # the tagger's classes (1,000 for ImageNet); 0 = no tagger
+    tagger_stages: int = 0  # top backbone stages the tagger keeps its own pristine copy of
 
     def __post_init__(self) -> None:
         if self.decoder not in ("gru", "lstm"):
             raise ValueError(f"decoder must be 'gru' or 'lstm', not {self.decoder!r}")
         check_name(self.backbone)
+        if self.concepts and not self.classes:
+            raise ValueError("a concept input needs the tagger's classes (classes > 0)")
+
+    @property
+    def grounded(self) -> bool:
+        return self.concepts > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,40 +116,94 @@ class Decoder(nn.Module):
         self.attention = Attention(h, a)
         self.embed = nn.Embedding(cfg.vocab_size, e)
         self.gate = nn.Linear(h, d)  # "doubly stochastic" gate beta = sigmoid(W h)
+        c = cfg.concept_dim if cfg.grounded else 0  # the concept vector's width (0: no concept input)
+        self.top_k = cfg.concepts
+        if cfg.grounded:
+            self.concept_embed = nn.Embedding(cfg.classes, c)
         cell = nn.GRUCell if cfg.decoder == "gru" else nn.LSTMCell
-        self.cell = cell(e + d, h)
+        self.cell = cell(e + d + c, h)
         n_states = 1 if cfg.decoder == "gru" else 2
-        self.init_state = nn.ModuleList(nn.Linear(d, h) for _ in range(n_states))
+        self.init_state = nn.ModuleList(nn.Linear(d + c, h) for _ in range(n_states))
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(h, cfg.vocab_size)
 
-    def init(self, features: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """Per-image work done once: attention keys (B, A, L) and the initial state."""
-        keys = self.keys(features).transpose(1, 2).contiguous()  # (B, A, L)
-        mean = features.mean(dim=1)  # (B, D)
+    def concept(self, classes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Top classes (B, k) with weights (B, k) summing to 1 -> concept vector (B, C)."""
+        return (weights.unsqueeze(2) * self.concept_embed(classes)).sum(dim=1)  # (B, C)
+
+    def concept_of(self, probs: torch.Tensor) -> torch.Tensor:
+        """The tagger's class probabilities (B, K) -> concept vector (B, C) of its top ``concepts`` classes."""
+        top, classes = probs.topk(self.top_k, dim=1)  # each (B, k)
+        return self.concept(classes, top / top.sum(dim=1, keepdim=True))
+
+    def init(
+        self, features: torch.Tensor | None, concept: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, State]:
+        """Per-image work done once: attention keys (B, A, L) and the initial state.
+
+        ``features=None``: captions without a photo (training on text alone), from the concept only.
+        """
+        if features is None:
+            assert concept is not None
+            keys, mean = None, concept.new_zeros(concept.size(0), self.keys.in_features)  # (B, D)
+        else:
+            keys = self.keys(features).transpose(1, 2).contiguous()  # (B, A, L)
+            mean = features.mean(dim=1)  # (B, D)
+        if concept is not None:
+            mean = torch.cat([mean, concept], dim=1)  # (B, D + C)
         state = tuple(torch.tanh(layer(mean)) for layer in self.init_state)  # each (B, H)
         return keys, state
 
     def step(
-        self, tokens: torch.Tensor, state: State, features: torch.Tensor, keys: torch.Tensor
-    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        self,
+        tokens: torch.Tensor,
+        state: State,
+        features: torch.Tensor | None,
+        keys: torch.Tensor | None,
+        concept: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """One word for N rows of M images (rows image-major, see :class:`Attention`).
 
-        tokens (N,), state each (N, H), features (M, L, D), keys (M, A, L) ->
-        (logits (N, V), new state, attention weights (N, L)).
+        tokens (N,), state each (N, H), features (M, L, D), keys (M, A, L),
+        concept (M, C) for a grounded decoder -> (logits (N, V), new state,
+        attention weights (N, L)).
         """
         h = state[0]  # (N, H)
-        alpha = self.attention(h, keys)  # (N, L)
-        m, regions, d = features.shape
-        context = torch.matmul(alpha.reshape(m, -1, regions), features).reshape(-1, d)  # (N, D)
-        context = torch.sigmoid(self.gate(h)) * context  # (N, D)
-        x = torch.cat([self.embed(tokens), context], dim=1)  # (N, E + D)
+        if features is None:  # no photo (training on text alone): no regions to attend to
+            assert concept is not None
+            m, alpha = concept.size(0), None
+            context = h.new_zeros(h.size(0), self.keys.in_features)  # (N, D)
+        else:
+            alpha = self.attention(h, keys)  # (N, L)
+            m, regions, d = features.shape
+            context = torch.matmul(alpha.reshape(m, -1, regions), features).reshape(-1, d)  # (N, D)
+            context = torch.sigmoid(self.gate(h)) * context  # (N, D)
+        parts = [self.embed(tokens), context]
+        if concept is not None:
+            parts.append(concept.unsqueeze(1).expand(m, h.size(0) // m, -1).reshape(h.size(0), -1))  # (N, C)
+        x = torch.cat(parts, dim=1)  # (N, E + D [+ C])
         if self.kind == "gru":
             new_state: State = (self.cell(x, h),)
         else:
             new_state = tuple(self.cell(x, (state[0], state[1])))
         logits = self.out(self.dropout(new_state[0]))  # (N, V)
         return logits, new_state, alpha
+
+
+@dataclass
+class Encoded:
+    """The per-image outputs of the encoder: decoder context, initial state and the tagger's classes."""
+
+    features: torch.Tensor  # (B, L, D)
+    keys: torch.Tensor  # (B, A, L)
+    state: State  # each (B, H)
+    concept: torch.Tensor | None  # (B, C) for a grounded decoder
+    tags: torch.Tensor | None  # (B, K) class probabilities, when the model has a tagger
+
+    @property
+    def context(self) -> tuple[torch.Tensor, ...]:
+        """The decoder's per-image inputs in the bundle's order: features, keys[, concept]."""
+        return (self.features, self.keys, *([self.concept] if self.concept is not None else []))
 
 
 class CaptionModel(nn.Module):
@@ -148,10 +214,26 @@ class CaptionModel(nn.Module):
         c, d = cfg.backbone_channels, cfg.feature_dim
         self.project = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, d), nn.ReLU())
         self.decoder = Decoder(cfg)
+        self.tagger: nn.Module | None = None
+        if cfg.classes:
+            from capcli.train.tagger import build_tagger
+
+            self.tagger = build_tagger(cfg.backbone, cfg.tagger_stages, pretrained=cfg.pretrained)
+            self.tagger.requires_grad_(False)  # the backbone's own classifier stays as ImageNet trained it
 
     def backbone_grid(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> region grid (B, L, C): the cacheable part."""
         return region_grid(self.backbone(images))  # (B, L, C)
+
+    def grid_and_tags(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) -> region grid (B, L, C) and the tagger's class probabilities (B, K).
+
+        The stages below the tagger's copy run once for both.
+        """
+        assert self.tagger is not None
+        shared, top = self.backbone.split(self.config.tagger_stages)
+        x = shared(images)  # (B, C', h', w')
+        return region_grid(top(x)), self.tagger(x)
 
     def frozen_and_trainable_backbone(self) -> tuple[nn.Sequential, nn.Sequential]:
         """Split at ``finetune_blocks``: cache the first part, train the second."""
@@ -160,21 +242,40 @@ class CaptionModel(nn.Module):
     def trainable_backbone_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.frozen_and_trainable_backbone()[1].parameters()]
 
+    def encode(self, images: torch.Tensor) -> "Encoded":
+        """Images (B, 3, H, W) -> what encoder.onnx computes once per image."""
+        if self.tagger is None:
+            grid, tags = self.backbone_grid(images), None  # (B, L, C)
+        else:
+            grid, tags = self.grid_and_tags(images)  # (B, L, C), (B, K)
+        features = self.features(grid)  # (B, L, D)
+        concept = self.decoder.concept_of(tags) if self.config.grounded else None  # (B, C)
+        keys, state = self.decoder.init(features, concept)  # (B, A, L), each (B, H)
+        return Encoded(features, keys, state, concept, tags)
+
     def features(self, grid: torch.Tensor) -> torch.Tensor:
         """Region grid (B, L, C) -> projected features (B, L, D)."""
         return self.project(grid)
 
-    def forward(self, grid: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, grid: torch.Tensor, captions: torch.Tensor, concept: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: predict captions[:, 1:] from captions[:, :-1].
 
-        grid (B, L, C); captions (B, T) token ids starting with <start>.
+        grid (B, L, C); captions (B, T) token ids starting with <start>;
+        concept (B, C) for a grounded decoder.
         Returns logits (B, T-1, V) and attention weights (B, T-1, L).
         """
-        features = self.features(grid)  # (B, L, D)
-        keys, state = self.decoder.init(features)
+        return self.teacher_forced(self.features(grid), captions, concept)
+
+    def teacher_forced(
+        self, features: torch.Tensor | None, captions: torch.Tensor, concept: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` from projected features (B, L, D); None: captions without photos (no attention)."""
+        keys, state = self.decoder.init(features, concept)
         logits, alphas = [], []
         for t in range(captions.size(1) - 1):
-            step_logits, state, alpha = self.decoder.step(captions[:, t], state, features, keys)
+            step_logits, state, alpha = self.decoder.step(captions[:, t], state, features, keys, concept)
             logits.append(step_logits)
             alphas.append(alpha)
-        return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
+        return torch.stack(logits, dim=1), None if features is None else torch.stack(alphas, dim=1)

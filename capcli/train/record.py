@@ -17,7 +17,18 @@ LICENCES = {
     "flickr8k": "Flickr8k: research use only (Hodosh, Young & Hockenmaier 2013); photos from Flickr",
     "flickr30k": "Flickr30k: research use only; photos from Flickr",
     "coco": "COCO captions: CC BY 4.0; photos from Flickr under their own licences",
+    "coco-everyday": "COCO captions: CC BY 4.0 (Lin et al. 2014, Chen et al. 2015); photos from Flickr under their "
+                     "own licences (COCO terms of use)",
 }
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """The machine a run trains on: CPU, cores, device (and GPU), torch and Python versions."""
+    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "device": str(device),
+                            "torch": str(torch.__version__), "python": platform.python_version()}  # fmt: skip
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 class RunInfo:
@@ -37,10 +48,7 @@ class RunInfo:
         self.feature_seconds, self.distributed, self.initialised_from = feature_seconds, distributed, initialised_from
 
     def hardware(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "device": str(self.device),
-                                "torch": str(torch.__version__), "python": platform.python_version()}  # fmt: skip
-        if self.device.type == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(self.device)
+        info = hardware(self.device)
         if self.distributed:
             info["distributed"] = self.distributed
         return info

@@ -89,3 +89,12 @@ class _LiteBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x, drop_connect_rate=self.drop_connect_rate)
 
+
+
+def classifier(name: str, pretrained: bool) -> nn.Linear:
+    """The network's own ImageNet classification layer (1280 -> 1000), on the pooled head output."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if pretrained:
+        return EfficientNet.from_pretrained(name, weights_path=_weights_path(name))._fc
+    return EfficientNet.from_name(name)._fc

@@ -1,0 +1,76 @@
+"""``capcli train-grounded``: the everyday-photo recipe (a trained encoder + tagger, a decoder on photos and text)."""
+
+from __future__ import annotations
+
+import click
+
+from capcli.cli import main
+from capcli.errors import CapcliError, ExitStatus
+
+
+def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, int]:
+    try:
+        pairs = [part.split("=") for part in value.split(",")]
+        repeat = {name.strip(): int(times) for name, times in pairs}
+    except ValueError:
+        raise click.BadParameter("expected NAME=TIMES,... e.g. flickr8k=1,everyday=6,text=1") from None
+    unknown = set(repeat) - {"flickr8k", "everyday", "text"}
+    if unknown or any(t < 0 for t in repeat.values()):
+        raise click.BadParameter("names are flickr8k, everyday and text; times are whole numbers >= 0")
+    return repeat
+
+
+@main.command("train-grounded")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Checkpoint whose encoder (backbone, fine-tuned stages, projection) is kept, frozen.")
+@click.option("--flickr", type=click.Path(exists=True, file_okay=False), required=True, help="Flickr8k folder.")
+@click.option("--everyday", type=click.Path(exists=True, file_okay=False), required=True,
+              help="coco-everyday folder: captions.csv, images/, text-captions.csv.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt with its saved settings.")
+@click.option("--repeat", default="flickr8k=1,everyday=6,text=1", show_default=True, callback=_repeat,
+              help="The mix: how many times each part's captions come in one epoch.")
+@click.option("--concepts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Top tagger classes the decoder reads.")
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True)
+@click.option("--min-count", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--visual-dropout", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
+              help="Share of photo captions trained without their regions.")
+@click.option("--concept-dropout", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
+              help="Share of photo captions trained without their concept.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default="runs/cache", show_default=True,
+              help="Feature cache folder.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Debug: the first N photos of each part.")
+@click.pass_context
+def train_grounded_command(ctx: click.Context, resume: bool, **options: object) -> None:
+    """Train a grounded decoder: it reads the photo's regions and the backbone's own ImageNet classes.
+
+    \b
+    The encoder of --init stays frozen; a pristine copy of the backbone's top
+    stages and its ImageNet classifier become the tagger; the decoder learns
+    from Flickr8k and the everyday photos, and from the caption-only COCO
+    sentences with concepts inferred from their words. Dev: Flickr8k and
+    everyday dev, greedy, CIDEr-D, BLEU-4 and object hallucination.
+
+    \b
+    Example (the shipped model's recipe; see docs/training.md):
+      capcli train-grounded --init runs/shipped.pt --flickr ../shared/data/flickr8k \\
+        --everyday ../shared/data/coco-everyday --out runs/grounded
+    """
+    try:
+        from capcli.train.grounded import GroundedOptions, train_grounded
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"training needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
+        ) from None
+    try:
+        train_grounded(GroundedOptions(**options), resume=resume)  # type: ignore[arg-type]
+    except CapcliError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(int(ExitStatus.FATAL))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; continue with the same command plus --resume (--out {options['out']})", err=True)
+        ctx.exit(int(ExitStatus.INTERRUPTED))

@@ -1,0 +1,424 @@
+"""Grounded training: an attention decoder that also reads what the tagger recognises.
+
+The recipe behind the everyday-photo model (issue "Everyday photos"):
+
+- the **encoder** is a trained captioner's (``--init``): its backbone, fine-tuned
+  top stages and region projection stay frozen, so every photo's projected
+  region features are computed once;
+- the **tagger** is the backbone's own untouched ImageNet head beside it
+  (:mod:`capcli.train.tagger`); its top ``concepts`` classes, weighted by their
+  renormalised probabilities, are the decoder's *concept* input;
+- the **decoder** is trained anew, with a vocabulary over all the text, on a
+  mix of paired photos (Flickr8k train, the everyday train photos) and
+  caption-only sentences (COCO text), whose concepts are inferred from their
+  words (:mod:`capcli.train.concepts`) and whose region features are zeros.
+  Paired photos lose their regions (``visual_dropout``) or their concept
+  (``concept_dropout``) now and then, so the decoder learns to caption from
+  either alone as well as from both.
+
+One epoch is every caption of each part, repeated ``repeat`` times (the mix),
+shuffled.  Dev: greedy captions of the Flickr8k and everyday dev photos with
+the runtime's search rules, CIDEr-D and BLEU-4 (Java-free), and the object
+hallucination rate (:mod:`capcli.hallucination`).  ``best.pt`` keeps the epoch
+with the best sum of the two dev CIDEr-D; ``last.pt`` is written after every
+epoch and ``resume=True`` continues from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from capcli import decode
+from capcli.errors import FatalError
+from capcli.hallucination import hallucination
+from capcli.metrics import quick_scores
+from capcli.runtime import NO_REPEAT_NGRAM, dangling_ids
+from capcli.text import Vocab, detokenize, tokenize
+from capcli.train import checkpoint
+from capcli.train.backbones import preprocess_for
+from capcli.train.checkpoint import atomic_write_text
+from capcli.train.concepts import ConceptModel, top_concepts
+from capcli.train.datasets import Split, load_split, load_text_captions
+from capcli.train.features import cached_features, module_fingerprint
+from capcli.train.loop import one_cycle
+from capcli.train.model import CaptionModel, ModelConfig, region_grid
+from capcli.train.record import hardware
+from capcli.train.tagger import build_tagger, labels_for
+
+
+@dataclass
+class GroundedOptions:
+    init: str  # checkpoint whose encoder (backbone, tuned stages, projection) is kept
+    flickr: str  # Flickr8k folder
+    everyday: str  # coco-everyday folder (paired photos and text-captions.csv)
+    out: str
+    concepts: int = 5
+    concept_dim: int = 256
+    min_count: int = 8
+    max_len: int = 20
+    repeat: dict[str, int] = field(default_factory=lambda: {"flickr8k": 1, "everyday": 6, "text": 1})
+    visual_dropout: float = 0.2
+    concept_dropout: float = 0.1
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    clip: float = 5.0
+    label_smoothing: float = 0.1
+    attention_penalty: float = 1.0
+    dropout: float = 0.3
+    seed: int = 0
+    threads: int | None = None
+    cache_dir: str = "runs/cache"
+    limit: int | None = None  # debug: the first N photos / sentences of each part
+
+
+@dataclass
+class Part:
+    """Captions of one source: ids, and the photo (feature row) or pseudo-concept of each."""
+
+    name: str
+    captions: list[list[int]]  # token ids with <start> and <end>
+    image: np.ndarray  # (C,) feature row of each caption's photo; -1: no photo
+    classes: np.ndarray  # (C, k) concept classes
+    weights: np.ndarray  # (C, k) concept weights
+
+
+@dataclass
+class DevSet:
+    name: str
+    split: Split
+    features: torch.Tensor  # (N, L, D) float16
+    classes: np.ndarray  # (N, k)
+    weights: np.ndarray  # (N, k)
+
+
+def encoder_model(init: str, concepts: int, concept_dim: int, vocab: Vocab, max_len: int, dropout: float) -> CaptionModel:
+    """A grounded model: ``init``'s backbone and projection, a pristine tagger, a new decoder for ``vocab``."""
+    source = checkpoint.load_checkpoint(init).model
+    base = source.config
+    cfg = dataclasses.replace(base, vocab_size=len(vocab), concepts=concepts, concept_dim=concept_dim,
+                              classes=len(labels_for(base.backbone)), tagger_stages=base.finetune_blocks,
+                              max_len=max_len, dropout=dropout)  # fmt: skip
+    model = CaptionModel(dataclasses.replace(cfg, pretrained=False))
+    model.config = cfg
+    model.backbone.load_state_dict(source.backbone.state_dict())
+    model.project.load_state_dict(source.project.state_dict())
+    model.tagger = build_tagger(base.backbone, base.finetune_blocks, pretrained=base.pretrained).eval()
+    model.tagger.requires_grad_(False)
+    model.backbone.requires_grad_(False)
+    model.project.requires_grad_(False)
+    return model
+
+
+@torch.inference_mode()
+def encode_split(model: CaptionModel, split: Split, cache_dir: Path, console: Console) -> tuple[torch.Tensor, np.ndarray]:
+    """Projected region features (N, L, D) float16 and tagger probabilities (N, K) of a split's photos."""
+    shared, top = model.backbone.split(model.config.tagger_stages)
+    identity = {"backbone": model.config.backbone, "frozen_stages": len(shared), "weights": module_fingerprint(shared)}
+    cache = cached_features(shared, identity, preprocess_for(model.config.backbone), [s.image for s in split.samples],
+                            cache_dir=cache_dir, device=torch.device("cpu"), workers=1, console=console,
+                            label=f"{split.dataset} {split.split}")  # fmt: skip
+    if cache.failed:
+        raise FatalError(f"{split.dataset} {split.split}: {len(cache.failed)} photos could not be read")
+    model.eval()
+    feats, probs = [], []
+    for start in range(0, len(split.samples), 64):
+        x = torch.from_numpy(np.asarray(cache.array[start : start + 64])).float()  # (b, C', h', w')
+        feats.append(model.features(region_grid(top(x))).half())  # (b, L, D)
+        probs.append(model.tagger(x).numpy())  # (b, K)
+    return torch.cat(feats), np.concatenate(probs)
+
+
+def _ids(vocab: Vocab, caption: str, max_len: int) -> list[int]:
+    return [vocab.start_id, *vocab.encode(tokenize(caption)[:max_len]), vocab.end_id]
+
+
+def train_grounded(options: GroundedOptions, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True, soft_wrap=True)
+    started = time.time()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = None
+    if resume:
+        state = checkpoint.load(out / "last.pt")
+        options = GroundedOptions(**{**state["options"], "threads": options.threads})
+        if state["finished"]:
+            raise FatalError(f"the run in {out} has already finished: nothing to resume")
+    elif (out / "last.pt").exists():
+        raise FatalError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)  # the new decoder's initial weights
+    flickr, everyday = Path(options.flickr), Path(options.everyday)
+    splits = {
+        "flickr8k": load_split("flickr8k", flickr, "train"),
+        "everyday": load_split("coco-everyday", everyday, "train"),
+        "flickr8k dev": load_split("flickr8k", flickr, "dev"),
+        "everyday dev": load_split("coco-everyday", everyday, "dev"),
+    }
+    text = load_text_captions(everyday / "text-captions.csv")
+    if options.limit:
+        splits = {k: v.limited(options.limit) for k, v in splits.items()}
+        text = dict(list(text.items())[: options.limit])
+    for split in splits.values():
+        console.print(split.describe())
+    console.print(f"caption-only text: {sum(map(len, text.values())):,} sentences of {len(text):,} photos")
+
+    train_text = [tokenize(c) for name in ("flickr8k", "everyday") for s in splits[name].samples for c in s.captions]
+    train_text += [tokenize(c) for caps in text.values() for c in caps]
+    vocab = Vocab(tuple(state["vocab"])) if state else Vocab.build(train_text, options.min_count)
+    model = encoder_model(options.init, options.concepts, options.concept_dim, vocab, options.max_len, options.dropout)
+    if state:
+        model.load_state_dict(state["model"])
+    labels = labels_for(model.config.backbone)
+    console.print(f"vocabulary: {len(vocab):,} words (seen >= {options.min_count} times); "
+                  f"concepts: top {options.concepts} of {len(labels)} tagger classes")  # fmt: skip
+
+    t0 = time.time()
+    encoded = {name: encode_split(model, split, Path(options.cache_dir), console) for name, split in splits.items()}
+    feature_seconds = time.time() - t0
+    concept_model = ConceptModel.fit(
+        np.concatenate([encoded["flickr8k"][1], encoded["everyday"][1]]),
+        [[tokenize(c) for c in s.captions] for name in ("flickr8k", "everyday") for s in splits[name].samples],
+        labels, options.concepts,
+    )  # fmt: skip
+
+    # One feature table for the training photos; the parts point into it.
+    features = torch.cat([encoded["flickr8k"][0], encoded["everyday"][0]])  # (N, L, D) float16
+    parts: list[Part] = []
+    offset = 0
+    for name in ("flickr8k", "everyday"):
+        classes, weights = top_concepts(encoded[name][1], options.concepts)
+        caps, image = [], []
+        for i, sample in enumerate(splits[name].samples):
+            for c in sample.captions:
+                caps.append(_ids(vocab, c, options.max_len))
+                image.append(offset + i)
+        image_arr = np.asarray(image)
+        parts.append(Part(name, caps, image_arr, classes[image_arr - offset], weights[image_arr - offset]))
+        offset += len(splits[name].samples)
+    caps, classes_t, weights_t = [], [], []
+    concept_rng = np.random.default_rng(options.seed + 1)
+    for sentences in text.values():  # one concept per photo, from all its sentences' words
+        classes, weights = concept_model.concept([w for s in sentences for w in tokenize(s)], concept_rng)
+        for s in sentences:
+            caps.append(_ids(vocab, s, options.max_len))
+            classes_t.append(classes)
+            weights_t.append(weights)
+    parts.append(Part("text", caps, np.full(len(caps), -1), np.stack(classes_t), np.stack(weights_t)))
+
+    dev = [DevSet(name, splits[name], encoded[name][0], *top_concepts(encoded[name][1], options.concepts))
+           for name in ("flickr8k dev", "everyday dev")]  # fmt: skip
+    mix = ", ".join(f"{p.name} {len(p.captions):,} x{options.repeat.get(p.name, 1)}" for p in parts)
+    console.print(f"mix per epoch: {mix}")
+
+    steps_per_epoch = _steps_per_epoch(parts, options)
+    trainable = [p for p in model.decoder.parameters()]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=options.lr)  # fmt: skip
+    scheduler = one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": 0, "metrics": {}}
+    first = 1
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, first = state["history"], state["best"], state["epoch"] + 1
+        console.print(f"resuming after epoch {state['epoch']}")
+    spec = decode.SearchSpec.for_vocab(vocab, options.max_len, no_repeat_ngram=NO_REPEAT_NGRAM,
+                                       no_end_after=dangling_ids(vocab))  # fmt: skip
+    seconds_before = state["provenance"]["training_seconds"] if state else 0.0
+    for epoch in range(first, options.epochs + 1):
+        t_epoch = time.time()
+        torch.manual_seed(options.seed * 1_009 + epoch)
+        train_stats = _epoch(model, features, parts, options, optimizer, scheduler, epoch, console)
+        dev_stats, dev_captions = evaluate(model, dev, vocab, spec)
+        record = {"epoch": epoch, **train_stats, **dev_stats, "seconds": round(time.time() - t_epoch, 1)}
+        history.append(record)
+        score = dev_stats["flickr8k_CIDEr"] + dev_stats["everyday_CIDEr"]
+        improved = score > best["metrics"].get("flickr8k_CIDEr", -1) + best["metrics"].get("everyday_CIDEr", -1)
+        if improved:
+            best = {"epoch": epoch, "metrics": dev_stats}
+        provenance = {
+            "recipe": "grounded", "command": options_command(options), "init": options.init,
+            "data": {p.name: len(p.captions) for p in parts}, "repeat": options.repeat,
+            "training_seconds": seconds_before + time.time() - started, "feature_seconds": feature_seconds,
+            "hardware": hardware(torch.device("cpu")), "epochs": epoch, "best_epoch": best["epoch"],
+            "dev_metrics": best["metrics"],
+            "dev_protocol": "greedy, runtime search rules; CIDEr-D/BLEU-4 on capcli.text tokens (no PTB tokenizer); "
+                            "flickr8k dev 1,000 photos, everyday dev 194 photos",
+        }  # fmt: skip
+        payload = {
+            "config": model.config.to_dict(), "vocab": list(vocab.tokens), "model": model.state_dict(),
+            "tag_labels": list(labels), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "step": epoch * steps_per_epoch, "finished": epoch == options.epochs,
+            "options": dataclasses.asdict(options), "history": history, "best": best, "provenance": provenance,
+        }  # fmt: skip
+        if improved:
+            checkpoint.save(out / "best.pt", payload)
+            atomic_write_text(out / "best_dev_captions.json", json.dumps(dev_captions, indent=1))
+        checkpoint.save(out / "last.pt", payload)
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        console.print(_line(record, options.epochs, improved), markup=False, highlight=False)
+        started, seconds_before = time.time(), provenance["training_seconds"]
+    return {"best": best, "history": history}
+
+
+def options_command(options: GroundedOptions) -> str:
+    """The ``capcli train-grounded`` command line of ``options`` (defaults and machine settings left out)."""
+    defaults = GroundedOptions(init="", flickr="", everyday="", out="")
+    args = ["capcli", "train-grounded"]
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.name in ("threads",) or (value == getattr(defaults, f.name) and f.name not in ("init", "flickr", "everyday", "out")):
+            continue
+        if isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        args += [f"--{f.name.replace('_', '-')}", str(value)]
+    return shlex.join(args)
+
+
+def _epoch(
+    model: CaptionModel,
+    features: torch.Tensor,
+    parts: list[Part],
+    options: GroundedOptions,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    console: Console,
+) -> dict[str, float]:
+    """One pass over the mix; the order depends on (seed, epoch) only, so a resumed run repeats it."""
+    rng = np.random.default_rng(options.seed * 100_003 + epoch)
+    plan = _plan(parts, options, rng)
+    model.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    totals, t0 = np.zeros(2), time.time()
+    for n, batch in enumerate(plan, 1):
+        xent, attention = _batch_loss(model, features, batch, options, rng)
+        loss = xent + options.attention_penalty * attention
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, options.clip)
+        optimizer.step()
+        scheduler.step()
+        totals += [float(xent.detach()), float(attention.detach())]
+        if n % 100 == 0:
+            console.print(f"  epoch {epoch} step {n}/{len(plan)} loss {totals[0] / n:.3f} ({time.time() - t0:.0f} s)",
+                          highlight=False)  # fmt: skip
+    return {"lr": optimizer.param_groups[0]["lr"], "train_loss": float(totals[0]) / len(plan),
+            "train_attention": float(totals[1]) / len(plan)}  # fmt: skip
+
+
+def _plan(parts: list[Part], options: GroundedOptions, rng: np.random.Generator) -> list[list[tuple[Part, int]]]:
+    """An epoch's batches: each of photo captions or of caption-only sentences (those skip the attention),
+    of similar lengths (less padding), in random order."""
+    size = options.batch_size
+    plan = []
+    for photos in (True, False):
+        rows = [(p, i) for p in parts if bool((p.image >= 0).all()) == photos
+                for i in range(len(p.captions)) for _ in range(options.repeat.get(p.name, 1))]  # fmt: skip
+        order = rng.permutation(len(rows))
+        for start in range(0, len(order), 50 * size):  # sort by length within blocks of 50 batches
+            block = sorted(order[start : start + 50 * size].tolist(), key=lambda j: len(rows[j][0].captions[rows[j][1]]))
+            plan += [[rows[j] for j in block[b : b + size]] for b in range(0, len(block), size)]
+    return [plan[j] for j in rng.permutation(len(plan))]
+
+
+def _steps_per_epoch(parts: list[Part], options: GroundedOptions) -> int:
+    return len(_plan(parts, options, np.random.default_rng(0)))
+
+
+def _batch_loss(
+    model: CaptionModel, features: torch.Tensor, batch: list[tuple[Part, int]], options: GroundedOptions,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean token cross-entropy and mean attention penalty of a batch of (part, caption) rows."""
+    image = np.array([p.image[i] for p, i in batch])  # (B,) -1: caption-only
+    photos = bool(image[0] >= 0)  # a batch is all photo captions or all caption-only sentences
+    length = max(len(p.captions[i]) for p, i in batch)
+    captions = torch.zeros(len(batch), length, dtype=torch.long)  # (B, T) <pad> = 0
+    for r, (p, i) in enumerate(batch):
+        captions[r, : len(p.captions[i])] = torch.tensor(p.captions[i])
+    classes = torch.from_numpy(np.stack([p.classes[i] for p, i in batch]))  # (B, k)
+    weights = torch.from_numpy(np.stack([p.weights[i] for p, i in batch]))  # (B, k)
+    concept = model.decoder.concept(classes, weights)  # (B, C)
+    feats = None
+    if photos:  # now and then a photo caption loses its regions or its concept
+        visual = torch.from_numpy(rng.random(len(batch)) >= options.visual_dropout).float()  # (B,)
+        conceptual = torch.from_numpy(rng.random(len(batch)) >= options.concept_dropout).float()  # (B,)
+        feats = features[torch.from_numpy(image)].float() * visual[:, None, None]  # (B, L, D)
+        concept = concept * conceptual[:, None]
+    logits, alphas = model.teacher_forced(feats, captions, concept)  # (B, T-1, V), (B, T-1, L) or None
+    targets = captions[:, 1:]  # (B, T-1)
+    xent = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=0, label_smoothing=options.label_smoothing)
+    if alphas is None:
+        return xent, torch.zeros(())
+    mask = (targets != 0).unsqueeze(2).float()  # (B, T-1, 1)
+    coverage = (alphas * mask).sum(dim=1)  # (B, L)
+    penalty = (((1.0 - coverage) ** 2).mean(dim=1) * visual).sum() / visual.sum().clamp(min=1)
+    return xent, penalty
+
+
+@torch.no_grad()
+def caption_dev(
+    model: CaptionModel, dev: DevSet, vocab: Vocab, spec: decode.SearchSpec, beam: int = 1, batch: int = 100
+) -> dict[str, str]:
+    """{photo path: caption} of a dev set, with the runtime's search over the PyTorch decoder step."""
+    model.eval()
+    out: dict[str, str] = {}
+    for start in range(0, len(dev.split.samples), batch):
+        feats = dev.features[start : start + batch].float()  # (b, L, D)
+        concept = model.decoder.concept(torch.from_numpy(dev.classes[start : start + batch]),
+                                        torch.from_numpy(dev.weights[start : start + batch]))  # fmt: skip
+        keys, state = model.decoder.init(feats, concept)
+
+        def step(tokens: np.ndarray, st: decode.State, images: np.ndarray) -> tuple[np.ndarray, decode.State, np.ndarray]:
+            which = torch.from_numpy(images)
+            logits, new, alpha = model.decoder.step(torch.from_numpy(tokens), (torch.from_numpy(st["h"]),),
+                                                    feats[which], keys[which], concept[which])  # fmt: skip
+            return torch.log_softmax(logits, dim=1).numpy(), {"h": new[0].numpy()}, alpha.numpy()
+
+        initial = {"h": state[0].numpy()}
+        hyps = decode.beam_search(step, initial, spec, beam=beam) if beam > 1 else decode.greedy(step, initial, spec)
+        for sample, hyp in zip(dev.split.samples[start : start + batch], hyps):
+            out[str(sample.image)] = detokenize(vocab.decode(hyp.ids))
+    return out
+
+
+def evaluate(model: CaptionModel, dev: list[DevSet], vocab: Vocab, spec: decode.SearchSpec) -> tuple[dict[str, float], dict[str, dict[str, str]]]:
+    stats: dict[str, float] = {}
+    captions: dict[str, dict[str, str]] = {}
+    for d in dev:
+        hyps = caption_dev(model, d, vocab, spec)
+        refs = {str(s.image): list(s.captions) for s in d.split.samples}
+        key = d.name.split()[0]
+        scores = {**quick_scores(refs, hyps), **hallucination(refs, hyps)}
+        stats.update({f"{key}_{k}": float(v) for k, v in scores.items()})  # plain floats: weights_only loading
+        captions[d.name] = hyps
+    return stats, captions
+
+
+def _line(record: dict[str, Any], epochs: int, improved: bool) -> str:
+    return (
+        f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.3f}  "
+        f"flickr8k CIDEr {record['flickr8k_CIDEr']:.3f} BLEU-4 {record['flickr8k_BLEU-4']:.3f}  "
+        f"everyday CIDEr {record['everyday_CIDEr']:.3f} BLEU-4 {record['everyday_BLEU-4']:.3f} "
+        f"hallucinated {record['everyday_object_hallucination']:.3f}  {record['seconds']:.0f} s"
+        + ("  [best]" if improved else "")
+    )

@@ -1,0 +1,184 @@
+"""The grounded recipe end to end on tiny data: loaders, concepts, training, resume, export, tags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from capcli.errors import FatalError  # noqa: E402
+from capcli.text import tokenize  # noqa: E402
+from capcli.train import checkpoint  # noqa: E402
+from capcli.train.concepts import ConceptModel, name_index, singular, top_concepts  # noqa: E402
+from capcli.train.datasets import load_split, load_text_captions  # noqa: E402
+from tiny_bundle import make_tiny_model, tiny_vocab  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20)}
+
+
+def _photo(path: Path, colour: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(path.name))
+    pixels = np.clip(np.array(COLOURS[colour]) + rng.integers(-20, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A Flickr8k-style folder and a coco-everyday-style folder of coloured squares, plus a tiny init checkpoint."""
+    root = tmp_path_factory.mktemp("grounded")
+    flickr, everyday = root / "flickr", root / "everyday"
+    rows = ["image,caption"]
+    for split, n in (("train", 6), ("dev", 2)):
+        names = []
+        for i in range(n):
+            colour = list(COLOURS)[i % 2]  # Flickr: red and green only
+            name = f"{split}{i}.jpg"
+            _photo(flickr / "images" / name, colour)
+            rows += [f"{name},a {colour} square on a table", f"{name},the {colour} square"]
+            names.append(name)
+        (flickr / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+    (flickr / "captions.txt").write_text("\n".join(rows) + "\n")
+    rows = ["image,caption,split"]
+    for i, colour in enumerate(["blue", "yellow", "blue", "yellow"]):
+        split = "train" if i < 2 else "dev"
+        _photo(everyday / "images" / f"{i:012d}.jpg", colour)
+        rows.append(f"{i:012d}.jpg,a {colour} square on a plate,{split}")
+    (everyday / "captions.csv").write_text("\n".join(rows) + "\n")
+    text = ["coco_id,caption"] + [f"{k},a {c} square on a plate" for k, c in enumerate(["blue", "yellow"] * 3)]
+    text += ["99,", "100,a blue square near a yellow square"]  # one bad row
+    (everyday / "text-captions.csv").write_text("\n".join(text) + "\n")
+    vocab = tiny_vocab()
+    model = make_tiny_model(vocab, finetune_blocks=1)
+    init = root / "init.pt"
+    torch.save({"config": model.config.to_dict(), "vocab": list(vocab.tokens), "model": model.state_dict()}, init)
+    return {"flickr": flickr, "everyday": everyday, "init": init, "root": root}
+
+
+def test_everyday_loaders(data: dict[str, Path]) -> None:
+    train = load_split("coco-everyday", data["everyday"], "train")
+    dev = load_split("coco-everyday", data["everyday"], "dev")
+    assert train.dataset == "coco-everyday" and [s.image.name for s in train.samples] == [
+        "000000000000.jpg", "000000000001.jpg"]  # fmt: skip
+    assert dev.samples[0].captions == ("a blue square on a plate",) and dev.samples[0].image.is_file()
+    text = load_text_captions(data["everyday"] / "text-captions.csv")
+    assert len(text) == 7 and text["0"] == ["a blue square on a plate"] and "99" not in text
+    with pytest.raises(FatalError, match="not found"):
+        load_text_captions(data["root"] / "missing.csv")
+
+
+def test_concepts_follow_words_and_names() -> None:
+    labels = ["tabby cat", "golden retriever", "pizza", "toilet seat"]
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.8, 0.05, 0.05], [0.6, 0.2, 0.1, 0.1]])
+    captions = [[tokenize("a cat on a sofa")], [tokenize("a dog in the grass")], [tokenize("a cat sleeping")]]
+    model = ConceptModel.fit(probs, captions, labels, k=2, min_photos=1)
+    rng = np.random.default_rng(0)
+    # "cat" was seen on photos the tagger calls "tabby cat"; "dog" on the retriever's photo.
+    assert model.concept(tokenize("a cat on a bed"), rng)[0][0] == 0
+    assert model.concept(tokenize("two dogs"), rng)[0][0] == 1
+    # Never seen in a paired caption, but an object word of a class name: "toilet" -> "toilet seat".
+    classes, weights = model.concept(tokenize("a white toilet in a bathroom"), rng)
+    assert classes[0] == 3 and weights.shape == (2,) and abs(weights.sum() - 1) < 1e-6
+    assert weights[0] >= weights[1]  # a real profile: sorted probabilities
+    assert name_index(labels)["pizza"] == [2] and singular("elephants") == "elephant" and singular("glass") == "glass"
+    classes, weights = top_concepts(probs, 2)
+    assert classes.tolist() == [[0, 1], [1, 0], [0, 1]] and np.allclose(weights.sum(1), 1)
+
+
+def _options(data: dict[str, Path], out: Path, **kw):
+    from capcli.train.grounded import GroundedOptions
+
+    base = dict(init=str(data["init"]), flickr=str(data["flickr"]), everyday=str(data["everyday"]), out=str(out),
+                concepts=3, concept_dim=8, min_count=1, batch_size=4, epochs=2, lr=1e-2, dropout=0.0,
+                cache_dir=str(data["root"] / "cache"))  # fmt: skip
+    return GroundedOptions(**{**base, **kw})
+
+
+def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_path: Path) -> None:
+    from capcli.train import grounded
+    from export import export_bundle
+
+    straight = grounded.train_grounded(_options(data, tmp_path / "straight"))
+    history = straight["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    for key in ("flickr8k_CIDEr", "everyday_CIDEr", "everyday_object_hallucination", "train_loss"):
+        assert all(np.isfinite(r[key]) for r in history)
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    payload = checkpoint.load(tmp_path / "straight" / "last.pt")
+    assert payload["finished"] and payload["provenance"]["recipe"] == "grounded"
+    assert payload["provenance"]["data"] == {"flickr8k": 12, "everyday": 2, "text": 7}
+    assert "capcli train-grounded --init" in payload["provenance"]["command"]
+
+    # Stopped after epoch 1 and resumed: the same weights as the run that went straight through.
+    calls = {"n": 0}
+    save = checkpoint.save
+
+    def save_then_stop(path: Path, body: dict) -> None:
+        save(path, body)
+        if path.name == "last.pt":
+            calls["n"] += 1
+            raise KeyboardInterrupt
+
+    grounded.checkpoint.save = save_then_stop  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            grounded.train_grounded(_options(data, tmp_path / "resumed"))
+    finally:
+        grounded.checkpoint.save = save  # type: ignore[assignment]
+    assert calls["n"] == 1
+    with pytest.raises(FatalError, match="already holds a run"):
+        grounded.train_grounded(_options(data, tmp_path / "resumed"))
+    grounded.train_grounded(_options(data, tmp_path / "resumed"), resume=True)
+    resumed = checkpoint.load(tmp_path / "resumed" / "last.pt")
+    for name, tensor in payload["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    with pytest.raises(FatalError, match="already finished"):
+        grounded.train_grounded(_options(data, tmp_path / "resumed"), resume=True)
+
+    # The trained model exports with its tagger and concept input, and onnxruntime matches PyTorch.
+    ck = checkpoint.load_checkpoint(tmp_path / "straight" / "best.pt")
+    bundle_dir = export_bundle(ck.model, ck.vocab, tmp_path / "bundle", provenance={"dataset": "test"})
+    from capcli.bundle import load_bundle
+    from export.parity import check_parity
+
+    bundle = load_bundle(bundle_dir)
+    assert bundle.context_names == ("features", "keys", "concept") and len(bundle.tag_labels) == 10
+    assert check_parity(ck.model, bundle_dir, [data["flickr"] / "images"]).ok
+
+
+def test_tags_in_records_and_csv(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+    from export import export_bundle
+
+    vocab = tiny_vocab()
+    bundle = export_bundle(make_tiny_model(vocab, concepts=3, classes=10, concept_dim=8, tagger_stages=1), vocab,
+                           tmp_path / "b", provenance={})  # fmt: skip
+    _photo(tmp_path / "photos" / "a.jpg", "red")
+    _photo(tmp_path / "photos" / "b.jpg", "blue")
+    runner = CliRunner()
+    result = runner.invoke(main, ["caption", str(tmp_path / "photos"), "--model", str(bundle), "--tags", "3"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record in records:
+        tags = record["tags"]
+        assert len(tags) == 3 and all(t["label"].startswith("thing ") for t in tags)
+        assert tags[0]["p"] >= tags[1]["p"] >= tags[2]["p"] > 0 and sum(t["p"] for t in tags) <= 1.0001
+    result = runner.invoke(main, ["caption", str(tmp_path / "photos"), "--model", str(bundle), "--tags", "2",
+                                  "--format", "csv"])  # fmt: skip
+    header, first = result.stdout.splitlines()[:2]
+    assert header.endswith(",tags") and '""label"": ""thing' in first
+    result = runner.invoke(main, ["caption", str(tmp_path / "photos"), "--model", str(bundle)])
+    assert "tags" not in json.loads(result.stdout.splitlines()[0])
+    # A bundle without a tagger says so, before any photo is read.
+    plain = export_bundle(make_tiny_model(vocab), vocab, tmp_path / "plain", provenance={})
+    result = runner.invoke(main, ["caption", str(tmp_path / "photos"), "--model", str(plain), "--tags", "3"])
+    assert result.exit_code == 1 and "has no tagger" in result.output and result.stdout.count("{") == 0
