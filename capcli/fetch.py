@@ -269,7 +269,12 @@ def _start_tls(
         sock, server_hostname=host, do_handshake_on_connect=False
     )
     watch.retarget(tls)
-    tls.do_handshake()
+    try:
+        tls.do_handshake()
+    except ssl.SSLCertVerificationError:
+        raise
+    except ssl.SSLError as exc:  # e.g. a plain-HTTP server on an https:// port: "wrong version number"
+        raise ItemError("tls_error", f"TLS handshake failed: {exc.reason or exc}") from exc
     return tls
 
 
@@ -302,7 +307,7 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
     """The body with Content-Encoding undone, never holding more than max_bytes."""
     declared = _declared_length(response)
     if declared is not None and declared > max_bytes:
-        raise _too_large(max_bytes, f"Content-Length is {declared}")
+        raise _too_large(max_bytes, f"Content-Length {declared} is larger")
     decoder = _decoder(response)
     body = bytearray()
     received = 0

@@ -178,7 +178,7 @@ def test_oversize_by_content_length(server: LocalServer, opts: FetchOptions) -> 
 
     start = time.monotonic()
     err = fails(server.url("/big"), replace(opts, max_bytes=1000), "too_large")
-    assert "50000000" in str(err)
+    assert str(err) == "Content-Length 50000000 is larger than the 1000-byte limit (--max-bytes)"
     assert time.monotonic() - start < 1.0
     assert server.hits["/big"] == 1  # not retried
 
@@ -292,6 +292,13 @@ class PublicFacade:
         return replace(
             base, allow_private_network=False, resolver=self.resolve, connector=self.connect
         )
+
+
+def test_https_to_a_plain_http_port_is_a_tls_error(server: LocalServer, opts: FetchOptions) -> None:
+    server.routes["/a.png"] = lambda h: h.send_body(200, IMAGE, "image/png")
+    err = fails(server.url("/a.png", scheme="https"), opts, "tls_error")
+    assert str(err).startswith("TLS handshake failed")
+    assert server.hits["/a.png"] == 0  # the handshake failed: no request was made, none retried
 
 
 def test_facade_reaches_the_server_with_the_guard_on(server: LocalServer, opts: FetchOptions) -> None:
