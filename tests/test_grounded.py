@@ -142,6 +142,18 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     with pytest.raises(FatalError, match="already finished"):
         grounded.train_grounded(_options(data, tmp_path / "resumed"), resume=True)
 
+    # Self-critical training continues the cross-entropy run's decoder and vocabulary.
+    scst = grounded.train_grounded(_options(data, tmp_path / "scst", objective="cider",
+                                            start=str(tmp_path / "straight" / "best.pt"), epochs=1, lr=1e-3))  # fmt: skip
+    assert 0 <= scst["history"][0]["train_reward"] and "train_reward" in scst["history"][0]
+    tuned = checkpoint.load(tmp_path / "scst" / "last.pt")
+    best = checkpoint.load(tmp_path / "straight" / "best.pt")
+    assert tuned["vocab"] == payload["vocab"]
+    assert tuned["provenance"]["started_from"]["epochs"] == best["provenance"]["epochs"]
+    assert not torch.equal(tuned["model"]["decoder.out.weight"], best["model"]["decoder.out.weight"])
+    with pytest.raises(FatalError, match="pass its best.pt as start"):
+        grounded.train_grounded(_options(data, tmp_path / "scst2", objective="cider"))
+
     # The trained model exports with its tagger and concept input, and onnxruntime matches PyTorch.
     ck = checkpoint.load_checkpoint(tmp_path / "straight" / "best.pt")
     bundle_dir = export_bundle(ck.model, ck.vocab, tmp_path / "bundle", provenance={"dataset": "test"})

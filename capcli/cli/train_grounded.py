@@ -32,6 +32,13 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
               help="The mix: how many times each part's captions come in one epoch.")
 @click.option("--concepts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Top tagger classes the decoder reads.")
+@click.option("--objective", type=click.Choice(["xent", "cider"]), default="xent", show_default=True,
+              help="xent: cross-entropy with teacher forcing; cider: self-critical training on CIDEr-D, "
+                   "continuing --start (use a learning rate around 5e-5).")
+@click.option("--start", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A grounded checkpoint (e.g. runs/grounded/best.pt) whose decoder and vocabulary to continue.")
+@click.option("--samples", type=click.IntRange(min=2), default=5, show_default=True,
+              help="--objective cider: captions sampled per photo (each one's baseline is the others' mean).")
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True)
@@ -59,6 +66,9 @@ def train_grounded_command(ctx: click.Context, resume: bool, **options: object) 
     Example (the shipped model's recipe; see docs/training.md):
       capcli train-grounded --init runs/shipped.pt --flickr ../shared/data/flickr8k \\
         --everyday ../shared/data/coco-everyday --out runs/grounded
+      capcli train-grounded --init runs/shipped.pt --flickr ../shared/data/flickr8k \\
+        --everyday ../shared/data/coco-everyday --out runs/grounded-scst \\
+        --objective cider --start runs/grounded/best.pt --lr 5e-5 --batch-size 24 --epochs 3
     """
     try:
         from capcli.train.grounded import GroundedOptions, train_grounded

@@ -45,7 +45,7 @@ from capcli.hallucination import hallucination
 from capcli.metrics import quick_scores
 from capcli.runtime import NO_REPEAT_NGRAM, dangling_ids
 from capcli.text import Vocab, detokenize, tokenize
-from capcli.train import checkpoint
+from capcli.train import checkpoint, scst
 from capcli.train.backbones import preprocess_for
 from capcli.train.checkpoint import atomic_write_text
 from capcli.train.concepts import ConceptModel, top_concepts
@@ -54,6 +54,7 @@ from capcli.train.features import cached_features, module_fingerprint
 from capcli.train.loop import one_cycle
 from capcli.train.model import CaptionModel, ModelConfig, region_grid
 from capcli.train.record import hardware
+from capcli.train.reward import CiderD
 from capcli.train.tagger import build_tagger, labels_for
 
 
@@ -79,6 +80,9 @@ class GroundedOptions:
     label_smoothing: float = 0.1
     attention_penalty: float = 1.0
     dropout: float = 0.3
+    objective: str = "xent"  # "xent" (teacher forcing) | "cider" (self-critical, from --start)
+    start: str | None = None  # a grounded checkpoint whose decoder and vocabulary training continues from
+    samples: int = 5  # captions sampled per photo by the cider objective
     seed: int = 0
     threads: int | None = None
     cache_dir: str = "runs/cache"
@@ -94,6 +98,18 @@ class Part:
     image: np.ndarray  # (C,) feature row of each caption's photo; -1: no photo
     classes: np.ndarray  # (C, k) concept classes
     weights: np.ndarray  # (C, k) concept weights
+    unit: np.ndarray  # (C,) the photo (or caption-only photo id) each caption describes, numbered within the part
+
+
+@dataclass
+class Unit:
+    """One photo (or caption-only photo) with all its references: what self-critical training samples for."""
+
+    part: str
+    image: int  # feature row; -1: caption-only
+    classes: np.ndarray  # (k,)
+    weights: np.ndarray  # (k,)
+    references: list[list[str]]
 
 
 @dataclass
@@ -179,10 +195,13 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
 
     train_text = [tokenize(c) for name in ("flickr8k", "everyday") for s in splits[name].samples for c in s.captions]
     train_text += [tokenize(c) for caps in text.values() for c in caps]
-    vocab = Vocab(tuple(state["vocab"])) if state else Vocab.build(train_text, options.min_count)
+    if options.objective == "cider" and not options.start:
+        raise FatalError("self-critical training (objective cider) continues a grounded run: pass its best.pt as start")
+    start = state or (checkpoint.load(options.start) if options.start else None)
+    vocab = Vocab(tuple(start["vocab"])) if start else Vocab.build(train_text, options.min_count)
     model = encoder_model(options.init, options.concepts, options.concept_dim, vocab, options.max_len, options.dropout)
-    if state:
-        model.load_state_dict(state["model"])
+    if start:
+        model.load_state_dict(start["model"])
     labels = labels_for(model.config.backbone)
     console.print(f"vocabulary: {len(vocab):,} words (seen >= {options.min_count} times); "
                   f"concepts: top {options.concepts} of {len(labels)} tagger classes")  # fmt: skip
@@ -208,24 +227,33 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
                 caps.append(_ids(vocab, c, options.max_len))
                 image.append(offset + i)
         image_arr = np.asarray(image)
-        parts.append(Part(name, caps, image_arr, classes[image_arr - offset], weights[image_arr - offset]))
+        parts.append(Part(name, caps, image_arr, classes[image_arr - offset], weights[image_arr - offset],
+                          image_arr - offset))  # fmt: skip
         offset += len(splits[name].samples)
-    caps, classes_t, weights_t = [], [], []
+    caps, classes_t, weights_t, unit = [], [], [], []
     concept_rng = np.random.default_rng(options.seed + 1)
-    for sentences in text.values():  # one concept per photo, from all its sentences' words
+    for g, sentences in enumerate(text.values()):  # one concept per photo, from all its sentences' words
         classes, weights = concept_model.concept([w for s in sentences for w in tokenize(s)], concept_rng)
         for s in sentences:
             caps.append(_ids(vocab, s, options.max_len))
             classes_t.append(classes)
             weights_t.append(weights)
-    parts.append(Part("text", caps, np.full(len(caps), -1), np.stack(classes_t), np.stack(weights_t)))
+            unit.append(g)
+    parts.append(Part("text", caps, np.full(len(caps), -1), np.stack(classes_t), np.stack(weights_t), np.asarray(unit)))
 
     dev = [DevSet(name, splits[name], encoded[name][0], *top_concepts(encoded[name][1], options.concepts))
            for name in ("flickr8k dev", "everyday dev")]  # fmt: skip
     mix = ", ".join(f"{p.name} {len(p.captions):,} x{options.repeat.get(p.name, 1)}" for p in parts)
     console.print(f"mix per epoch: {mix}")
 
-    steps_per_epoch = _steps_per_epoch(parts, options)
+    self_critical = options.objective == "cider"
+    if self_critical:
+        units = _units(parts, vocab)
+        reward = CiderD([u.references for u in units], mark_end=True)
+        steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
+        console.print(f"self-critical: {len(units):,} photos a epoch, {options.samples} samples each")
+    else:
+        steps_per_epoch = _steps_per_epoch(parts, options)
     trainable = [p for p in model.decoder.parameters()]
     decay = [p for p in trainable if p.dim() >= 2]
     no_decay = [p for p in trainable if p.dim() < 2]
@@ -246,7 +274,11 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     for epoch in range(first, options.epochs + 1):
         t_epoch = time.time()
         torch.manual_seed(options.seed * 1_009 + epoch)
-        train_stats = _epoch(model, features, parts, options, optimizer, scheduler, epoch, console)
+        if self_critical:
+            train_stats = _scst_epoch(model, features, units, reward, vocab, options, optimizer, scheduler, epoch,
+                                      console)  # fmt: skip
+        else:
+            train_stats = _epoch(model, features, parts, options, optimizer, scheduler, epoch, console)
         dev_stats, dev_captions = evaluate(model, dev, vocab, spec)
         record = {"epoch": epoch, **train_stats, **dev_stats, "seconds": round(time.time() - t_epoch, 1)}
         history.append(record)
@@ -256,6 +288,8 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
             best = {"epoch": epoch, "metrics": dev_stats}
         provenance = {
             "recipe": "grounded", "command": options_command(options), "init": options.init,
+            **({"started_from": {k: start["provenance"].get(k) for k in ("command", "training_seconds", "epochs",
+                "best_epoch", "dev_metrics")}} if options.start and start else {}),
             "data": {p.name: len(p.captions) for p in parts}, "repeat": options.repeat,
             "training_seconds": seconds_before + time.time() - started, "feature_seconds": feature_seconds,
             "hardware": hardware(torch.device("cpu")), "epochs": epoch, "best_epoch": best["epoch"],
@@ -373,6 +407,77 @@ def _batch_loss(
     coverage = (alphas * mask).sum(dim=1)  # (B, L)
     penalty = (((1.0 - coverage) ** 2).mean(dim=1) * visual).sum() / visual.sum().clamp(min=1)
     return xent, penalty
+
+
+def _units(parts: list[Part], vocab: Vocab, min_text_references: int = 5) -> list[Unit]:
+    """Photos with their references: every photo of the paired parts (x its repeat), and the caption-only
+    photos with at least ``min_text_references`` sentences (fewer make a noisy CIDEr-D reward)."""
+    units = []
+    for part in parts:
+        first: dict[int, int] = {}
+        refs: dict[int, list[list[str]]] = {}
+        for row, u in enumerate(part.unit.tolist()):
+            first.setdefault(u, row)
+            refs.setdefault(u, []).append(vocab.decode(part.captions[row][1:]))
+        for u, row in first.items():
+            if part.name != "text" or len(refs[u]) >= min_text_references:
+                units.append(Unit(part.name, int(part.image[row]), part.classes[row], part.weights[row], refs[u]))
+    return units
+
+
+def _unit_plan(units: list[Unit], options: GroundedOptions, rng: np.random.Generator) -> list[list[int]]:
+    """Batches of unit indices, each all photos or all caption-only; paired parts repeated per the mix."""
+    plan = []
+    for photos in (True, False):
+        rows = [i for i, u in enumerate(units) if (u.image >= 0) == photos
+                for _ in range(options.repeat.get(u.part, 1) if photos else 1)]  # fmt: skip
+        order = [rows[j] for j in rng.permutation(len(rows))]
+        plan += [order[b : b + options.batch_size] for b in range(0, len(order), options.batch_size)]
+    return [plan[j] for j in rng.permutation(len(plan))]
+
+
+def _scst_epoch(
+    model: CaptionModel,
+    features: torch.Tensor,
+    units: list[Unit],
+    reward: CiderD,
+    vocab: Vocab,
+    options: GroundedOptions,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    console: Console,
+) -> dict[str, float]:
+    """One self-critical pass: ``samples`` captions per photo, each pushed by how much its CIDEr-D beats the others'."""
+    rng = np.random.default_rng(options.seed * 100_003 + epoch)
+    plan = _unit_plan(units, options, rng)
+    spec = decode.SearchSpec.for_vocab(vocab, options.max_len)
+    allowed = scst.allowed_tokens(spec, len(vocab))
+    model.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    total_reward, t0 = 0.0, time.time()
+    for n, batch in enumerate(plan, 1):
+        chosen = [units[i] for i in batch]
+        image = np.array([u.image for u in chosen])
+        feats = features[torch.from_numpy(image)].float() if image[0] >= 0 else None  # (B, L, D) or None
+        concept = model.decoder.concept(torch.from_numpy(np.stack([u.classes for u in chosen])),
+                                        torch.from_numpy(np.stack([u.weights for u in chosen])))  # (B, C)
+
+        def sampler(_: None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return scst.sample(model.decoder, spec, allowed, feats, k, concept)
+
+        loss, rewards = scst.self_critical_loss(sampler, None, batch, options.samples, reward, vocab)
+        optimizer.zero_grad(set_to_none=True)
+        (loss / (len(batch) * options.samples)).backward()
+        torch.nn.utils.clip_grad_norm_(params, options.clip)
+        optimizer.step()
+        scheduler.step()
+        total_reward += rewards / (len(batch) * options.samples)
+        if n % 50 == 0:
+            console.print(f"  epoch {epoch} step {n}/{len(plan)} reward {total_reward / n:.3f} "
+                          f"({time.time() - t0:.0f} s)", highlight=False)  # fmt: skip
+    return {"lr": optimizer.param_groups[0]["lr"], "train_loss": -total_reward / len(plan),
+            "train_reward": total_reward / len(plan)}  # fmt: skip
 
 
 @torch.no_grad()

@@ -37,9 +37,7 @@ class Sampler(nn.Module):
     def __init__(self, model: CaptionModel, tuned: nn.Module, spec: decode.SearchSpec, vocab_size: int) -> None:
         super().__init__()
         self.model, self.tuned, self.spec = model, tuned, spec
-        # The search rules' allowed tokens at the first step, the steps between, and after max_len words.
-        allowed = np.stack([spec.allowed(t, vocab_size) for t in (0, 1, spec.max_len)])
-        self.register_buffer("allowed", torch.from_numpy(allowed), persistent=False)  # (3, V)
+        self.register_buffer("allowed", allowed_tokens(spec, vocab_size), persistent=False)  # (3, V)
 
     def forward(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (N, C', h', w') -> tokens (N*k, T) and their log-probabilities (N*k, T).
@@ -47,30 +45,52 @@ class Sampler(nn.Module):
         Rows are image-major (image ``b`` owns rows ``b*k .. b*k+k-1``).  A row
         holds its words, then <end>, then <pad> (id 0) with log-probability 0.
         """
-        spec = self.spec
         grid = region_grid(self.tuned(inputs))  # (N, L, C)
         features = self.model.features(grid)  # (N, L, D)
-        keys, state = self.model.decoder.init(features)  # (N, A, L), each (N, H)
-        state = tuple(s.repeat_interleave(k, 0) for s in state)  # each (N*k, H): k rows per image
-        rows = state[0].size(0)
-        tokens = torch.full((rows,), spec.start_id, dtype=torch.long, device=features.device)
-        done = torch.zeros(rows, dtype=torch.bool, device=features.device)
-        words, logps = [], []
-        for t in range(spec.max_len + 1):
-            logits, state, _ = self.model.decoder.step(tokens, state, features, keys)
-            allowed = self.allowed[0 if t == 0 else 2 if t == spec.max_len else 1]  # (V,)
-            logprobs = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=1)  # (N*k, V)
-            with torch.no_grad():
-                drawn = torch.multinomial(logprobs.exp(), 1).squeeze(1)  # (N*k,)
-            drawn = drawn.masked_fill(done, spec.end_id)  # finished rows: a valid id to gather, then masked
-            chosen = logprobs.gather(1, drawn.unsqueeze(1)).squeeze(1)  # (N*k,)
-            words.append(drawn.masked_fill(done, 0))
-            logps.append(torch.where(done, torch.zeros_like(chosen), chosen))
-            done = done | (drawn == spec.end_id)
-            tokens = drawn
-            if bool(done.all()):  # one device sync a step: stop as soon as every caption has ended
-                break
-        return torch.stack(words, dim=1), torch.stack(logps, dim=1)  # (N*k, T) each
+        return sample(self.model.decoder, self.spec, self.allowed, features, k)
+
+
+def sample(
+    decoder: nn.Module,
+    spec: decode.SearchSpec,
+    allowed: torch.Tensor,
+    features: torch.Tensor | None,
+    k: int,
+    concept: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` sampled captions for each of N images: tokens (N*k, T) and their log-probabilities (N*k, T).
+
+    features (N, L, D), or None for images known by their concept (N, C) alone;
+    ``allowed`` (3, V): the tokens allowed at the first step, the steps between,
+    and after ``spec.max_len`` words (see :class:`Sampler`).
+    """
+    keys, state = decoder.init(features, concept)  # (N, A, L), each (N, H)
+    state = tuple(s.repeat_interleave(k, 0) for s in state)  # each (N*k, H): k rows per image
+    rows = state[0].size(0)
+    device = state[0].device
+    tokens = torch.full((rows,), spec.start_id, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    words, logps = [], []
+    for t in range(spec.max_len + 1):
+        logits, state, _ = decoder.step(tokens, state, features, keys, concept)
+        ok = allowed[0 if t == 0 else 2 if t == spec.max_len else 1]  # (V,)
+        logprobs = torch.log_softmax(logits.float().masked_fill(~ok, float("-inf")), dim=1)  # (N*k, V)
+        with torch.no_grad():
+            drawn = torch.multinomial(logprobs.exp(), 1).squeeze(1)  # (N*k,)
+        drawn = drawn.masked_fill(done, spec.end_id)  # finished rows: a valid id to gather, then masked
+        chosen = logprobs.gather(1, drawn.unsqueeze(1)).squeeze(1)  # (N*k,)
+        words.append(drawn.masked_fill(done, 0))
+        logps.append(torch.where(done, torch.zeros_like(chosen), chosen))
+        done = done | (drawn == spec.end_id)
+        tokens = drawn
+        if bool(done.all()):  # one device sync a step: stop as soon as every caption has ended
+            break
+    return torch.stack(words, dim=1), torch.stack(logps, dim=1)  # (N*k, T) each
+
+
+def allowed_tokens(spec: decode.SearchSpec, vocab_size: int) -> torch.Tensor:
+    """(3, V) bool: the search rules' allowed tokens at the first step, the steps between, and after max_len."""
+    return torch.from_numpy(np.stack([spec.allowed(t, vocab_size) for t in (0, 1, spec.max_len)]))
 
 
 def words_of(tokens: np.ndarray, vocab: Vocab) -> list[list[str]]:
