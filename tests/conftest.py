@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# The shared real data sits beside the repository; tests only read it.
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+from example_photos import copy_photos
 
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
-    """A folder ``tmp_path/photos`` holding 6 real Flickr8k JPEGs (sorted names)."""
-    images = FLICKR8K / "images"
-    if not images.is_dir():
-        pytest.skip(f"real photos not available at {images}")
-    names = sorted(p.name for p in images.iterdir() if p.suffix == ".jpg")[:6]
+    """A folder ``tmp_path/photos`` holding the 5 example JPEGs shipped in ``examples/`` (sorted names)."""
     folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in names:
-        shutil.copyfile(images / name, folder / name)
+    copy_photos(folder)
     return folder
 
 

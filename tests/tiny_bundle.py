@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 from capcli.text import Vocab, tokenize
 
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
-# Used when the shared data is absent: the first Flickr8k captions.
-FALLBACK_CAPTIONS = [
+# The tiny models' vocabulary: the first Flickr8k captions.
+CAPTIONS = [
     "A child in a pink dress is climbing up a set of stairs in an entry way .",
     "A girl going into a wooden building .",
     "A little girl climbing into a wooden playhouse .",
@@ -24,14 +22,9 @@ FALLBACK_CAPTIONS = [
 ]
 
 
-def tiny_vocab(n_captions: int = 60) -> Vocab:
+def tiny_vocab() -> Vocab:
     """A small vocabulary from the first real Flickr8k captions (words seen twice or more)."""
-    captions = FALLBACK_CAPTIONS
-    path = FLICKR8K / "captions.txt"
-    if path.is_file():
-        with path.open(newline="", encoding="utf-8") as f:
-            captions = [row["caption"] for _, row in zip(range(n_captions), csv.DictReader(f))]
-    return Vocab.build((tokenize(c) for c in captions), min_count=2)
+    return Vocab.build((tokenize(c) for c in CAPTIONS), min_count=2)
 
 
 def make_tiny_model(vocab: Vocab, decoder: str = "gru", backbone: str = "tiny", seed: int = 0, **config: Any):
