@@ -18,9 +18,14 @@ search reorders it on the host.
 
 Precision: on the CPU the decoder step is mostly matrix products, which run
 2-3x faster in int8 (the whole step about 1.6x), so ``precision="auto"``
-uses the bundle's ``decoder.int8.onnx`` there when it has one (its dev-split
-cost is measured in model.json); under CUDA, and with ``"float"``, the float
-decoder.  The encoder is always float.
+uses the bundle's ``decoder.int8.onnx`` there when it has one that scales
+each row's activations on its own (see :func:`int8_by_default`; its
+dev-split cost is measured in model.json); under CUDA, and with ``"float"``,
+the float decoder.  The encoder is always float.
+
+A photo's caption and score do not depend on the photos batched with it:
+the float graphs and the per-row int8 decoder compute each row alone, and a
+lone image is encoded as a pair (see :meth:`Captioner.encode`).
 """
 
 from __future__ import annotations
@@ -163,7 +168,7 @@ class Captioner:
             self.lanes = lanes or min(2, cores)
             self.threads = threads or max(1, cores // self.lanes)
             options = _session_options(self.threads)
-            int8 = precision == "int8" or (precision == "auto" and bundle.has_int8_decoder)
+            int8 = precision == "int8" or (precision == "auto" and int8_by_default(bundle))
             self.precision = "int8" if int8 else "float"
             decoder = INT8_DECODER if int8 else DECODER
             self._encoder = ort.InferenceSession(bundle.files[ENCODER], options, providers=[CPU])
@@ -173,6 +178,14 @@ class Captioner:
         self._decoder_outputs = [o.name for o in self._decoder.get_outputs()]
         self.seconds = {"encode": 0.0, "decode": 0.0}  # time spent in caption() per stage, summed over lanes
         self._seconds_lock = threading.Lock()
+        self._run_options = ort.RunOptions()  # every run's: cancel() sets its terminate flag
+
+    def cancel(self) -> None:
+        """End every encoder and decoder run now and refuse new ones (they raise); the captioner is spent.
+
+        For a second Ctrl-C: onnxruntime checks the flag between graph nodes, so a big batch stops at once.
+        """
+        self._run_options.terminate = True
 
     @property
     def device(self) -> str:
@@ -182,7 +195,16 @@ class Captioner:
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Images (B, 3, H, W) -> {"features" (B, L, D), "keys" (B, A, L), "h" (B, H)[, "c"][, "concept" (B, C)]
         [, "tags" (B, K)]}."""
-        outputs = self._encoder.run(self._encoder_outputs, {"image": self._check_images(images)})
+        images = self._check_images(images)
+        if len(images) == 1:
+            # onnxruntime's ReduceMean (the initial state's mean over regions) sums a batch of one in
+            # another order than a bigger batch, which moves h by ~1e-7, enough to flip a score's last
+            # printed digit.  Every batch of two or more gives each image the same bits, so a lone image
+            # is encoded as a pair: a photo's record does not depend on the batch it came in.
+            outputs = self._encoder.run(self._encoder_outputs, {"image": np.concatenate([images, images])},
+                                        self._run_options)  # fmt: skip
+            return {name: value[:1] for name, value in zip(self._encoder_outputs, outputs)}
+        outputs = self._encoder.run(self._encoder_outputs, {"image": images}, self._run_options)
         return dict(zip(self._encoder_outputs, outputs))
 
     def bind_context(self, encoded: dict[str, np.ndarray], images: np.ndarray | None = None) -> Context:
@@ -210,10 +232,10 @@ class Captioner:
                     binding.bind_ortvalue_input(name, value)
             for name in self._decoder_outputs:
                 binding.bind_output(name, "cpu")
-            self._decoder.run_with_iobinding(binding)
+            self._decoder.run_with_iobinding(binding, self._run_options)
             outputs = binding.copy_outputs_to_cpu()
         else:
-            outputs = self._decoder.run(self._decoder_outputs, {"token": tokens, **state, **context})
+            outputs = self._decoder.run(self._decoder_outputs, {"token": tokens, **state, **context}, self._run_options)
         out = dict(zip(self._decoder_outputs, outputs))
         new_state = {name: out[f"{name}_out"] for name in self.bundle.state_names}
         return out["logprobs"], new_state, out["alpha"]
@@ -258,6 +280,19 @@ class Captioner:
         if images.ndim != 4 or images.shape[1:] != (3, h, w):
             raise ValueError(f"images must be (B, 3, {h}, {w}), got {images.shape}")
         return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def int8_by_default(bundle: Bundle) -> bool:
+    """Whether ``precision="auto"`` takes the bundle's int8 decoder on the CPU.
+
+    Only one that quantises each row's activations on its own (``capcli export --quantize`` since
+    issue 19 records ``activation_scale: per-row``): with one scale per batch, a photo's caption and
+    score depended on the photos captioned beside it.  An older int8 decoder is used with
+    ``--precision int8`` only (re-quantise the bundle to make it the default again).
+    """
+    quantization = bundle.provenance.get("quantization")
+    return (bundle.has_int8_decoder and isinstance(quantization, dict)
+            and quantization.get("activation_scale") == "per-row")  # fmt: skip
 
 
 def top_tags(probs: np.ndarray, labels: tuple[str, ...], k: int) -> list[tuple[str, float]]:

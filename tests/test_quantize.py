@@ -42,23 +42,67 @@ def test_quantize_adds_an_int8_decoder_that_the_cpu_prefers(tiny_bundle: Path, p
     same = {k: v for k, v in meta.items() if k not in ("files", "provenance")}
     assert same == {k: v for k, v in source.items() if k not in ("files", "provenance")}
     comparison = quantization["comparison"]
-    assert comparison["inputs"] == "6 photo(s)" and 0 <= comparison["greedy_captions_identical"] <= 1
+    assert comparison["inputs"] == "5 photo(s)" and 0 <= comparison["greedy_captions_identical"] <= 1
     # The products with weights are int8 (only activation x activation products stay float).
     assert "MatMulInteger" in _ops(out / INT8_DECODER) and "Gemm" not in _ops(out / INT8_DECODER)
     assert "MatMulInteger" not in _ops(out / DECODER)
+    # Activations are quantised row by row: no scale shared by the whole batch.
+    assert quantization["activation_scale"] == "per-row"
+    assert "DynamicQuantizeLinear" not in _ops(out / INT8_DECODER) and "QuantizeLinear" in _ops(out / INT8_DECODER)
 
     # The CPU uses it by default; --precision float and int8 choose.
     from capcli.runtime import Captioner
 
     assert Captioner(bundle, device="cpu").precision == "int8"
     assert Captioner(bundle, device="cpu", precision="float").precision == "float"
+    _rows_do_not_depend_on_their_batch(bundle)
     for precision in ("auto", "float", "int8"):
         records = tmp_path / f"{precision}.jsonl"
         result = CliRunner().invoke(main, ["caption", str(photos), "--model", str(out), "-o", str(records),
                                            "--device", "cpu", "--precision", precision])  # fmt: skip
         assert result.exit_code == 0, result.output
         lines = [json.loads(line) for line in records.read_text().splitlines()]
-        assert len(lines) == 6 and all(r["status"] == "ok" and r["caption"] for r in lines)
+        assert len(lines) == 5 and all(r["status"] == "ok" and r["caption"] for r in lines)
+
+
+def _rows_do_not_depend_on_their_batch(bundle) -> None:
+    """One int8 decoder step: each row's numbers are the same, bit for bit, alone and among other rows."""
+    import numpy as np
+
+    from capcli.runtime import Captioner
+
+    captioner = Captioner(bundle, device="cpu", precision="int8")
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((6, 3, 64, 64)).astype(np.float32) * np.array([0.2, 1, 5, 0.5, 3, 1])[:, None, None, None]
+    encoded = captioner.encode(images)  # rows of very different ranges: one shared scale would show
+    tokens = rng.integers(4, len(bundle.vocab), 6)
+    together, _, _ = captioner.step(tokens, {"h": encoded["h"]}, captioner.bind_context(encoded))
+    for i in range(6):
+        alone, _, _ = captioner.step(tokens[i : i + 1], {"h": encoded["h"][i : i + 1]},
+                                     captioner.bind_context(encoded, np.array([i])))  # fmt: skip
+        assert np.array_equal(alone[0], together[i]), i
+
+
+def test_an_int8_decoder_with_one_scale_per_batch_is_not_the_default(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Bundles quantised before per-row scales: auto takes the float decoder (results independent of the
+    batch); --precision int8 still takes theirs."""
+    import shutil
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from capcli.bundle import sha256_bytes
+    from capcli.runtime import Captioner
+
+    old = Path(shutil.copytree(tiny_bundle, tmp_path / "old"))
+    quantize_dynamic(old / DECODER, old / INT8_DECODER, per_channel=True, reduce_range=True,
+                     weight_type=QuantType.QInt8)  # fmt: skip
+    meta = json.loads((old / "model.json").read_text())
+    meta["files"][INT8_DECODER] = {"sha256": sha256_bytes((old / INT8_DECODER).read_bytes())}
+    meta["provenance"]["quantization"] = {"method": "dynamic", "file": INT8_DECODER}
+    (old / "model.json").write_text(json.dumps(meta))
+    bundle = load_bundle(old)
+    assert Captioner(bundle, device="cpu").precision == "float"
+    assert Captioner(bundle, device="cpu", precision="int8").precision == "int8"
 
 
 def test_int8_needs_an_int8_decoder(tiny_bundle: Path, photos: Path) -> None:

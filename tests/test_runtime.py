@@ -12,10 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from tiny_bundle import FLICKR8K
+from example_photos import example_paths
 
 from capcli.bundle import load_bundle
 from capcli.cli import main
+from capcli.decode import block_dangling_end, block_repeats
 from capcli.errors import FatalError
 from capcli.images import load
 from capcli.runtime import CPU, CUDA, DANGLING_WORDS, Captioner, parse_device
@@ -29,12 +30,8 @@ def bundle(tiny_bundle: Path):
 
 @pytest.fixture(scope="module")
 def images(bundle) -> np.ndarray:
-    """Four real photos preprocessed the runtime's way (random pixels when the data is absent)."""
-    folder = FLICKR8K / "images"
-    if folder.is_dir():
-        files = sorted(folder.iterdir())[:4]
-        return np.stack([load(str(f), bundle.preprocess).array for f in files])
-    return np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    """Four real photos (the examples) preprocessed the runtime's way."""
+    return np.stack([load(str(f), bundle.preprocess).array for f in example_paths()[:4]])
 
 
 @pytest.mark.parametrize("beam", [1, 3])
@@ -71,6 +68,46 @@ def test_batch_equals_one_image_at_a_time(bundle, images: np.ndarray, beam: int)
         assert alone.score == pytest.approx(cap.score, abs=1e-5)
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "capcli" / "models" / "default"
+
+
+def test_a_photos_caption_and_score_do_not_depend_on_its_batch() -> None:
+    """The shipped model at the default precision (the per-row int8 decoder on the CPU): each example photo
+    alone, among 15 others, among 6 and in a pair gets the same caption and the very same score."""
+    bundle = load_bundle(SHIPPED)
+    captioner = Captioner(bundle, device="cpu")
+    assert captioner.precision == "int8"
+    photos = np.stack([load(str(f), bundle.preprocess).array for f in example_paths()])
+    n = len(photos)
+    others = np.concatenate([photos[:, :, ::-1], photos[:, :, :, ::-1], photos[:, :, ::-1, ::-1]])  # 3n flips
+    alone = [(c.text, c.score) for c in (captioner.caption(p[None])[0] for p in photos)]
+    rng = np.random.default_rng(0)
+    batches = [np.concatenate([photos, others[: 16 - n]]), np.concatenate([photos[::-1], others[-2:]])]
+    batches += [np.stack([p, others[i]]) for i, p in enumerate(photos)]
+    for batch in batches:
+        order = rng.permutation(len(batch))
+        captions = captioner.caption(batch[order])
+        for position, source in enumerate(order):
+            for i in range(n):
+                if np.array_equal(batch[source], photos[i]):
+                    assert (captions[position].text, captions[position].score) == alone[i], (len(batch), i)
+
+
+def test_batch_size_does_not_change_the_records(tmp_path: Path) -> None:
+    """End to end with the shipped model: --batch-size 1 and the default write the same records."""
+    from example_photos import EXAMPLES
+
+    outputs = []
+    for size in ("1", "16"):
+        out = tmp_path / f"b{size}.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "capcli", "caption", str(EXAMPLES), "--model", str(SHIPPED),
+                               "--device", "cpu", "--batch-size", size, "-o", str(out)],
+                              capture_output=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr.decode()
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1] and outputs[0].count('"status": "ok"') == len(list(EXAMPLES.glob("*.jpg")))
+
+
 def test_greedy_equals_greedy_decoding_in_pytorch(tmp_path: Path, images: np.ndarray) -> None:
     """onnxruntime + numpy search pick the words PyTorch picks under the same masking rules."""
     torch = pytest.importorskip("torch")
@@ -92,6 +129,10 @@ def test_greedy_equals_greedy_decoding_in_pytorch(tmp_path: Path, images: np.nda
             for t in range(bundle.max_len + 1):
                 logits, state, _ = model.decoder.step(token, state, features, keys)
                 masked = captioner.spec.mask(torch.log_softmax(logits, 1).numpy(), t)
+                # The search's history rules too: no repeated trigram, no ending on "a"/"the"/"in"...
+                history = np.array([words], dtype=np.int64).reshape(1, len(words))
+                block_repeats(masked, history, captioner.spec.no_repeat_ngram)
+                block_dangling_end(masked, history, captioner.spec)
                 token = torch.from_numpy(masked.argmax(axis=1))
                 if int(token) == vocab.end_id:
                     break
