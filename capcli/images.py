@@ -12,6 +12,7 @@ import functools
 import io
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
@@ -23,8 +24,9 @@ from capcli.errors import BundleError, ItemError
 if TYPE_CHECKING:
     from capcli.bundle import Preprocess
 
-# Pillow's own decompression-bomb threshold. Pillow refuses images over twice
-# its MAX_IMAGE_PIXELS on its own, so a larger --max-pixels does not go past that.
+# Pillow's own decompression-bomb threshold. Image.open refuses images over twice
+# its MAX_IMAGE_PIXELS; a larger --max-pixels opens them through the format
+# plugins directly (see _open), so capcli's limit is the one that counts.
 DEFAULT_MAX_PIXELS = 89_478_485
 
 ERROR_KINDS = {
@@ -130,7 +132,7 @@ def _open_file(path: str) -> IO[bytes]:
 
 def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image.Image, int]:
     try:
-        with _identify(fp) as image:
+        with _identify(fp, max_pixels) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ItemError("too_large", f"{width}x{height} is over the limit of {max_pixels} pixels")
@@ -142,8 +144,8 @@ def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image
             return rgb, _n_frames(image)
     except ItemError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ItemError("too_large", str(exc)) from None
+    except Image.DecompressionBombError as exc:  # TIFF and WebP check Pillow's limit themselves too
+        raise ItemError("too_large", f"{exc} (Pillow's own limit, which --max-pixels cannot raise for this format)") from None
     except MemoryError:
         raise ItemError("too_large", "not enough memory to decode this image") from None
     except OSError as exc:
@@ -154,21 +156,46 @@ def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image
         raise ItemError("decode_error", f"{type(exc).__name__}: {exc}") from None
 
 
-def _identify(fp: IO[bytes]) -> Image.Image:
+def _identify(fp: IO[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     head = fp.read(32)
     fp.seek(0)
     try:
-        return Image.open(fp)
+        return _open(fp, max_pixels)
     except UnidentifiedImageError:
         pass
     fmt = _sniff(head)
     if fmt == "HEIF" and _register_heif():
         fp.seek(0)
-        return Image.open(fp)
+        return _open(fp, max_pixels)
     if fmt:
         hint = " (pip install 'capcli[heic]')" if fmt == "HEIF" else ""
         raise ItemError("unsupported_format", f"{fmt} images are not supported by this installation{hint}")
     raise ItemError("not_an_image", "not an image format Pillow recognises")
+
+
+def _open(fp: IO[bytes], max_pixels: int) -> Image.Image:
+    """``Image.open``, unless ``max_pixels`` allows more than Pillow's bomb limit, which Image.open enforces.
+
+    Then the format plugins are asked directly, as Image.open asks them, without its size check (the
+    caller checks the size against ``max_pixels``); Pillow's global limit is left as it is.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if not limit or max_pixels <= 2 * limit:
+        return Image.open(fp)
+    prefix = fp.read(16)
+    for load_plugins in (Image.preinit, Image.init):
+        load_plugins()
+        for fmt in list(Image.ID):
+            factory, accept = Image.OPEN[fmt]
+            result = accept(prefix) if accept else True
+            if isinstance(result, str) or not result:  # a str: "this format, but unsupported here"
+                continue
+            fp.seek(0)
+            try:
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue  # not this format: the next one, as Image.open does
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 def _sniff(head: bytes) -> str | None:

@@ -47,6 +47,8 @@ class Captioner(Protocol):
 
     def caption(self, images: np.ndarray) -> list[Any]: ...  # (B, 3, H, W) -> B objects with .text, .score
 
+    # Optionally ``cancel()``: end the batches being captioned at once (they raise); the captioner is spent.
+
 
 def make_reader(
     pre: Preprocess,
@@ -122,6 +124,10 @@ def caption_items(
 
     When ``stop`` is set, no new batch is started: records of finished
     batches have been yielded, the rest are left for ``--resume``.
+
+    When the consumer stops early (a second Ctrl-C, an error, ``close()``),
+    batches being captioned are abandoned: the captioner's ``cancel()`` (when
+    it has one) ends its running batches, and no thread is waited for.
     """
     stop = stop or threading.Event()
     window = max(2 * batch_size, batch_size + 2 * workers)
@@ -140,6 +146,7 @@ def caption_items(
         while len(running) >= lanes:
             yield from _records(*_result(running.popleft()), annotate)
 
+    finished = False
     try:
         batch: Batch = []
         loaded = 0
@@ -155,10 +162,15 @@ def caption_items(
             yield from start(batch)
         while running:  # batches already started finish, even after ``stop``
             yield from _records(*_result(running.popleft()), annotate)
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not finished and lane_pool is not None:  # a batch may still be running on a lane
+            cancel = getattr(captioner, "cancel", None)
+            if cancel is not None:
+                cancel()
+        pool.shutdown(wait=finished, cancel_futures=True)
         if lane_pool is not None:
-            lane_pool.shutdown(wait=True, cancel_futures=True)
+            lane_pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _read_ahead(

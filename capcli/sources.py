@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, BinaryIO
@@ -43,11 +43,16 @@ class Item:
     extra: Mapping[str, Any] | None = None  # more record fields, e.g. url-list's id column
 
 
-def iter_items(specs: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[Item]:
-    """Items for ``specs`` in order, numbered from 0; ``-`` reads paths from ``stdin``."""
+def iter_items(
+    specs: Iterable[str], stdin: BinaryIO | None = None, on_empty: Callable[[str], None] | None = None
+) -> Iterator[Item]:
+    """Items for ``specs`` in order, numbered from 0; ``-`` reads paths from ``stdin``.
+
+    ``on_empty(directory)`` is called for a directory input that holds no image (it yields no item).
+    """
     index = 0
     for spec in specs:
-        for source, path, url, error in _expand_spec(spec, stdin):
+        for source, path, url, error in _expand_spec(spec, stdin, on_empty):
             yield Item(index, source, path, url, error)
             index += 1
 
@@ -55,22 +60,29 @@ def iter_items(specs: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[
 _Entry = tuple[str, str | None, str | None, ItemError | None]  # source, path, url, error
 
 
-def _expand_spec(spec: str, stdin: BinaryIO | None) -> Iterator[_Entry]:
+def _expand_spec(spec: str, stdin: BinaryIO | None, on_empty: Callable[[str], None] | None) -> Iterator[_Entry]:
     if spec == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
         for line in stream:  # bytes: file names need not be UTF-8
             name = os.fsdecode(line.rstrip(b"\r\n"))
             if name:
-                yield from _expand_path(name, glob=False)
+                yield from _expand_path(name, glob=False, on_empty=on_empty)
     else:
-        yield from _expand_path(spec, glob=True)
+        yield from _expand_path(spec, glob=True, on_empty=on_empty)
 
 
-def _expand_path(spec: str, glob: bool) -> Iterator[_Entry]:
-    if _URL.match(spec):
+def _expand_path(spec: str, glob: bool, on_empty: Callable[[str], None] | None = None) -> Iterator[_Entry]:
+    if "\0" in spec:  # only a stdin list can hold one; no file name can
+        yield spec, None, None, ItemError("invalid_input", "the path contains a NUL byte")
+    elif _URL.match(spec):
         yield spec, None, spec, None
     elif os.path.isdir(spec):
-        yield from _walk(spec, visited=set())
+        empty = True
+        for entry in _walk(spec, visited=set()):
+            empty = False
+            yield entry
+        if empty and on_empty is not None:
+            on_empty(spec)
     elif glob and _MAGIC.search(spec) and not os.path.lexists(spec):
         matched = False
         for path in _glob(spec):

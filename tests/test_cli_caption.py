@@ -98,8 +98,8 @@ def test_a_folder_of_real_photos_plus_bad_inputs_exits_3_with_one_record_each(ph
     assert by_name["broken.jpg"]["error_kind"] == "empty_file"
     assert by_name["missing.jpg"]["error_kind"] == "not_found"
     captions = [r["caption"] for r in records if r["status"] == "ok"]
-    assert len(captions) == 6 and len(set(captions)) == 6 and all(c.startswith("Brightness") for c in captions)
-    assert "6 captioned, 2 failed (empty_file 1, not_found 1)" in result.stderr
+    assert len(captions) == 5 and len(set(captions)) == 5 and all(c.startswith("Brightness") for c in captions)
+    assert "5 captioned, 2 failed (empty_file 1, not_found 1)" in result.stderr
     assert "on cpu" in result.stderr
 
 
@@ -202,8 +202,109 @@ def test_retry_errors_reruns_only_the_failures(tmp_path: Path, fake) -> None:
     result = run(*paths, str(late), "-o", str(out), "--retry-errors")
     assert result.exit_code == 0 and "1 captioned, 0 failed, 3 skipped" in result.stderr
     records = read_records(str(out), "csv")
-    assert sorted(r["source"] for r in records) == sorted(paths + [str(late)])
     assert {r["status"] for r in records} == {"ok"}
+    assert [r["source"] for r in records] == paths + [str(late)]
+
+
+def test_retry_errors_keeps_the_file_in_input_order(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 6)
+    for broken in paths[1::2]:
+        Path(broken).write_bytes(b"")  # 1, 3 and 5 fail
+    out = tmp_path / "out.jsonl"
+    assert run(*paths, "-o", str(out)).exit_code == 3
+    for fixed in paths[1::2]:
+        Image.new("L", (4, 4), 9).save(fixed)
+    result = run(*paths, "-o", str(out), "--retry-errors")
+    assert result.exit_code == 0, result.output
+    records = read_records(str(out), "jsonl")
+    assert [r["index"] for r in records] == list(range(6)) and [r["source"] for r in records] == paths
+    assert {r["status"] for r in records} == {"ok"}
+
+
+# --- resume with repeated inputs, and refusing to overwrite ------------------------------------------------
+
+
+def test_resume_restores_one_record_per_input_position_with_repeated_inputs(tmp_path: Path, fake) -> None:
+    a, b = make_pngs(tmp_path / "in", 2)
+    out = tmp_path / "d.jsonl"
+    assert run(a, b, a, b, "-o", str(out)).exit_code == 0
+    out.write_bytes(out.read_bytes().splitlines(keepends=True)[0])  # cut to the first record
+    result = run(a, b, a, b, "-o", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "3 captioned, 0 failed, 1 skipped" in result.stderr
+    records = read_records(str(out), "jsonl")
+    assert [(r["index"], r["source"]) for r in records] == [(0, a), (1, b), (2, a), (3, b)]
+
+
+def test_resume_at_scale_with_every_input_given_five_times(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 20) * 5  # 100 inputs
+    out = tmp_path / "d.csv"
+    stdin = "\n".join(paths).encode()
+    assert run("-", "-o", str(out), input=stdin).exit_code == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:38]) + lines[38][:9])  # the header, 37 records and a torn one
+    result = run("-", "-o", str(out), "--resume", input=stdin)
+    assert result.exit_code == 0, result.output
+    assert "63 captioned, 0 failed, 37 skipped" in result.stderr
+    records = read_records(str(out), "csv")
+    assert [int(r["index"]) for r in records] == list(range(100)) and [r["source"] for r in records] == paths
+
+
+def test_resume_with_other_inputs_is_refused(tmp_path: Path, fake) -> None:
+    a, b, c = make_pngs(tmp_path / "in", 3)
+    out = tmp_path / "d.jsonl"
+    assert run(a, b, "-o", str(out)).exit_code == 0
+    before = out.read_bytes()
+    result = run(a, c, b, "-o", str(out), "--resume")
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "record 1" in line and "same inputs" in line
+    assert out.read_bytes() == before
+
+
+def test_an_output_that_holds_records_is_not_replaced_without_overwrite(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 3)
+    out = tmp_path / "done.jsonl"
+    assert run(*paths, "-o", str(out)).exit_code == 0
+    before = out.read_bytes()
+    result = run(paths[0], "-o", str(out))
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert "done.jsonl already exists" in line and "--resume" in line and "--overwrite" in line
+    assert out.read_bytes() == before and fake.calls == 1  # refused before any work
+    result = run(paths[0], "-o", str(out), "--overwrite")
+    assert result.exit_code == 0 and len(read_records(str(out), "jsonl")) == 1
+    empty = tmp_path / "empty.csv"
+    empty.touch()  # an empty file holds nothing to lose
+    assert run(paths[0], "-o", str(empty)).exit_code == 0
+    assert run(paths[0], "-o", os.devnull).exit_code == 0
+    assert run(paths[0]).exit_code == 0  # stdout: as before
+
+
+# --- smaller ones --------------------------------------------------------------------------------------
+
+
+def test_a_nul_byte_in_a_stdin_path_is_invalid_input(tmp_path: Path, fake) -> None:
+    [good] = make_pngs(tmp_path / "in", 1)
+    result = run("-", input=good.encode() + b"\n" + good.encode() + b"\0junk\n")
+    assert result.exit_code == 3, result.output
+    records = jsonl(result.stdout)
+    assert records[0]["status"] == "ok"
+    assert records[1]["error_kind"] == "invalid_input" and "NUL" in records[1]["error"]
+
+
+def test_a_directory_without_images_is_named_on_stderr_and_exits_0(tmp_path: Path, fake) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x.jpg").mkdir()  # a directory named like a photo
+    (tmp_path / "x.jpg" / "notes.txt").write_text("no photo here")
+    result = run(str(tmp_path / "empty"), str(tmp_path / "x.jpg"))
+    assert result.exit_code == 0 and result.stdout == ""  # like find over an empty tree: nothing to do is fine
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 2 and "empty: no image files" in warnings[0] and "x.jpg: no image files" in warnings[1]
+    assert "0 captioned, 0 failed" in result.stderr
+    [photo] = make_pngs(tmp_path / "in", 1)
+    result = run(str(tmp_path / "empty"), photo)
+    assert result.exit_code == 0 and len(jsonl(result.stdout)) == 1 and "Warning: " in result.stderr
 
 
 # --- a real process: pipes, kill -9, SIGINT --------------------------------------------------------
@@ -234,6 +335,29 @@ def test_pipe_to_head_ends_quietly(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert len(jsonl(proc.stdout)) == 1
     assert proc.stderr == b""  # no traceback, no "Exception ignored", no summary
+
+
+def test_a_full_disk_leaves_whole_records_and_one_error_line(tmp_path: Path) -> None:
+    """The file-size limit (RLIMIT_FSIZE) stands in for a full disk: writes past it fail with EFBIG."""
+    resource = pytest.importorskip("resource")
+    paths = make_pngs(tmp_path / "in", 40)
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"out.{fmt}"
+
+        def small_disk() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+        cmd = fake_capcli(tmp_path) + ["caption", *paths, "-o", str(out), "--batch-size", "4"]
+        proc = subprocess.run(cmd, capture_output=True, timeout=60, cwd=REPO, preexec_fn=small_disk)
+        assert proc.returncode == 1, proc.stderr.decode()
+        errors = [line for line in proc.stderr.decode().splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "File too large" in errors[0] and "last whole record" in errors[0]
+        assert b"Traceback" not in proc.stderr
+        data = out.read_bytes()
+        assert 2000 < len(data) <= 3000 and data.endswith(b"\n")
+        records = read_records(str(out), fmt)
+        assert [r["source"] for r in records] == paths[: len(records)]
 
 
 def test_kill_9_mid_run_then_resume_gives_exactly_one_record_per_input(tmp_path: Path) -> None:
@@ -270,6 +394,35 @@ def test_sigint_to_a_real_process(tmp_path: Path) -> None:
     assert b"interrupted:" in stderr and b"Traceback" not in stderr
     records = read_records(str(out), "csv")
     assert 2 <= len(records) < 60 and out.read_bytes().endswith(b"\r\n")
+
+
+def test_a_second_ctrl_c_stops_a_big_batch_at_once(tmp_path: Path) -> None:
+    """The shipped model on batches of 128: the first Ctrl-C waits for the batches being captioned (seconds on
+    a small CPU), the second ends them within about a second, leaving only whole records."""
+    from example_photos import example_paths
+
+    out = tmp_path / "out.jsonl"
+    listing = tmp_path / "listing.txt"
+    listing.write_text("\n".join(str(p) for p in example_paths() * 77))  # 385 inputs
+    cmd = [sys.executable, "-m", "capcli", "caption", "-", "--batch-size", "128", "--device", "cpu", "-o", str(out)]
+    with listing.open("rb") as stdin:
+        proc = subprocess.Popen(cmd, stdin=stdin, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline:  # the model is loaded: captioning starts
+        time.sleep(0.02)
+    time.sleep(1.5)  # the first batches are read and being captioned
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    second = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    took = time.monotonic() - second
+    assert proc.returncode == 130, stderr.decode()
+    assert took < 1.5, f"{took:.1f} s after the second Ctrl-C"
+    assert b"Traceback" not in stderr and b"interrupted:" in stderr
+    data = out.read_bytes()
+    assert data == b"" or data.endswith(b"\n")
+    assert all(json.loads(line)["status"] == "ok" for line in data.splitlines())
 
 
 # --- with a real exported bundle -------------------------------------------------------------------

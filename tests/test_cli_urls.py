@@ -188,3 +188,18 @@ def test_caption_command_fetches_urls_through_the_same_guard(server: LocalServer
     assert result.exit_code == 3
     assert records(result.stdout)[0]["error_kind"] == "blocked_address"
     assert server.hits["/0.png"] == 0
+
+
+def test_resume_with_repeated_urls_restores_one_record_per_line(server: LocalServer, tmp_path) -> None:
+    urls = serve_levels(server, [10, 20, 30]) * 4  # 12 lines, each URL four times
+    listing = tmp_path / "urls.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert url_list(str(listing), "--allow-private-network", "-o", str(out)).exit_code == 0
+    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:5]))  # a run cut after 5 records
+    result = url_list(str(listing), "--allow-private-network", "-o", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "7 captioned, 0 failed, 5 skipped" in result.stderr
+    got = records(out.read_text())
+    assert [r["index"] for r in got] == list(range(12)) and [r["source"] for r in got] == urls
+    assert [r["caption"] for r in got] == [f"Level {v}." for v in [10, 20, 30] * 4]

@@ -31,9 +31,9 @@ def encode(image: Image.Image, fmt: str, **params) -> bytes:
     return buf.getvalue()
 
 
-def kind_of(source) -> str:
+def kind_of(source, **options) -> str:
     with pytest.raises(ItemError) as info:
-        open_rgb(source)
+        open_rgb(source, **options)
     return info.value.kind
 
 
@@ -98,6 +98,24 @@ def png_claiming(width: int, height: int) -> bytes:
     data[12:29] = ihdr
     data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
     return bytes(data)
+
+
+def test_max_pixels_above_pillows_own_limit_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-pixels is the limit, even above Pillow's (here made small so that a real image exceeds it)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Image.open refuses over 2,000 pixels
+    photo = np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        rgb, _ = open_rgb(encode(Image.fromarray(photo), fmt), max_pixels=10_000)  # 4,800 pixels
+        assert rgb.size == (80, 60), fmt
+    for fmt in ("TIFF", "WEBP"):  # their plugins check Pillow's limit themselves: refused, and said so
+        with pytest.raises(ItemError, match="Pillow's own limit") as info:
+            open_rgb(encode(Image.fromarray(photo), fmt), max_pixels=10_000)
+        assert info.value.kind == "too_large"
+    with pytest.raises(ItemError) as info:  # capcli's own limit still holds
+        open_rgb(encode(Image.fromarray(photo), "PNG"), max_pixels=4_000)
+    assert info.value.kind == "too_large" and "4000" in str(info.value)
+    assert kind_of(b"not an image at all", max_pixels=10_000) == "not_an_image"
+    assert Image.MAX_IMAGE_PIXELS == 1_000  # Pillow's setting was left alone
 
 
 def test_pixel_limits_are_checked_from_the_header() -> None:

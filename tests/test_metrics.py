@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +19,12 @@ REFS = {
 }
 
 
+def needs_pycocoevalcap() -> None:
+    pytest.importorskip("pycocoevalcap", reason="scoring needs pycocoevalcap (the train extra)")
+
+
 def test_quick_scores_perfect_vs_constant() -> None:
+    needs_pycocoevalcap()
     perfect = quick_scores(REFS, {k: v[0] for k, v in REFS.items()})
     assert perfect["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
     assert perfect["CIDEr"] > 1.0
@@ -24,6 +33,7 @@ def test_quick_scores_perfect_vs_constant() -> None:
 
 
 def test_quick_scores_ignores_case_and_punctuation() -> None:
+    needs_pycocoevalcap()
     a = quick_scores(REFS, {"a.jpg": "A dog runs across the green grass.", "b.jpg": "kids playing on a sandy beach"})
     b = quick_scores(REFS, {"a.jpg": "a dog runs across the green grass", "b.jpg": "Kids playing, on a sandy beach!"})
     assert a == b
@@ -38,6 +48,7 @@ def test_hypotheses_must_have_references() -> None:
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer and METEOR need Java")
 def test_coco_protocol() -> None:
+    needs_pycocoevalcap()
     perfect = coco_scores(REFS, {k: v[0] for k, v in REFS.items()})
     assert list(perfect) == list(METRICS)
     assert perfect["BLEU-1"] == pytest.approx(1.0, abs=1e-6)
@@ -65,6 +76,7 @@ def flickr_dev(tmp_path):
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
 def test_eval_scores_a_captions_file(flickr_dev, tmp_path) -> None:
+    needs_pycocoevalcap()
     import json
 
     from click.testing import CliRunner
@@ -108,3 +120,24 @@ def test_eval_needs_a_usable_split(tmp_path) -> None:
     result = CliRunner().invoke(main, ["eval", "--captions", str(tmp_path / "c.jsonl"), "--dataset", "flickr8k",
                                        "--data", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 1 and "captions file not found" in result.output
+
+
+def test_without_the_train_extra_these_tests_skip_instead_of_failing() -> None:
+    """`pip install capcli[dev]` without `train`: the tests that need pycocoevalcap skip, the others pass."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here / "without_train"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not without_the_train",
+                           str(Path(__file__))], capture_output=True, text=True, env=env, cwd=here.parent, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "4 skipped" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_eval_with_a_bad_device_is_a_usage_error(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+
+    result = CliRunner().invoke(main, ["eval", "--dataset", "flickr8k", "--data", str(tmp_path), "--device", "foo"])
+    assert result.exit_code == 2
+    assert "device must be auto, cpu, cuda or cuda:N, not 'foo'" in result.output
+    assert "Traceback" not in result.output

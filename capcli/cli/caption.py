@@ -34,5 +34,11 @@ def caption(ctx: click.Context, inputs: tuple[str, ...], **options: object) -> N
     if inputs.count("-") > 1:
         raise click.UsageError("- (stdin) can be given only once")
     fetch = fetch_from(options)  # removes the download options from ``options``
-    status = run_captioning(iter_items(inputs), CaptionSettings(**options), fetch=fetch)
+    status = run_captioning(iter_items(inputs, on_empty=_warn_empty), CaptionSettings(**options), fetch=fetch)
     ctx.exit(int(status))
+
+
+def _warn_empty(directory: str) -> None:
+    """A directory input without images gives no record; say so (the exit status stays 0, as with find)."""
+    click.echo(f"Warning: {directory}: no image files in this directory (walked recursively, image suffixes "
+               "only); it adds no record", err=True)  # fmt: skip

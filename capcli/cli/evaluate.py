@@ -10,6 +10,7 @@ from rich.console import Console
 
 from capcli.bundle import PRECISIONS
 from capcli.cli import main
+from capcli.cli.options import _check_device
 from capcli.errors import CapcliError, ExitStatus
 from capcli.train.datasets import DATASETS
 
@@ -31,7 +32,7 @@ from capcli.train.datasets import DATASETS
               help="Beam ranking: log-probability / length ** this.")
 @click.option("--max-len", type=click.IntRange(min=1), default=None, help="Longest caption [default: the bundle's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=_check_device)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
@@ -57,8 +58,8 @@ def eval_command(
 
     \b
     Examples:
-      capcli eval --model models/f8k --dataset flickr8k --data ../shared/data/flickr8k --split dev
-      capcli eval --captions runs/f8k/best_dev_captions.jsonl --dataset flickr8k --data ../shared/data/flickr8k
+      capcli eval --model models/f8k --dataset flickr8k --data data/flickr8k --split dev
+      capcli eval --captions runs/f8k/best_dev_captions.jsonl --dataset flickr8k --data data/flickr8k
     """
     from capcli import evaluation
     from capcli.train.datasets import load_split

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -55,6 +56,7 @@ class CaptionSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     retry_errors: bool = False
+    overwrite: bool = False  # replace an output file that already holds something
     attention_dir: str | None = None  # write an attention figure per captioned input here
     shard: tuple[int, int] | None = None  # (K, N): only the inputs of shard K of N
     tags: int = 0  # add the tagger's top-K classes to each record
@@ -106,6 +108,8 @@ _OPTIONS = [
                  help="Keep an existing output file, skip inputs it already holds, append the rest."),
     click.option("--retry-errors", is_flag=True,
                  help="With --resume (implied): also run again the inputs that failed."),
+    click.option("--overwrite", is_flag=True,
+                 help="Replace an existing output file (without it, a non-empty one is refused)."),
     click.option("--attention-dir", metavar="DIR", default=None,
                  help="Also draw each caption's attention, word by word, as DIR/<index>-<name>.png "
                       "(the record's \"attention\" field)."),
@@ -151,12 +155,17 @@ def run_captioning(
     resume = settings.resume or settings.retry_errors
     if resume and settings.output == "-":
         raise click.UsageError("--resume and --retry-errors need -o FILE")
+    if not resume and not settings.overwrite and _holds_something(settings.output):
+        click.echo(f"Error: {settings.output} already exists and is not empty: add --resume to continue it, "
+                   "--retry-errors to run its failures again, or --overwrite to replace it", err=True)  # fmt: skip
+        return ExitStatus.USAGE
     fmt = infer_format(settings.output, settings.fmt)
     console = Console(stderr=True)
     summary = Summary()
     stop = threading.Event()
     started = time.monotonic()
     writer: RecordWriter | None = None
+    reported = False  # an Error: line was printed
     device = ""
     if settings.attention_dir:
         extra_columns += ("attention",)
@@ -173,7 +182,7 @@ def run_captioning(
                                    extra_columns=extra_columns)
         read = make_reader(pre, max_pixels=settings.max_pixels, fetch=fetch,
                            thumbnail=figures.thumbnail if figures else None)
-        todo = _skip(items, done, summary)
+        todo = _skip(items, done, summary, settings.output)
         records = caption_items(todo, captioner, read, batch_size=settings.batch_size, workers=settings.workers,
                                 stop=stop, annotate=figures.annotate if figures else None)
         # A live line only on a terminal, and not when records scroll past on that terminal too.
@@ -187,13 +196,14 @@ def run_captioning(
         _silence_stdout()
         return ExitStatus.OK
     except FatalError as exc:
+        reported = True
         click.echo(f"Error: {exc}", err=True)
         return ExitStatus.FATAL
     except KeyboardInterrupt:  # a second Ctrl-C, or one before captioning started
         stop.set()
     finally:
         if writer is not None:
-            _close(writer)
+            _close(writer, quiet=reported)
     summary.elapsed = time.monotonic() - started
     text = summary.describe() + (f" on {device}" if device else "")
     if settings.shard:
@@ -204,12 +214,26 @@ def run_captioning(
     return ExitStatus.ITEMS_FAILED if summary.failed else ExitStatus.OK
 
 
-def _skip(items: Iterable[Item], done: set[str], summary: Summary) -> Iterator[Item]:
+def _holds_something(output: str) -> bool:
+    """A regular file with at least one byte (``-o /dev/null`` and new files are fine)."""
+    try:
+        st = os.stat(output)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
+def _skip(items: Iterable[Item], done: dict[int, str], summary: Summary, output: str) -> Iterator[Item]:
+    """The inputs without a record in the output, matched by position (an input given twice is two inputs)."""
     for item in items:
-        if item.source in done:
+        source = done.get(item.index)
+        if source is None:
+            yield item
+        elif source == item.source:
             summary.skipped += 1
         else:
-            yield item
+            raise FatalError(f"{output} holds record {item.index} for {source!r}, but input {item.index} is "
+                             f"{item.source!r}: resume with the same inputs, in the same order")  # fmt: skip
 
 
 def _write(writer: RecordWriter, record: dict[str, Any], output: str) -> None:
@@ -217,17 +241,20 @@ def _write(writer: RecordWriter, record: dict[str, Any], output: str) -> None:
         writer.write(record)
     except BrokenPipeError:
         raise
-    except OSError as exc:  # a full disk, a vanished network share
-        raise FatalError(f"cannot write {output}: {exc.strerror or exc}") from None
+    except OSError as exc:  # a full disk, a vanished network share: the record was cut back out
+        where = "" if output == "-" else f"; {output} ends on its last whole record"
+        raise FatalError(f"cannot write {output}: {exc.strerror or exc}{where}") from None
 
 
-def _close(writer: RecordWriter) -> None:
+def _close(writer: RecordWriter, *, quiet: bool = False) -> None:
+    """Close the output; ``quiet`` after an error was already reported (one ``Error:`` line per run)."""
     try:
         writer.close()
     except BrokenPipeError:
         _silence_stdout()
     except OSError as exc:
-        click.echo(f"Error: closing the output failed: {exc.strerror or exc}", err=True)
+        if not quiet:
+            click.echo(f"Error: closing the output failed: {exc.strerror or exc}", err=True)
 
 
 def _isatty(stream: Any) -> bool:
