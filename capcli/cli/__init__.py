@@ -27,4 +27,4 @@ def main() -> None:
 
 
 # Each module adds its command(s) to ``main`` on import.
-from capcli.cli import bench, caption, evaluate, export_cmd, info, train, train_grounded, urls  # noqa: E402,F401
+from capcli.cli import bench, caption, evaluate, export_cmd, info, review, train, train_grounded, urls  # noqa: E402,F401
