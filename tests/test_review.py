@@ -463,3 +463,30 @@ def test_pages_of_200_in_headless_chromium(chromium: str, tmp_path: Path, monkey
         assert len(plain.evaluate(shown)) == 450
         assert plain.evaluate("document.getElementById('controls').offsetParent") is None  # no dead controls
         assert plain.errors() == []
+
+
+def test_examples_captioned_then_reviewed_in_chromium(chromium: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The issue's "done when": capcli caption examples -o out.jsonl && capcli review out.jsonl -o review.html."""
+    from cdp import Browser
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    photos = sorted(p for p in examples.glob("*.jpg")) if examples.is_dir() else []
+    if not photos:
+        pytest.skip("no example photos in examples/")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["caption", str(examples), "-o", "out.jsonl"])
+    assert result.exit_code == 0, result.output
+    text, _ = _review("out.jsonl", "-o", "review.html")
+    assert len(Page(text).cards) == len(photos)
+    with Browser.launch(chromium) as browser:
+        page = browser.new_page()
+        page.navigate((tmp_path / "review.html").as_uri())
+        assert page.evaluate("document.querySelectorAll('#grid > .card').length") == len(photos)
+        page.evaluate("(() => { const s = document.getElementById('sort'); s.value = 'score';"
+                      " s.dispatchEvent(new Event('change')); })()")  # fmt: skip
+        scores = page.evaluate("[...document.querySelectorAll('#grid > .card')].map(c => +c.dataset.score)")
+        assert scores == sorted(scores) and len(scores) == len(photos)
+        page.evaluate("Promise.all([...document.images].map(i => i.decode()))")
+        assert page.evaluate("[...document.images].filter(i => i.naturalWidth > 0).length") == len(photos)
+        assert page.errors() == []
