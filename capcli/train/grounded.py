@@ -132,7 +132,9 @@ def encoder_model(init: str, concepts: int, concept_dim: int, vocab: Vocab, max_
     model.config = cfg
     model.backbone.load_state_dict(source.backbone.state_dict())
     model.project.load_state_dict(source.project.state_dict())
-    model.tagger = build_tagger(base.backbone, base.finetune_blocks, pretrained=base.pretrained).eval()
+    # Always the ImageNet weights: a checkpoint rebuilt from a bundle says pretrained=False, but the
+    # tagger is worth only what the backbone's own classifier knows.
+    model.tagger = build_tagger(base.backbone, base.finetune_blocks, pretrained=True).eval()
     model.tagger.requires_grad_(False)
     model.backbone.requires_grad_(False)
     model.project.requires_grad_(False)
