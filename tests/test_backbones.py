@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
-from tiny_bundle import FLICKR8K, make_tiny_model, tiny_vocab  # noqa: E402
+from example_photos import EXAMPLES  # noqa: E402
+from tiny_bundle import make_tiny_model, tiny_vocab  # noqa: E402
 
 from capcli.bundle import Preprocess, load_bundle  # noqa: E402
 from capcli.cli import main  # noqa: E402
@@ -23,7 +24,7 @@ from capcli.train.backbones import WeightsUnavailable, build_backbone, check_nam
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "capcli" / "models" / "default" / "model.json"
-PHOTOS = [FLICKR8K / "images"] if (FLICKR8K / "images").is_dir() else []
+PHOTOS = [EXAMPLES]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

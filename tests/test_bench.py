@@ -100,3 +100,14 @@ def test_ratios_use_the_fastest_rounds_and_mark_targets() -> None:
     assert by_name["capcli greedy / tutorial greedy"].value is None  # skipped, not a zero
     assert by_name["capcli beam 3: big JPEGs / photos"].ok is False  # 8 / 18 < 0.5
     assert by_name["peak memory: 20,000 / 1,000 inputs"].ok is False  # 121 / 101 > 1.10
+
+
+def test_bench_defaults_to_the_example_photos_and_no_help_names_the_build_machines_data() -> None:
+    from capcli.cli.bench import default_images
+
+    assert default_images() == Path(__file__).resolve().parents[1] / "examples"
+    for command in ("caption", "url-list", "bench", "eval", "train", "export", "info"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0, command
+        assert "shared/data" not in result.output, command  # a folder only this project's build machines have
+    assert "examples/" in CliRunner().invoke(main, ["bench", "--help"]).output

@@ -11,7 +11,6 @@ from PIL import Image
 from capcli.errors import FatalError
 from capcli.train.datasets import load_split
 
-REAL_FLICKR8K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flickr8k"
 
 
 def _jpeg(path: Path) -> None:
@@ -174,8 +173,20 @@ def test_missing_data_is_fatal(tmp_path: Path) -> None:
         load_split("flickr8k", tmp_path, "holdout")
 
 
-@pytest.mark.skipif(not REAL_FLICKR8K.is_dir(), reason="shared Flickr8k not present")
-def test_real_flickr8k_dev() -> None:
-    dev = load_split("flickr8k", REAL_FLICKR8K, "dev")
-    assert len(dev.samples) == 1000 and dev.n_captions == 5000
-    assert (dev.missing_images, dev.bad_rows, dev.uncaptioned) == (0, 0, 0)
+def test_a_flickr8k_download_layout_with_real_photos(tmp_path: Path) -> None:
+    """Flickr8k as its download unpacks (captions.txt, images/, the three split files), with the example photos."""
+    from example_photos import CAPTIONS, NAMES, copy_photos
+
+    copy_photos(tmp_path / "images")
+    lines = ["image,caption"] + [f"{name},{text}" for name in NAMES for text in CAPTIONS[name]]
+    (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n")
+    for split, names in (("train", NAMES[:3]), ("dev", NAMES[3:4]), ("test", NAMES[4:])):
+        (tmp_path / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+    counts = {}
+    for split in ("train", "dev", "test"):
+        data = load_split("flickr8k", tmp_path, split)
+        assert (data.missing_images, data.bad_rows, data.uncaptioned) == (0, 0, 0)
+        assert all(s.captions == tuple(CAPTIONS[s.image.name]) for s in data.samples)
+        assert all(Image.open(s.image).size[0] > 100 for s in data.samples)  # the photos themselves
+        counts[split] = (len(data.samples), data.n_captions)
+    assert counts == {"train": (3, 9), "dev": (1, 3), "test": (1, 3)}

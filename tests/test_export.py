@@ -10,14 +10,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="export needs the train extra")
 
 from click.testing import CliRunner  # noqa: E402
-from tiny_bundle import FLICKR8K, make_tiny_checkpoint, make_tiny_model, tiny_vocab  # noqa: E402
+from example_photos import EXAMPLES  # noqa: E402
+from tiny_bundle import make_tiny_checkpoint, make_tiny_model, tiny_vocab  # noqa: E402
 
 from capcli.bundle import load_bundle, sha256_bytes  # noqa: E402
 from capcli.cli import main  # noqa: E402
 from export import check_parity, export_bundle, load_checkpoint  # noqa: E402
 
-PHOTOS = FLICKR8K / "images"
-REAL = [PHOTOS] if PHOTOS.is_dir() else []
+REAL = [EXAMPLES]  # the example photos shipped in the repository
 
 
 @pytest.mark.parametrize(
@@ -46,8 +46,7 @@ def test_parity_on_real_photos(tmp_path: Path, decoder: str, backbone: str, pret
     assert set(report.max_abs_diff) == {"features", "keys", *states, "logprobs", "alpha", *(f"{s}_out" for s in states)}
     assert report.ok, report.lines()
     assert max(report.max_abs_diff.values()) < 1e-4
-    if REAL:
-        assert "photo(s) from" in report.inputs
+    assert report.inputs == f"3 photo(s) from {EXAMPLES}"
     bundle = load_bundle(out)  # the finished bundle validates: sizes, checksums, grid
     assert bundle.decoder == decoder and bundle.backbone == backbone
     assert bundle.provenance["parity"]["max_abs_diff"] == report.max_abs_diff

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from capcli.errors import FatalError  # noqa: E402
+from example_photos import CAPTIONS, NAMES, copy_photos, synthetic_captions  # noqa: E402
 from resume_check import assert_same_training_state, train_one_epoch_then_stop  # noqa: E402
 from capcli.text import Vocab, tokenize  # noqa: E402
 from capcli.train import checkpoint, scst  # noqa: E402
@@ -20,7 +21,6 @@ from capcli.train.loop import ARCHITECTURE, TrainOptions, search_spec, train  # 
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 from capcli.train.reward import CiderD  # noqa: E402
 
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 TINY = dict(backbone="tiny", pretrained=False, feature_dim=32, attention_dim=32, embed_dim=32, hidden_dim=64,
             min_count=1, workers=0, batch_size=4, lr=1e-2, warmup=0.05, patience=0)  # fmt: skip
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -28,19 +28,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _flickr_captions(images: int) -> dict[str, list[str]]:
-    """The first ``images`` Flickr8k photos' captions (names in file order), without quoted lines."""
-    if not (FLICKR8K / "captions.txt").is_file():
-        pytest.skip("shared Flickr8k not present")
-    captions: dict[str, list[str]] = {}
-    for line in (FLICKR8K / "captions.txt").read_text().splitlines()[1:]:
-        name, caption = line.split(",", 1)
-        if '"' in caption:
-            continue
-        if name not in captions and len(captions) == images:
-            break
-        captions.setdefault(name, []).append(caption)
-    return captions
 
 
 # -- the reward ---------------------------------------------------------------------------------
@@ -49,7 +36,7 @@ def _flickr_captions(images: int) -> dict[str, list[str]]:
 def test_cider_d_matches_pycocoevalcap_per_image() -> None:
     """Same images, same references: CiderD's document frequencies equal CiderScorer's, and so do the scores."""
     Cider = pytest.importorskip("pycocoevalcap.cider.cider").Cider
-    captions = _flickr_captions(100)
+    captions = synthetic_captions(100)
     names = list(captions)
     refs = [[tokenize(c) for c in captions[name]] for name in names]
     n = len(refs)
@@ -288,12 +275,12 @@ def test_self_critical_loss_raises_the_reward() -> None:
 @pytest.fixture(scope="module")
 def scst_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 real photos, two captions each, as a generic CSV whose dev split is copies of the same photos."""
-    captions = _flickr_captions(4)
+    captions = {name: CAPTIONS[name] for name in NAMES[:4]}
     root = tmp_path_factory.mktemp("scst-data")
     rows = ["image,caption,split"]
     for name, texts in captions.items():
-        shutil.copyfile(FLICKR8K / "images" / name, root / name)
-        shutil.copyfile(FLICKR8K / "images" / name, root / f"dev-{name}")
+        copy_photos(root, [name])
+        copy_photos(root, [name], prefix="dev-")
         rows += [f"{name},{text},train" for text in texts[:2]] + [f"dev-{name},{texts[0]},dev"]
     (root / "captions.csv").write_text("\n".join(rows) + "\n")
     return root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from capcli.errors import FatalError  # noqa: E402
+from example_photos import CAPTIONS, copy_photos  # noqa: E402
 from resume_check import assert_same_training_state, train_one_epoch_then_stop  # noqa: E402
 from capcli.text import detokenize, tokenize  # noqa: E402
 from capcli.train import checkpoint  # noqa: E402
@@ -19,7 +19,6 @@ from capcli.train.backbones import preprocess_for  # noqa: E402
 from capcli.train.features import cached_features, module_fingerprint  # noqa: E402
 from capcli.train.loop import TrainOptions, train  # noqa: E402
 
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 TINY = dict(backbone="tiny", pretrained=False, feature_dim=32, attention_dim=32, embed_dim=32, hidden_dim=64,
             min_count=1, workers=0, batch_size=4, lr=1e-2, warmup=0.05, patience=0)  # fmt: skip
 
@@ -29,22 +28,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """4 real photos, one caption each, as a generic CSV whose dev split is copies of the same photos."""
-    if not (FLICKR8K / "captions.txt").is_file():
-        pytest.skip("shared Flickr8k not present")
+    """4 real photos (the examples), one caption each, as a generic CSV whose dev split is copies of the same photos."""
     root = tmp_path_factory.mktemp("tiny")
-    lines = (FLICKR8K / "captions.txt").read_text().splitlines()[1:]
-    first: dict[str, str] = {}
-    for line in lines:
-        name, caption = line.split(",", 1)
-        if '"' not in caption and name not in first:
-            first[name] = caption
-        if len(first) == 4:
-            break
+    # Four photos a tiny random CNN can tell apart (greyscale, brown, red, dark blue), each with its shortest caption.
+    first = {name: min(CAPTIONS[name], key=len) for name in ("camera.jpg", "cat.jpg", "coffee.jpg", "rocket.jpg")}
+    copy_photos(root, list(first))
+    copy_photos(root, list(first), prefix="dev-")
     rows = ["image,caption,split"]
     for name, caption in first.items():
-        shutil.copyfile(FLICKR8K / "images" / name, root / name)
-        shutil.copyfile(FLICKR8K / "images" / name, root / f"dev-{name}")
         rows += [f"{name},{caption},train", f"dev-{name},{caption},dev"]
     (root / "captions.csv").write_text("\n".join(rows) + "\n")
     return root, {str(root / f"dev-{name}"): caption for name, caption in first.items()}
@@ -136,7 +127,7 @@ def test_feature_cache_is_keyed_and_reused(tiny_data: tuple[Path, dict[str, str]
 
     torch.manual_seed(0)
     backbone = build_backbone("tiny", pretrained=False)
-    paths = sorted(tiny_data[0].glob("[0-9]*.jpg"))
+    paths = sorted(p for p in tiny_data[0].glob("*.jpg") if not p.name.startswith("dev-"))
     pre = preprocess_for("tiny")
     identity = {"backbone": "tiny", "weights": module_fingerprint(backbone)}
     kw = dict(cache_dir=tmp_path, device=torch.device("cpu"), workers=0)

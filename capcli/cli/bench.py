@@ -13,15 +13,12 @@ from capcli.bundle import PRECISIONS
 from capcli.cli import main
 from capcli.errors import CapcliError
 
-DATA_IMAGES = Path("shared") / "data" / "flickr8k" / "images"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the repository's example photos
 
 
 def default_images() -> Path | None:
-    """../shared/data/flickr8k/images from the working directory, else beside the source tree."""
-    for base in (Path.cwd().parent, Path(__file__).resolve().parents[3]):
-        if (base / DATA_IMAGES).is_dir():
-            return base / DATA_IMAGES
-    return None
+    """The repository's ``examples/`` folder (in a clone or an editable install), else None."""
+    return EXAMPLES if EXAMPLES.is_dir() else None
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -38,7 +35,7 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--model", metavar="PATH", default=None,
               help="Model bundle [default: $CAPCLI_MODEL, then the packaged model].")
 @click.option("--images", "images", metavar="DIR", type=click.Path(file_okay=False), default=None,
-              help="Folder of photos [default: ../shared/data/flickr8k/images when present].")
+              help="Folder of photos [default: the repository's examples/ folder, when capcli runs from a clone].")
 @click.option("-n", "n", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",
               help="Images per scenario (the folder's first N; cycled when it has fewer).")
 @click.option("--checkpoint", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -97,7 +94,7 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
 
     folder = Path(images) if images else default_images()
     if folder is None:
-        raise click.UsageError("no photos found at ../shared/data/flickr8k/images: pass --images DIR")
+        raise click.UsageError("no example photos here (they come with a clone of the repository): pass --images DIR")
     try:
         counts = tuple(int(c) for c in memory_counts.split(","))
     except ValueError:

@@ -125,18 +125,18 @@ def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **optio
 
     \b
     Example:
-      capcli train --dataset flickr8k --data ../shared/data/flickr8k --out runs/f8k
+      capcli train --dataset flickr8k --data data/flickr8k --out runs/f8k
       capcli export runs/f8k/best.pt -o models/f8k
 
     \b
     Then self-critical training on CIDEr-D, starting from that model:
-      capcli train --dataset flickr8k --data ../shared/data/flickr8k --out runs/f8k-scst \\
+      capcli train --dataset flickr8k --data data/flickr8k --out runs/f8k-scst \\
         --init runs/f8k/best.pt --objective cider --lr 2e-5 --epochs 10
 
     \b
     On 4 GPUs (DistributedDataParallel; rank 0 writes the run folder):
       torchrun --standalone --nproc_per_node 4 -m capcli train --dataset flickr8k \\
-        --data ../shared/data/flickr8k --out runs/f8k
+        --data data/flickr8k --out runs/f8k
     """
     try:
         from capcli.train.loop import TrainOptions, train
