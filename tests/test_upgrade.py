@@ -102,7 +102,7 @@ def test_upgrade_keeps_the_captions_and_records_how(tmp_path: Path, photos: Path
                                            "--device", "cpu"])  # fmt: skip
         assert result.exit_code == 0, result.output
         captions[name] = [json.loads(line)["caption"] for line in out.read_text().splitlines()]
-    assert captions["upgraded"] == captions["fresh"] and len(captions["fresh"]) == 6
+    assert captions["upgraded"] == captions["fresh"] and len(captions["fresh"]) == 5
 
 
 def test_upgrade_with_quantize_and_what_it_refuses(tmp_path: Path, tiny_bundle: Path) -> None:
