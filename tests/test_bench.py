@@ -106,7 +106,7 @@ def test_bench_defaults_to_the_example_photos_and_no_help_names_the_build_machin
     from capcli.cli.bench import default_images
 
     assert default_images() == Path(__file__).resolve().parents[1] / "examples"
-    for command in ("caption", "url-list", "bench", "eval", "train", "export", "info"):
+    for command in ("caption", "url-list", "bench", "eval", "train", "train-grounded", "export", "info", "review"):
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0, command
         assert "shared/data" not in result.output, command  # a folder only this project's build machines have

@@ -64,10 +64,10 @@ def train_grounded_command(ctx: click.Context, resume: bool, **options: object) 
 
     \b
     Example (the shipped model's recipe; see docs/training.md):
-      capcli train-grounded --init runs/shipped.pt --flickr ../shared/data/flickr8k \\
-        --everyday ../shared/data/coco-everyday --out runs/grounded
-      capcli train-grounded --init runs/shipped.pt --flickr ../shared/data/flickr8k \\
-        --everyday ../shared/data/coco-everyday --out runs/grounded-scst \\
+      capcli train-grounded --init runs/shipped.pt --flickr data/flickr8k \\
+        --everyday data/coco-everyday --out runs/grounded
+      capcli train-grounded --init runs/shipped.pt --flickr data/flickr8k \\
+        --everyday data/coco-everyday --out runs/grounded-scst \\
         --objective cider --start runs/grounded/best.pt --lr 5e-5 --batch-size 24 --epochs 3
     """
     try:
