@@ -55,7 +55,9 @@ def rebuild(bundle_dir: str) -> tuple[CaptionModel, Bundle]:
             weights[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     convs = [n for n in graphs[0].graph.node if n.op_type == "Conv"]
     pairs: list[list[nn.Module | None]] = []  # [conv, its batch norm]
-    for module in model.backbone.modules():
+    # The graph runs the backbone's stages, then the tagger's copy of the top ones (grounded models).
+    networks = [model.backbone, *([model.tagger] if model.tagger is not None else [])]
+    for module in (m for net in networks for m in net.modules()):
         if isinstance(module, nn.Conv2d):
             pairs.append([module, None])
         elif isinstance(module, nn.BatchNorm2d):
@@ -84,7 +86,7 @@ def rebuild(bundle_dir: str) -> tuple[CaptionModel, Bundle]:
         state = model.state_dict()
         for name, array in weights.items():
             key = name.removeprefix("model.")
-            if key.startswith(("project.", "decoder.")) and key in state:
+            if key.startswith(("project.", "decoder.", "tagger.classifier.")) and key in state:
                 state[key].copy_(tensor(array))
         for node in graphs[0].graph.node:
             if node.op_type == "MatMul" and node.input[1] in weights:
