@@ -41,7 +41,7 @@ from capcli.train.model import CaptionModel, ModelConfig
 from export.parity import check_parity
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "flickr8k" / "images"
+DEFAULT_IMAGES = REPO / "examples"
 
 
 def rebuild(bundle_dir: str) -> tuple[CaptionModel, Bundle]:
