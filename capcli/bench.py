@@ -418,12 +418,14 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return asdict(result)
 
 
-def _captioner(spec: dict[str, Any], beam: int) -> Any:
-    from capcli.bundle import load_bundle
-    from capcli.runtime import Captioner
+def _model(spec: dict[str, Any], beam: int) -> Any:
+    """The model as ``capcli.load`` gives it to ``capcli caption``."""
+    from capcli.api import load
+    from capcli.pipeline import DEFAULT_WORKERS
 
-    return Captioner(load_bundle(spec["model"]), device=spec["device"], beam=beam, threads=spec["threads"],
-                     lanes=spec["lanes"], precision=spec["precision"])  # fmt: skip
+    return load(spec["model"], device=spec["device"], beam=beam, threads=spec["threads"], lanes=spec["lanes"],
+                precision=spec["precision"], batch_size=spec["batch_size"],
+                workers=spec["workers"] or DEFAULT_WORKERS)  # fmt: skip
 
 
 def _session_info(captioner: Any) -> dict[str, Any]:
@@ -442,7 +444,7 @@ def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
     from capcli.runtime import Captioner
 
     started = time.perf_counter()
-    captioner = _captioner(spec, beam=1)
+    captioner = _model(spec, beam=1).captioner
     arrangements = [captioner]
     if captioner.lanes > 1 and captioner.threads is not None:
         arrangements.append(Captioner(captioner.bundle, device=spec["device"], beam=1, lanes=1,
@@ -498,19 +500,20 @@ class _TimedReader:
 
 
 def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
-    from capcli.pipeline import DEFAULT_WORKERS, Reader, Record, caption_items, make_reader
+    from capcli.pipeline import Reader, Record, caption_items
     from capcli.sources import iter_items
     from capcli.writers import open_output
 
     started = time.perf_counter()
-    captioner = _captioner(spec, beam=s.beam)
+    model = _model(spec, beam=s.beam)
+    captioner = model.captioner
     batch_size = spec["batch_size"]
-    read = make_reader(captioner.bundle.preprocess)
+    read = model.reader()
 
     def records(listing: IO[bytes], read: Reader, count: int | None = None) -> Iterator[Record]:
         """The pipeline as `capcli caption -` runs it, on the listing's first ``count`` paths (all: None)."""
         items = itertools.islice(iter_items(["-"], stdin=listing), count)
-        return caption_items(items, captioner, read, batch_size=batch_size, workers=spec["workers"] or DEFAULT_WORKERS)
+        return caption_items(items, captioner, read, batch_size=batch_size, workers=model.workers)
 
     # Warm-up, as timed: the pipeline on the listing's first batch per lane (records dropped).
     with open(spec["listing"], "rb") as listing:

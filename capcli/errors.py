@@ -17,6 +17,10 @@ class CapcliError(Exception):
     """Base class of every error capcli raises on purpose."""
 
 
+class UsageError(CapcliError, ValueError):
+    """A bad argument or option value (exit 2); the CLI shows it with the command's usage line."""
+
+
 class FatalError(CapcliError):
     """Stops the whole run (exit 1): nothing sensible can be produced."""
 

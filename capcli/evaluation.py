@@ -100,18 +100,14 @@ def caption_split(
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Hypotheses, dict[str, Any]]:
     """Caption every image of ``split`` with a bundle; (hypotheses, protocol facts)."""
-    from capcli.bundle import load_bundle
-    from capcli.pipeline import caption_items, make_reader
-    from capcli.runtime import Captioner
-    from capcli.sources import Item
+    from capcli.api import load
 
-    bundle = load_bundle(model)
-    captioner = Captioner(bundle, device=device, beam=beam, max_len=max_len, length_penalty=length_penalty,
-                          precision=precision)  # fmt: skip
-    items = (Item(index=i, source=str(s.image), path=str(s.image)) for i, s in enumerate(split.samples))
+    loaded = load(model, device=device, beam=beam, max_len=max_len, length_penalty=length_penalty,
+                  precision=precision, batch_size=batch_size, workers=workers)  # fmt: skip
+    captioner, bundle = loaded.captioner, loaded.bundle
+    assert bundle is not None
     result = Hypotheses({})
-    for record in caption_items(items, captioner, make_reader(bundle.preprocess), batch_size=batch_size,
-                                workers=workers):  # fmt: skip
+    for record in loaded.caption(str(s.image) for s in split.samples):
         if record["status"] == "ok":
             result.captions[record["source"]] = record["caption"]
         else:

@@ -79,6 +79,38 @@ def load(
     return Loaded(to_array(image, pre), n_frames, small)
 
 
+def load_picture(
+    picture: Image.Image | np.ndarray, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS,
+    thumbnail: int | None = None,
+) -> Loaded:
+    """Preprocess an image already in memory: a PIL image, or an array ``(H, W)``, ``(H, W, 3)``
+    or ``(H, W, 4)`` (uint8, or float in 0..1), like :func:`load` does a file's."""
+    if isinstance(picture, np.ndarray):
+        array = picture
+        if array.dtype.kind == "f":
+            array = np.rint(np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0).astype(np.uint8)
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+            raise ItemError("decode_error", f"an image array is (H, W), (H, W, 3) or (H, W, 4), not {array.shape}")
+        image = Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+    elif isinstance(picture, Image.Image):
+        image = picture
+    else:
+        raise ItemError("not_an_image", f"not an image: a {type(picture).__name__}")
+    if image.width * image.height > max_pixels:
+        raise ItemError("too_large", f"{image.width}x{image.height} pixels is over the limit of {max_pixels:,}")
+    n_frames = _n_frames(image)
+    try:
+        rgb = _to_rgb(image)
+    except Exception as exc:  # Pillow raises many types for modes it cannot convert
+        raise ItemError("decode_error", f"cannot convert a {image.mode} image to RGB: {exc}") from None
+    small = None
+    if thumbnail:
+        copy = rgb.copy()
+        copy.thumbnail((thumbnail, thumbnail), Image.Resampling.LANCZOS)
+        small = np.asarray(copy, dtype=np.uint8)  # (h, w, 3)
+    return Loaded(to_array(rgb, pre), n_frames, small)
+
+
 def open_rgb(
     source: str | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_to: int | None = None
 ) -> tuple[Image.Image, int]:

@@ -42,8 +42,10 @@ ERROR_KINDS = {
 }
 
 
-class Captioner(Protocol):
-    """Optionally with ``lanes``: how many batches it may caption at once, from different threads."""
+class BatchCaptioner(Protocol):
+    """What the pipeline captions with (:class:`capcli.runtime.Captioner`, or a test's fake).
+
+    Optionally with ``lanes``: how many batches it may caption at once, from different threads."""
 
     def caption(self, images: np.ndarray) -> list[Any]: ...  # (B, 3, H, W) -> B objects with .text, .score
 
@@ -65,6 +67,8 @@ def make_reader(
     def read(item: Item) -> images.Loaded:
         if item.error is not None:
             raise item.error
+        if item.image is not None:
+            return images.load_picture(item.image, pre, max_pixels, thumbnail)
         if item.url is not None:
             if fetch is None:
                 raise ItemError("unsupported_source", "URL inputs are not supported here")
@@ -109,7 +113,7 @@ class Summary:
 
 def caption_items(
     items: Iterable[Item],
-    captioner: Captioner,
+    captioner: BatchCaptioner,
     read: Reader,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -201,7 +205,7 @@ def _read_one(read: Reader, item: Item) -> images.Loaded | ItemError:
         return ItemError("internal_error", f"{type(exc).__name__}: {exc}")
 
 
-def _caption_batch(captioner: Captioner, batch: Batch) -> list[Any]:
+def _caption_batch(captioner: BatchCaptioner, batch: Batch) -> list[Any]:
     arrays = [r.array for _, r in batch if isinstance(r, images.Loaded)]
     captions = captioner.caption(np.stack(arrays)) if arrays else []  # (B, 3, H, W) in
     if len(captions) != len(arrays):

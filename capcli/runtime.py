@@ -47,6 +47,7 @@ import onnxruntime as ort
 
 from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, Bundle
 from capcli.decode import Hypothesis, SearchSpec, State, beam_search, greedy
+from capcli.device import parse_device
 from capcli.errors import FatalError
 from capcli.text import Vocab, detokenize
 
@@ -61,14 +62,6 @@ class Caption:
     score: float  # length-normalised log-probability (see capcli.decode)
     alphas: np.ndarray | None  # (T, gh, gw) attention behind each word of the chosen hypothesis
     tags: list[tuple[str, float]] | None = None  # the tagger's top classes (label, probability), when asked
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """"auto" | "cpu" | "cuda" | "cuda:N" -> (kind, device id)."""
-    match = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", device.strip().lower())
-    if not match or (match.group(2) is not None and match.group(1) != "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
-    return match.group(1), int(match.group(2) or 0)
 
 
 def physical_cores() -> int:

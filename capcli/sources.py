@@ -41,6 +41,7 @@ class Item:
     url: str | None = None
     error: ItemError | None = None  # found while expanding (e.g. an unreadable directory)
     extra: Mapping[str, Any] | None = None  # more record fields, e.g. url-list's id column
+    image: Any = None  # an image already in memory (PIL image or numpy array), from the Python API
 
 
 def iter_items(

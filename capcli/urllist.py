@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from capcli.errors import CapcliError, ItemError
+from capcli.errors import ItemError, UsageError
 
 FORMATS = ("auto", "lines", "csv", "tsv", "jsonl")
 _BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _SNIFF_BYTES = 64 * 1024
 
 
-class UrlListError(CapcliError):
+class UrlListError(UsageError):
     """The list as a whole cannot be read as asked (a usage error, exit 2)."""
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from example_photos import copy_photos
 
@@ -34,3 +36,44 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_bundle import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-gru")
+
+
+@dataclass
+class FakeCaption:
+    text: str
+    score: float
+
+
+class FakeCaptioner:
+    """The one stand-in for a model in the tests: names each image by ``name(image)``.
+
+    The default names an image by its mean brightness, so a record can be
+    matched to its input; ``on_batch(n)`` lets a test act while batch n runs;
+    ``batches`` records each batch's size.
+    """
+
+    device = "cpu"
+
+    def __init__(
+        self,
+        on_batch: Callable[[int], None] | None = None,
+        name: Callable[[np.ndarray], str] = lambda x: f"Brightness {x.mean():.3f}.",
+        score: float = -1.0,
+        shape: tuple[int, ...] | None = None,
+    ) -> None:
+        self.calls = 0
+        self.batches: list[int] = []
+        self.on_batch = on_batch
+        self.name = name
+        self.score = score
+        self.shape = shape  # when set: every image must have this shape
+
+    def caption(self, images: np.ndarray) -> list[FakeCaption]:  # (B, 3, H, W)
+        assert images.dtype == np.float32 and images.ndim == 4
+        if self.shape is not None:
+            assert images.shape[1:] == self.shape
+        self.calls += 1
+        self.batches.append(len(images))
+        if self.on_batch:
+            self.on_batch(self.calls)
+        return [FakeCaption(self.name(x), self.score) for x in images]

@@ -1,6 +1,6 @@
 """``capcli caption`` end to end with a fake captioner: records, exit codes, resume, signals, pipes.
 
-The fake stands in for the ONNX bundle (``load_captioner`` is replaced), so
+The fake stands in for the ONNX bundle (``capcli.captioning.load_model`` is replaced), so
 these tests pin the command's behaviour without a trained model; the same
 paths with a real exported bundle are covered by the end-to-end test.
 """
@@ -15,17 +15,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import FakeCaptioner
 from PIL import Image
 
+from capcli import Model, captioning
 from capcli.bundle import Preprocess
 from capcli.cli import main
-from capcli.cli import options as cli_options
 from capcli.writers import read_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,33 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 PRE = Preprocess(size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-@dataclass
-class FakeCaption:
-    text: str
-    score: float
-
-
-class FakeCaptioner:
+def fake_captioner(on_batch=None) -> FakeCaptioner:
     """Captions an image by its mean brightness; ``on_batch`` lets a test act mid-run."""
-
-    device = "cpu"
-
-    def __init__(self, on_batch=None) -> None:
-        self.calls = 0
-        self.on_batch = on_batch
-
-    def caption(self, images: np.ndarray) -> list[FakeCaption]:
-        assert images.shape[1:] == (3, 8, 8)
-        self.calls += 1
-        if self.on_batch:
-            self.on_batch(self.calls)
-        return [FakeCaption(f"Brightness {x.mean():.3f}.", -1.0) for x in images]
+    return FakeCaptioner(on_batch=on_batch, shape=(3, 8, 8))
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCaptioner:
-    captioner = FakeCaptioner()
-    monkeypatch.setattr(cli_options, "load_captioner", lambda settings: (captioner, PRE))
+    captioner = fake_captioner()
+    monkeypatch.setattr(captioning, "load_model", lambda settings: Model(captioner, PRE))
     return captioner
 
 
@@ -312,10 +294,11 @@ def test_a_directory_without_images_is_named_on_stderr_and_exits_0(tmp_path: Pat
 FAKE_MAIN = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
-    from test_cli_caption import FakeCaptioner, PRE
-    from capcli.cli import main, options
+    from test_cli_caption import fake_captioner, PRE
+    from capcli import Model, captioning
+    from capcli.cli import main
     delay = float({delay!r})
-    options.load_captioner = lambda settings: (FakeCaptioner(on_batch=lambda n: time.sleep(delay)), PRE)
+    captioning.load_model = lambda settings: Model(fake_captioner(on_batch=lambda n: time.sleep(delay)), PRE)
     main(prog_name="capcli")
 """)
 

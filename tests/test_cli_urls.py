@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from capcli import Model, captioning
 from capcli.cli import main
-from capcli.cli import options as cli_options
+from conftest import FakeCaptioner
 from httpserver import Handler, LocalServer
 
 
@@ -34,22 +35,10 @@ class Pre:
     interpolation: str = "bilinear"
 
 
-@dataclass
-class FakeCaption:
-    text: str
-    score: float
-
-
-class FakeCaptioner:
-    device = "cpu"
-
-    def caption(self, images: np.ndarray) -> list[FakeCaption]:  # (B, 3, 8, 8)
-        return [FakeCaption(f"Level {round(float(x.mean()) * 255)}.", -1.0) for x in images]
-
-
 @pytest.fixture(autouse=True)
 def fake(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_options, "load_captioner", lambda settings: (FakeCaptioner(), Pre()))
+    captioner = FakeCaptioner(name=lambda x: f"Level {round(float(x.mean()) * 255)}.")
+    monkeypatch.setattr(captioning, "load_model", lambda settings: Model(captioner, Pre()))
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import itertools
 import random
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FakeCaption, FakeCaptioner
 from PIL import Image
 
 from capcli.bundle import Preprocess
@@ -21,22 +21,11 @@ from capcli.pipeline import Summary, caption_items, make_reader
 from capcli.sources import Item, iter_items
 
 
-@dataclass
-class FakeCaption:
-    text: str
-    score: float
-
-
-class FakeCaptioner:
+class ConstantCaptioner(FakeCaptioner):
     """Names each image by the constant it is filled with, so mix-ups show."""
 
     def __init__(self) -> None:
-        self.batches: list[int] = []
-
-    def caption(self, images: np.ndarray) -> list[FakeCaption]:
-        assert images.dtype == np.float32 and images.ndim == 4
-        self.batches.append(len(images))
-        return [FakeCaption(f"Image {int(x[0, 0, 0])}.", -0.123456) for x in images]
+        super().__init__(name=lambda x: f"Image {int(x[0, 0, 0])}.", score=-0.123456)
 
 
 def jittery_reader(fail_every: int = 0, delay: float = 0.004):
@@ -59,7 +48,7 @@ def items(n: int):
 
 
 def test_records_come_in_input_order_with_errors_in_place() -> None:
-    captioner = FakeCaptioner()
+    captioner = ConstantCaptioner()
     records = list(caption_items(items(50), captioner, jittery_reader(fail_every=7), batch_size=4, workers=4))
     assert [r["index"] for r in records] == list(range(50))
     for r in records:
@@ -81,7 +70,7 @@ def test_read_ahead_is_bounded_on_an_endless_input() -> None:
             pulled += 1
             yield Item(i, str(i), path=str(i))
 
-    records = caption_items(endless(), FakeCaptioner(), jittery_reader(delay=0), batch_size=4, workers=2)
+    records = caption_items(endless(), ConstantCaptioner(), jittery_reader(delay=0), batch_size=4, workers=2)
     first = list(itertools.islice(records, 10))
     records.close()
     assert [r["index"] for r in first] == list(range(10))
@@ -91,7 +80,7 @@ def test_read_ahead_is_bounded_on_an_endless_input() -> None:
 def test_stop_finishes_the_current_batch_and_takes_no_more_work() -> None:
     stop = threading.Event()
     out = []
-    for record in caption_items(items(100), FakeCaptioner(), jittery_reader(delay=0),
+    for record in caption_items(items(100), ConstantCaptioner(), jittery_reader(delay=0),
                                 batch_size=5, workers=2, stop=stop):
         out.append(record)
         stop.set()
@@ -104,7 +93,7 @@ def test_unexpected_reader_failures_become_records_fatal_ones_stop_the_run() -> 
             raise ZeroDivisionError("oops")
         return Loaded(np.zeros((3, 2, 2), np.float32), 3)
 
-    records = list(caption_items(items(3), FakeCaptioner(), buggy, batch_size=2, workers=1))
+    records = list(caption_items(items(3), ConstantCaptioner(), buggy, batch_size=2, workers=1))
     assert [r["status"] for r in records] == ["ok", "error", "ok"]
     assert records[1]["error_kind"] == "internal_error" and "oops" in records[1]["error"]
     assert records[0]["n_frames"] == 3
@@ -113,7 +102,7 @@ def test_unexpected_reader_failures_become_records_fatal_ones_stop_the_run() -> 
         raise FatalError("bundle preprocessing unknown")
 
     with pytest.raises(FatalError):
-        list(caption_items(items(3), FakeCaptioner(), fatal))
+        list(caption_items(items(3), ConstantCaptioner(), fatal))
 
 
 def png_bytes(color=(255, 0, 0)) -> bytes:
@@ -135,7 +124,7 @@ def test_standard_reader_dispatches_files_urls_and_expansion_errors(tmp_path: Pa
         fetched.append(url)
         return png_bytes((0, 0, 255))
 
-    with_fetch = list(caption_items(iter_items(specs), FakeCaptioner(), make_reader(PRE, fetch=fetch)))
+    with_fetch = list(caption_items(iter_items(specs), ConstantCaptioner(), make_reader(PRE, fetch=fetch)))
     assert [r["status"] for r in with_fetch] == ["ok", "ok", "error", "error"]
     assert [r.get("error_kind") for r in with_fetch[2:]] == ["not_found", "not_found"]
     assert fetched == ["https://example.org/b.png"]
@@ -159,7 +148,7 @@ def test_summary_counts_and_describes() -> None:
         "in 2.0 s, 2.0 images/s")
 
 
-class LaneCaptioner(FakeCaptioner):
+class LaneCaptioner(ConstantCaptioner):
     """Two lanes; batches take random time, so they finish out of order; counts overlap."""
 
     lanes = 2

@@ -1,17 +1,65 @@
 """The ``capcli`` command: a click group; each command lives in its own module.
 
+Commands parse arguments and call the library; the library raises capcli's
+own errors (:mod:`capcli.errors`) and :class:`Command` maps them to exit codes
+for every command in one place (as httpie's ``main()`` around ``program()``):
+
+- :class:`~capcli.errors.UsageError` -> ``Error: ...``, exit 2
+- any other :class:`~capcli.errors.CapcliError` -> ``Error: ...``, exit 1
+- ``KeyboardInterrupt`` -> ``interrupted``, exit 130
+- a command that returns an :class:`~capcli.errors.ExitStatus` exits with it.
+
 Commands import heavy libraries (onnxruntime, torch) inside their bodies so
 that ``capcli --help`` stays fast and the caption path never imports torch.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from capcli import __version__
+from capcli.errors import CapcliError, ExitStatus, UsageError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Command(click.Command):
+    """A click command whose capcli errors, interrupts and returned statuses become exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+        except UsageError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(int(ExitStatus.USAGE))
+        except CapcliError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(int(ExitStatus.FATAL))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(int(ExitStatus.INTERRUPTED))
+        if isinstance(result, ExitStatus):
+            ctx.exit(int(result))
+        return result
+
+
+class Group(click.Group):
+    command_class = Command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list with each command's whole first line, never cut short with "..."."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="capcli")
 def main() -> None:
     """Caption images in bulk with a small attention model on onnxruntime.

@@ -9,9 +9,8 @@ from typing import Any
 
 import click
 
-from capcli.bundle import PRECISIONS
 from capcli.cli import main
-from capcli.errors import CapcliError
+from capcli.cli.options import runtime_options
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the repository's example photos
 
@@ -40,14 +39,8 @@ def _size(value: str) -> tuple[int, int]:
               help="Images per scenario (the folder's first N; cycled when it has fewer).")
 @click.option("--checkpoint", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The model's PyTorch checkpoint, for the tutorial-way scenarios (skipped without it).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",
-              help="Images per batch, in every scenario but the tutorial's.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Reader threads [default: capcli's].")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-              help="Where the ONNX model runs (the tutorial way runs PyTorch on the CPU).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="capcli's decoder: auto uses the bundle's int8 decoder on the CPU when it has one.")
+@runtime_options(search=False, workers=None, workers_help="Reader threads.",
+                 device_help="Where the ONNX model runs (the tutorial way runs PyTorch on the CPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
               help="onnxruntime intra-op threads per lane [default: physical cores / lanes].")
 @click.option("--lanes", type=click.IntRange(min=1), default=None, metavar="N",
@@ -85,12 +78,6 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
     """
     from capcli.bench import BenchConfig, run_bench
     from capcli.bench_report import render
-    from capcli.runtime import parse_device
-
-    try:
-        parse_device(device)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--device'") from None
 
     folder = Path(images) if images else default_images()
     if folder is None:
@@ -104,10 +91,7 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
     cfg = BenchConfig(model=model, images=folder, n=n, batch_size=batch_size, workers=workers, device=device,
                       precision=precision, threads=threads, lanes=lanes, checkpoint=checkpoint, big=big,
                       big_size=big_size, memory=memory, memory_counts=counts, rounds=rounds)  # type: ignore[arg-type]  # fmt: skip
-    try:
-        report = run_bench(cfg, say=lambda line: click.echo(line, err=True))
-    except CapcliError as exc:
-        raise click.ClickException(str(exc)) from None
+    report = run_bench(cfg, say=lambda line: click.echo(line, err=True))
     render(report)
     if json_path:
         _write_json(Path(json_path), report.to_dict())

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import click
 
+from capcli.captioning import CaptionSettings, run_captioning
 from capcli.cli import main
 from capcli.cli.fetchopts import fetch_from, fetch_options
-from capcli.cli.options import EXIT_CODES_HELP, CaptionSettings, caption_options, run_captioning
+from capcli.cli.options import EXIT_CODES_HELP, caption_options
+from capcli.errors import ExitStatus
 from capcli.sources import iter_items
 
 
 @main.command("caption", epilog=EXIT_CODES_HELP)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@caption_options
+@caption_options()
 @fetch_options
-@click.pass_context
-def caption(ctx: click.Context, inputs: tuple[str, ...], **options: object) -> None:
+def caption(inputs: tuple[str, ...], **options: object) -> ExitStatus:
     """Caption images; one JSONL/CSV record per input, in input order.
 
     \b
@@ -34,8 +35,7 @@ def caption(ctx: click.Context, inputs: tuple[str, ...], **options: object) -> N
     if inputs.count("-") > 1:
         raise click.UsageError("- (stdin) can be given only once")
     fetch = fetch_from(options)  # removes the download options from ``options``
-    status = run_captioning(iter_items(inputs, on_empty=_warn_empty), CaptionSettings(**options), fetch=fetch)
-    ctx.exit(int(status))
+    return run_captioning(iter_items(inputs, on_empty=_warn_empty), CaptionSettings(**options), fetch=fetch)
 
 
 def _warn_empty(directory: str) -> None:

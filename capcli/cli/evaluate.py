@@ -8,12 +8,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from capcli.bundle import PRECISIONS
 from capcli.cli import main
-from capcli.cli.options import _check_device
-from capcli.errors import CapcliError, ExitStatus
+from capcli.cli.options import runtime_options
 from capcli.train.datasets import DATASETS
-
 
 
 @main.command("eval")
@@ -27,24 +24,16 @@ from capcli.train.datasets import DATASETS
               help="Folder holding the photos [default: found beside the annotations].")
 @click.option("--split", default="dev", show_default=True, help="train, dev (val) or test.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
-@click.option("--beam", type=click.IntRange(min=1), default=3, show_default=True, help="Beam width; 1 is greedy.")
+@runtime_options(workers=2, workers_help="Threads reading images ahead of the model.")
 @click.option("--length-penalty", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
               help="Beam ranking: log-probability / length ** this.")
-@click.option("--max-len", type=click.IntRange(min=1), default=None, help="Longest caption [default: the bundle's].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=_check_device)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Threads reading images ahead of the model.")
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (its Java process needs 2 GB of memory).")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None,
               help="Also write {metrics, protocol} as JSON to this file.")
 @click.option("--captions-out", type=click.Path(dir_okay=False), default=None,
               help="With --model: also write the generated captions as JSONL (re-score with --captions).")
-@click.pass_context
 def eval_command(
-    ctx: click.Context, model: str | None, captions_file: str | None, dataset: str, data: str, images: str | None,
+    model: str | None, captions_file: str | None, dataset: str, data: str, images: str | None,
     split: str, limit: int | None, beam: int, length_penalty: float, max_len: int | None, batch_size: int,
     device: str, precision: str, workers: int, no_meteor: bool, json_out: str | None, captions_out: str | None,
 ) -> None:  # fmt: skip
@@ -67,35 +56,28 @@ def eval_command(
     if captions_file and (model or captions_out):
         raise click.UsageError("--captions scores a file: it does not go with --model or --captions-out")
     console = Console(stderr=True, soft_wrap=True)
-    try:
-        data_split = load_split(dataset, Path(data), split, Path(images) if images else None).limited(limit)
-        console.print(data_split.describe(), markup=False)
-        if captions_file:
-            hypotheses = evaluation.read_hypotheses(Path(captions_file), data_split)
-            protocol = {"captions": captions_file}
-            if hypotheses.unmatched:
-                console.print(f"{hypotheses.unmatched:,} rows of {captions_file} name no image of this split")
-        else:
-            writer = _captions_writer(captions_out)
-            try:
-                hypotheses, protocol = evaluation.caption_split(
-                    data_split, model, beam=beam, max_len=max_len, length_penalty=length_penalty, device=device,
-                    precision=precision, batch_size=batch_size, workers=workers,
-                    on_record=writer.write if writer else None,
-                )  # fmt: skip
-            finally:
-                if writer is not None:
-                    writer.close()
-        missing = len(data_split.samples) - len(hypotheses.captions)
-        if missing:
-            console.print(f"warning: {missing:,} images of the split have no caption and are not scored")
-        report = evaluation.score(data_split, hypotheses, protocol, meteor=not no_meteor)
-    except CapcliError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        ctx.exit(int(ExitStatus.FATAL))
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        ctx.exit(int(ExitStatus.INTERRUPTED))
+    data_split = load_split(dataset, Path(data), split, Path(images) if images else None).limited(limit)
+    console.print(data_split.describe(), markup=False)
+    if captions_file:
+        hypotheses = evaluation.read_hypotheses(Path(captions_file), data_split)
+        protocol = {"captions": captions_file}
+        if hypotheses.unmatched:
+            console.print(f"{hypotheses.unmatched:,} rows of {captions_file} name no image of this split")
+    else:
+        writer = _captions_writer(captions_out)
+        try:
+            hypotheses, protocol = evaluation.caption_split(
+                data_split, model, beam=beam, max_len=max_len, length_penalty=length_penalty, device=device,
+                precision=precision, batch_size=batch_size, workers=workers,
+                on_record=writer.write if writer else None,
+            )  # fmt: skip
+        finally:
+            if writer is not None:
+                writer.close()
+    missing = len(data_split.samples) - len(hypotheses.captions)
+    if missing:
+        console.print(f"warning: {missing:,} images of the split have no caption and are not scored")
+    report = evaluation.score(data_split, hypotheses, protocol, meteor=not no_meteor)
     click.echo("\n".join(report.lines()))
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -10,14 +10,14 @@ import click
 
 from capcli import __version__
 from capcli.cli import main
+from capcli.cli.options import device_option
 from capcli.errors import CapcliError
 
 
 @main.command("info")
 @click.option("--model", "model", type=click.Path(), default=None,
               help="Bundle directory (default: $CAPCLI_MODEL, then the packaged model).")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N: the device whose providers to report.")
+@device_option(help="The device whose providers to report.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info_command(model: str | None, device: str, as_json: bool) -> None:
     """Show the model bundle, the providers available and used, and versions.
@@ -29,12 +29,7 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
     import onnxruntime as ort
 
     from capcli.bundle import load_bundle, resolve_bundle_path
-    from capcli.runtime import Captioner, parse_device
-
-    try:
-        parse_device(device)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--device") from None
+    from capcli.runtime import Captioner
     facts: dict[str, Any] = {
         "capcli": __version__,
         "onnxruntime": ort.__version__,

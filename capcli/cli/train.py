@@ -7,6 +7,7 @@ import os
 import click
 
 from capcli.cli import main
+from capcli.cli.options import device_option
 from capcli.errors import CapcliError, ExitStatus
 from capcli.train.datasets import DATASETS
 
@@ -105,8 +106,7 @@ def _check_backbone(ctx: click.Context, param: click.Parameter, name: str) -> st
               help="Beam width of the per-epoch dev captions (1: greedy).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Debug: only the first N images of each split.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-              help="Under torchrun each process takes cuda:LOCAL_RANK (auto|cuda), or the CPU (gloo).")
+@device_option(help="Under torchrun each process takes cuda:LOCAL_RANK (auto|cuda), or the CPU (gloo).")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Processes decoding images for the feature cache.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

@@ -7,11 +7,13 @@ from typing import BinaryIO
 
 import click
 
+from capcli.captioning import CaptionSettings, run_captioning
 from capcli.cli import main
 from capcli.cli.fetchopts import fetch_from, fetch_options
-from capcli.cli.options import EXIT_CODES_HELP, CaptionSettings, caption_options, run_captioning
+from capcli.cli.options import EXIT_CODES_HELP, caption_options
+from capcli.errors import ExitStatus
 from capcli.sources import Item
-from capcli.urllist import FORMATS, UrlList, UrlListError
+from capcli.urllist import FORMATS, UrlList
 
 # Downloads wait on the network, not the CPU: many more of them than cores
 # keep the model fed when each response takes a while.
@@ -28,16 +30,14 @@ URL_WORKERS = 16
 @click.option("--id-col", metavar="NAME", default=None,
               help="Column copied into each record as \"id\".")
 @fetch_options
-@caption_options
-@click.pass_context
+@caption_options(workers=URL_WORKERS, workers_help="Threads downloading and decoding images ahead of the model.")
 def url_list(
-    ctx: click.Context,
     url_list: BinaryIO,
     input_format: str,
     url_col: str | None,
     id_col: str | None,
     **options: object,
-) -> None:
+) -> ExitStatus:
     """Download and caption the images a list of URLs points to.
 
     \b
@@ -59,22 +59,11 @@ def url_list(
       psql -Atc 'select url from photos' | capcli url-list - --workers 32
     """
     fetch = fetch_from(options)
-    try:
-        name = str(getattr(url_list, "name", "-"))  # stdin: "<stdin>", no suffix
-        entries = UrlList(url_list, name=name, fmt=input_format, url_col=url_col, id_col=id_col)
-    except UrlListError as exc:
-        raise click.UsageError(str(exc)) from None
+    name = str(getattr(url_list, "name", "-"))  # stdin: "<stdin>", no suffix
+    entries = UrlList(url_list, name=name, fmt=input_format, url_col=url_col, id_col=id_col)  # UrlListError: usage
     extra = ("id",) if id_col else ()
-    status = run_captioning(_items(entries, with_id=bool(id_col)), CaptionSettings(**options),
-                            fetch=fetch, extra_columns=extra)  # fmt: skip
-    ctx.exit(int(status))
-
-
-for _param in url_list.params:  # this command's own copy of the shared option
-    if _param.name == "workers":
-        _param.default = URL_WORKERS
-        _param.show_default = True
-        _param.help = "Threads downloading and decoding images ahead of the model."
+    return run_captioning(_items(entries, with_id=bool(id_col)), CaptionSettings(**options), fetch=fetch,
+                          extra_columns=extra)  # fmt: skip
 
 
 def _items(entries: UrlList, *, with_id: bool) -> Iterator[Item]:
