@@ -59,3 +59,13 @@ def test_load_refuses_a_bad_device_or_a_missing_model(tmp_path: Path) -> None:
         capcli.load(device="gpu")
     with pytest.raises(capcli.FatalError):
         capcli.load(tmp_path / "no-bundle-here", device="cpu")
+
+
+def test_the_readme_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## From Python") :]
+    example = section[section.index("```python\n") + 10 : section.index("\n```\n")]
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("CAPCLI_MODEL", raising=False)
+    exec(compile(example, "README.md", "exec"), {})
