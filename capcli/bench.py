@@ -561,12 +561,10 @@ def _tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
         transforms.Normalize(pre.mean, pre.std),
     ])  # fmt: skip
     from capcli.decode import SearchSpec
-    from capcli.runtime import NO_REPEAT_NGRAM, dangling_ids
 
     search = _torch_greedy if s.beam == 1 else _torch_beam
     # capcli's rules, so that both ways caption alike; the tutorial loops apply them in torch.
-    rules = SearchSpec.for_vocab(vocab, model.config.max_len, no_repeat_ngram=NO_REPEAT_NGRAM,
-                                 no_end_after=dangling_ids(vocab))  # fmt: skip
+    rules = SearchSpec.runtime(vocab, model.config.max_len)
 
     def caption(path: str) -> tuple[str, list[float]]:
         t0 = time.perf_counter()

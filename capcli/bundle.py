@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from capcli.decode import STATE_NAMES
 from capcli.errors import BundleError
 from capcli.onnxinfo import Shape, Signature, read_signature
 from capcli.text import SPECIALS, Vocab
@@ -36,7 +37,7 @@ ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weights, for CPUs
 PRECISIONS = ("auto", "float", "int8")  # which decoder a run uses; auto: int8 on the CPU when there is one
 ENV_VAR = "CAPCLI_MODEL"
-DECODER_KINDS = ("gru", "lstm")
+DECODER_KINDS = tuple(STATE_NAMES)  # ("gru", "lstm")
 RESIZE_RULES = ("squash",)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
@@ -91,7 +92,7 @@ class Bundle:
     @property
     def state_names(self) -> tuple[str, ...]:
         """Recurrent state tensors: encoder outputs and decoder inputs (``*_out`` outputs)."""
-        return ("h",) if self.decoder == "gru" else ("h", "c")
+        return STATE_NAMES[self.decoder]
 
     @property
     def backbone(self) -> str:

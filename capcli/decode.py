@@ -41,6 +41,23 @@ if TYPE_CHECKING:
     from capcli.text import Vocab
 
 State = dict[str, np.ndarray]
+# The decoder's recurrent state by decoder kind: the names of the state inputs/outputs of
+# decoder.onnx and of the State dicts here (bundle, export and training all read this one).
+STATE_NAMES: dict[str, tuple[str, ...]] = {"gru": ("h",), "lstm": ("h", "c")}
+
+# The search policy the runtime captions by (and training's dev captions too):
+NO_REPEAT_NGRAM = 3  # a caption never holds the same three words twice
+# Words a caption may not end on (when the vocabulary has them): "a dog runs in the." is cut short.
+# Models fine-tuned on CIDEr (self-critical training) learn such endings; the list is the usual one.
+DANGLING_WORDS = ("a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near", "to",
+                  "is", "are", "am", "and", "his", "her", "their", "its")  # fmt: skip
+
+
+def dangling_ids(vocab: Vocab) -> tuple[int, ...]:
+    """Ids of the vocabulary's :data:`DANGLING_WORDS`."""
+    return tuple(i for i in vocab.encode(DANGLING_WORDS) if i != vocab.unk_id)
+
+
 StepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
 
 
@@ -66,6 +83,13 @@ class SearchSpec:
     def for_vocab(cls, vocab: "Vocab", max_len: int, **rules: Any) -> "SearchSpec":
         """The spec of a model's vocabulary: its <start> and <end>, its other specials banned."""
         return cls(vocab.start_id, vocab.end_id, (vocab.pad_id, vocab.start_id, vocab.unk_id), max_len, **rules)
+
+    @classmethod
+    def runtime(cls, vocab: "Vocab", max_len: int, length_penalty: float = 0.7) -> "SearchSpec":
+        """The rules capcli captions by: the vocabulary's specials banned, no repeated
+        :data:`NO_REPEAT_NGRAM`-grams, no caption ending on one of :data:`DANGLING_WORDS`."""
+        return cls.for_vocab(vocab, max_len, length_penalty=length_penalty, no_repeat_ngram=NO_REPEAT_NGRAM,
+                             no_end_after=dangling_ids(vocab))  # fmt: skip
 
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:
         return logprob / np.maximum(length, 1) ** self.length_penalty
@@ -193,88 +217,150 @@ def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> 
     best live one, normalised at its current length, no longer beats the best
     finished one; it then leaves the batch.  Each image returns its best
     finished hypothesis, or its best partial one when none could end.
+
+    Each step, in order: :func:`_advance` (run the decoder step),
+    :func:`_extensions` (rank the candidate extensions),
+    :meth:`_Beams.set_aside_ended`, :func:`_next_rows` (the beams that live on),
+    :meth:`_Beams.finish_done` and :meth:`_Beams.keep`.
     """
-    b = next(iter(state.values())).shape[0]
-    k = beam
-    images = np.arange(b)  # images still searching, ascending; their rows are image-major
-    tokens = np.full(b * k, spec.start_id, dtype=np.int64)
-    # Only the first row of each image is live at the start: all K rows are identical.
-    scores = np.full((b, k), -np.inf)
-    scores[:, 0] = 0.0
-    history = np.zeros((b * k, 0), dtype=np.int64)  # (n, t) word ids of each live row
-    alpha_history: np.ndarray | None = None  # (n, t, L)
-    best: list[Hypothesis | None] = [None] * b
-    best_score = np.full(b, np.nan)  # best[i].score; nan: none yet (every comparison with it is False)
-    n_finished = np.zeros(b, dtype=int)
-    width = 2 * k  # <= K of them can be <end>, so >= K words remain
-    rank = np.arange(width)
-
+    beams = _Beams.start(next(iter(state.values())).shape[0], beam, spec.start_id)
     for t in range(spec.max_len + 1):
-        if t == 0:  # an image's K rows are still identical: compute the first, copy it
-            logprobs, state, alpha = step(tokens[::k], state, images)
-            logprobs, alpha = np.repeat(logprobs, k, axis=0), np.repeat(alpha, k, axis=0)
-            state = _repeat_state(state, k)
-        else:
-            logprobs, state, alpha = step(tokens, state, images)
-        m = len(images)
-        steps_alpha = alpha[:, None, :] if alpha_history is None else np.concatenate(
-            [alpha_history, alpha[:, None, :]], axis=1
-        )  # (n, t+1, L)
+        logprobs, state, steps_alpha = _advance(step, state, beams, t)
         allowed = spec.mask_inplace(logprobs, t)  # (n, V), forbidden words at -inf (logprobs is ours to change)
-        block_repeats(allowed, history, spec.no_repeat_ngram)
-        block_dangling_end(allowed, history, spec)
-        # A row's score is the same for all its words, so each image's 2K best extensions are among
-        # its rows' 2K best words: rank those (n, 2K) instead of all K x V (same order, same ties).
-        row_words, row_logprobs = _top(allowed, width)  # (n, 2K) each, best first, ties by lower id
-        cand = (scores.reshape(-1, 1) + row_logprobs).reshape(m, k * width)  # (m, K*2K) float64
-        pick, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by (row, word)
-        valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row
-        src = np.arange(m)[:, None] * k + pick // width  # (m, 2K) source row of each candidate
-        word = row_words.reshape(m, k * width)[np.arange(m)[:, None], pick]  # (m, 2K)
-        is_end = valid & (word == spec.end_id)
-        # As in fairseq: an <end> outside the top K is not taken.
-        ended = is_end & (rank < k)
-        is_word = valid & ~is_end
-        slot = np.cumsum(is_word, axis=1) - 1  # position among the live words
-        live = is_word & (slot < k)
-        n_live = live.sum(axis=1)  # (m,)
-
-        n_finished[images] += ended.sum(axis=1)
-        norm = np.where(ended, flat_scores, -np.inf) / float((t + 1) ** spec.length_penalty)
-        first = norm.argmax(axis=1)  # the best <end> of each image (the first one on ties)
-        for j in np.flatnonzero(ended.any(axis=1)):
-            i, score = images[j], float(norm[j, first[j]])
-            if best[i] is None or score > best_score[i]:
-                row = src[j, first[j]]
-                best[i] = Hypothesis(history[row].tolist(), score, steps_alpha[row, :t], True)
-                best_score[i] = score
-
-        new_rows = np.repeat(np.arange(m) * k, k)  # rows left without a hypothesis copy a row, at -inf
-        new_tokens = np.full(m * k, spec.end_id, dtype=np.int64)
-        new_scores = np.full((m, k), -np.inf)
-        j, c = np.nonzero(live)
-        new_rows[j * k + slot[j, c]] = src[j, c]
-        new_tokens[j * k + slot[j, c]] = word[j, c]
-        new_scores[j, slot[j, c]] = flat_scores[j, c]
-
-        beaten = new_scores[:, 0] / float((t + 1) ** spec.length_penalty) <= best_score[images]
-        done = (n_live == 0) | ((n_finished[images] >= k) & beaten)
-        for j in np.flatnonzero(done):
-            i = images[j]
-            if best[i] is None:  # never ended: keep its best partial caption, as it was before this step
-                jj = int(np.argmax(scores[j]))
-                row = j * k + jj
-                best[i] = Hypothesis(
-                    history[row].tolist(), float(spec.normalise(scores[j, jj], t)), steps_alpha[row, :t], False
-                )
-        keep = ~done
-        if not keep.any():
+        block_repeats(allowed, beams.history, spec.no_repeat_ngram)
+        block_dangling_end(allowed, beams.history, spec)
+        ext = _extensions(allowed, beams.scores, beam, spec.end_id)
+        beams.set_aside_ended(ext, steps_alpha, t, spec)
+        new_rows, new_tokens, new_scores = _next_rows(ext, beam, spec.end_id)
+        beams.finish_done(ext, new_scores, steps_alpha, t, spec)
+        if not beams.keep(new_rows, new_tokens, new_scores, steps_alpha):
             break
-        kept_rows = new_rows.reshape(m, k)[keep].reshape(-1)  # back-pointers of the images that go on
-        history = np.concatenate([history[kept_rows], new_tokens.reshape(m, k)[keep].reshape(-1, 1)], axis=1)
-        alpha_history = steps_alpha[kept_rows]  # (n', t+1, L)
-        state = {name: value[kept_rows] for name, value in state.items()}
-        tokens = new_tokens.reshape(m, k)[keep].reshape(-1)
-        scores = new_scores[keep]
-        images = images[keep]
-    return best  # type: ignore[return-value]  # every image ends done, with a hypothesis
+        state = {name: value[beams.kept_rows] for name, value in state.items()}
+    return beams.best  # type: ignore[return-value]  # every image ends done, with a hypothesis
+
+
+@dataclass
+class _Extensions:
+    """The ``2K`` best extensions of each of the ``m`` images still searching, best first."""
+
+    src: np.ndarray  # (m, 2K) the row each extends
+    word: np.ndarray  # (m, 2K) the word it adds
+    scores: np.ndarray  # (m, 2K) raw log-probability of the extended hypothesis
+    ended: np.ndarray  # (m, 2K) bool: an <end> within the best K, set aside as finished
+    live: np.ndarray  # (m, 2K) bool: one of the best K word extensions, which live on
+    slot: np.ndarray  # (m, 2K) position of a word extension among its image's live ones
+
+
+@dataclass
+class _Beams:
+    """The search's own state between steps (rows are image-major, K per image)."""
+
+    k: int
+    images: np.ndarray  # (m,) images still searching, ascending
+    tokens: np.ndarray  # (m*K,) the word each row feeds the next step
+    scores: np.ndarray  # (m, K) raw log-probability of each row's hypothesis
+    history: np.ndarray  # (m*K, t) word ids of each live row
+    alpha_history: np.ndarray | None  # (m*K, t, L)
+    best: list[Hypothesis | None]
+    best_score: np.ndarray  # (B,) best[i].score; nan: none yet (every comparison with it is False)
+    n_finished: np.ndarray  # (B,) finished hypotheses seen per image
+    done: np.ndarray | None = None  # (m,) bool, this step's images that leave
+    kept_rows: np.ndarray | None = None  # back-pointers of the rows that go on
+
+    @classmethod
+    def start(cls, b: int, k: int, start_id: int) -> _Beams:
+        scores = np.full((b, k), -np.inf)
+        scores[:, 0] = 0.0  # only the first row of each image is live at the start: all K rows are identical
+        return cls(k, np.arange(b), np.full(b * k, start_id, dtype=np.int64), scores,
+                   np.zeros((b * k, 0), dtype=np.int64), None, [None] * b, np.full(b, np.nan),
+                   np.zeros(b, dtype=int))  # fmt: skip
+
+    def set_aside_ended(self, ext: _Extensions, steps_alpha: np.ndarray, t: int, spec: SearchSpec) -> None:
+        """Count each image's finished hypotheses; keep the best one (normalised by length)."""
+        self.n_finished[self.images] += ext.ended.sum(axis=1)
+        norm = np.where(ext.ended, ext.scores, -np.inf) / float((t + 1) ** spec.length_penalty)
+        first = norm.argmax(axis=1)  # the best <end> of each image (the first one on ties)
+        for j in np.flatnonzero(ext.ended.any(axis=1)):
+            i, score = self.images[j], float(norm[j, first[j]])
+            if self.best[i] is None or score > self.best_score[i]:
+                row = ext.src[j, first[j]]
+                self.best[i] = Hypothesis(self.history[row].tolist(), score, steps_alpha[row, :t], True)
+                self.best_score[i] = score
+
+    def finish_done(
+        self, ext: _Extensions, new_scores: np.ndarray, steps_alpha: np.ndarray, t: int, spec: SearchSpec
+    ) -> None:
+        """Mark the images that are done; one that never ended keeps its best partial caption."""
+        k = self.k
+        beaten = new_scores[:, 0] / float((t + 1) ** spec.length_penalty) <= self.best_score[self.images]
+        self.done = (ext.live.sum(axis=1) == 0) | ((self.n_finished[self.images] >= k) & beaten)
+        for j in np.flatnonzero(self.done):
+            i = self.images[j]
+            if self.best[i] is None:  # never ended: keep its best partial caption, as it was before this step
+                jj = int(np.argmax(self.scores[j]))
+                row = j * k + jj
+                self.best[i] = Hypothesis(self.history[row].tolist(), float(spec.normalise(self.scores[j, jj], t)),
+                                          steps_alpha[row, :t], False)  # fmt: skip
+
+    def keep(
+        self, new_rows: np.ndarray, new_tokens: np.ndarray, new_scores: np.ndarray, steps_alpha: np.ndarray
+    ) -> bool:
+        """Reorder the rows of the images that go on by their back-pointers; False when none does."""
+        assert self.done is not None
+        keep = ~self.done
+        if not keep.any():
+            return False
+        m, k = len(self.images), self.k
+        self.kept_rows = new_rows.reshape(m, k)[keep].reshape(-1)
+        self.history = np.concatenate([self.history[self.kept_rows], new_tokens.reshape(m, k)[keep].reshape(-1, 1)],
+                                      axis=1)  # fmt: skip
+        self.alpha_history = steps_alpha[self.kept_rows]  # (n', t+1, L)
+        self.tokens = new_tokens.reshape(m, k)[keep].reshape(-1)
+        self.scores = new_scores[keep]
+        self.images = self.images[keep]
+        return True
+
+
+def _advance(step: StepFn, state: State, beams: _Beams, t: int) -> tuple[np.ndarray, State, np.ndarray]:
+    """One decoder step over the live rows: (logprobs (n, V), new state, attention so far (n, t+1, L))."""
+    k = beams.k
+    if t == 0:  # an image's K rows are still identical: compute the first, copy it
+        logprobs, state, alpha = step(beams.tokens[::k], state, beams.images)
+        logprobs, alpha = np.repeat(logprobs, k, axis=0), np.repeat(alpha, k, axis=0)
+        state = _repeat_state(state, k)
+    else:
+        logprobs, state, alpha = step(beams.tokens, state, beams.images)
+    if beams.alpha_history is None:
+        return logprobs, state, alpha[:, None, :]
+    return logprobs, state, np.concatenate([beams.alpha_history, alpha[:, None, :]], axis=1)  # (n, t+1, L)
+
+
+def _extensions(allowed: np.ndarray, scores: np.ndarray, k: int, end_id: int) -> _Extensions:
+    """Rank each image's extensions: its ``2K`` best (at most K can be <end>, so >= K words remain)."""
+    m, width = len(scores), 2 * k
+    # A row's score is the same for all its words, so each image's 2K best extensions are among
+    # its rows' 2K best words: rank those (n, 2K) instead of all K x V (same order, same ties).
+    row_words, row_logprobs = _top(allowed, width)  # (n, 2K) each, best first, ties by lower id
+    cand = (scores.reshape(-1, 1) + row_logprobs).reshape(m, k * width)  # (m, K*2K) float64
+    pick, flat_scores = _top(cand, width)  # (m, 2K) each, best first, ties by (row, word)
+    valid = np.isfinite(flat_scores)  # -inf sorts last: a prefix of each row
+    src = np.arange(m)[:, None] * k + pick // width  # (m, 2K) source row of each candidate
+    word = row_words.reshape(m, k * width)[np.arange(m)[:, None], pick]  # (m, 2K)
+    is_end = valid & (word == end_id)
+    ended = is_end & (np.arange(width) < k)  # as in fairseq: an <end> outside the top K is not taken
+    is_word = valid & ~is_end
+    slot = np.cumsum(is_word, axis=1) - 1  # position among the live words
+    return _Extensions(src, word, flat_scores, ended, is_word & (slot < k), slot)
+
+
+def _next_rows(ext: _Extensions, k: int, end_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(back-pointer (m*K,), token (m*K,), score (m, K)) of the rows that live on."""
+    m = len(ext.src)
+    new_rows = np.repeat(np.arange(m) * k, k)  # rows left without a hypothesis copy a row, at -inf
+    new_tokens = np.full(m * k, end_id, dtype=np.int64)
+    new_scores = np.full((m, k), -np.inf)
+    j, c = np.nonzero(ext.live)
+    new_rows[j * k + ext.slot[j, c]] = ext.src[j, c]
+    new_tokens[j * k + ext.slot[j, c]] = ext.word[j, c]
+    new_scores[j, ext.slot[j, c]] = ext.scores[j, c]
+    return new_rows, new_tokens, new_scores

@@ -46,7 +46,7 @@ import numpy as np
 import onnxruntime as ort
 
 from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, Bundle
-from capcli.decode import Hypothesis, SearchSpec, State, beam_search, greedy
+from capcli.decode import NO_REPEAT_NGRAM, Hypothesis, SearchSpec, State, beam_search, dangling_ids, greedy
 from capcli.device import parse_device
 from capcli.errors import FatalError
 from capcli.text import Vocab, detokenize
@@ -74,18 +74,6 @@ def physical_cores() -> int:
         return allowed
     cores = set(re.findall(r"physical id\s*:\s*(\d+)[^\n]*\n(?:[^\n]+\n)*?core id\s*:\s*(\d+)", text))
     return max(1, min(allowed, len(cores))) if cores else allowed
-
-
-NO_REPEAT_NGRAM = 3  # default: a caption never holds the same three words twice
-# Words a caption may not end on (when the vocabulary has them): "a dog runs in the." is cut short.
-# Models fine-tuned on CIDEr (self-critical training) learn such endings; the list is the usual one.
-DANGLING_WORDS = ("a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near", "to",
-                  "is", "are", "am", "and", "his", "her", "their", "its")  # fmt: skip
-
-
-def dangling_ids(vocab: Vocab) -> tuple[int, ...]:
-    """Ids of the vocabulary's :data:`DANGLING_WORDS`."""
-    return tuple(i for i in vocab.encode(DANGLING_WORDS) if i != vocab.unk_id)
 
 
 class Captioner:

@@ -34,6 +34,7 @@ from torch import nn
 
 from capcli import __version__
 from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, sha256_bytes
+from capcli.decode import STATE_NAMES
 from capcli.errors import FatalError
 from capcli.text import Vocab
 from capcli.train.model import CaptionModel, Decoder, ModelConfig
@@ -78,7 +79,7 @@ class DecoderStep(nn.Module):
 
 
 def state_names(config: ModelConfig) -> list[str]:
-    return ["h"] if config.decoder == "gru" else ["h", "c"]
+    return list(STATE_NAMES[config.decoder])
 
 
 def context_names(config: ModelConfig) -> list[str]:

@@ -19,7 +19,8 @@ from capcli.cli import main
 from capcli.decode import block_dangling_end, block_repeats
 from capcli.errors import FatalError
 from capcli.images import load
-from capcli.runtime import CPU, CUDA, DANGLING_WORDS, Captioner, parse_device
+from capcli.decode import DANGLING_WORDS
+from capcli.runtime import CPU, CUDA, Captioner, parse_device
 from capcli.text import SPECIALS, detokenize
 
 

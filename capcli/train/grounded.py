@@ -43,7 +43,7 @@ from capcli import decode
 from capcli.errors import FatalError
 from capcli.hallucination import hallucination
 from capcli.metrics import quick_scores
-from capcli.runtime import NO_REPEAT_NGRAM, dangling_ids
+from capcli.decode import NO_REPEAT_NGRAM, dangling_ids
 from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint, scst
 from capcli.train.backbones import preprocess_for

@@ -349,8 +349,9 @@ def _initialise(options: TrainOptions) -> tuple[CaptionModel, Vocab, TrainOption
 
 
 def search_spec(vocab: Vocab, config: ModelConfig) -> decode.SearchSpec:
-    """The runtime's search rules (no trigram blocking: dev scores follow the model alone)."""
-    return decode.SearchSpec.for_vocab(vocab, config.max_len)
+    """The runtime's search rules (:meth:`capcli.decode.SearchSpec.runtime`): dev captions are
+    decoded as ``capcli caption`` will decode them."""
+    return decode.SearchSpec.runtime(vocab, config.max_len)
 
 
 def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -561,7 +562,7 @@ def _search(
     with _autocast(device):
         features = model.features(_grid(tuned, inputs))  # (B, L, D)
         keys, state = model.decoder.init(features)  # (B, A, L), each (B, H)
-    names = ("h",) if len(state) == 1 else ("h", "c")
+    names = decode.STATE_NAMES[model.config.decoder]
 
     def step(tokens: np.ndarray, st: decode.State, images: np.ndarray) -> tuple[np.ndarray, decode.State, np.ndarray]:
         which = torch.from_numpy(images).to(device)
