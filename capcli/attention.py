@@ -10,7 +10,6 @@ matplotlib or torch, hence the small colour map below.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from capcli.atomic import replacing
 from capcli.errors import FatalError
 from capcli.sources import Item
 
@@ -156,15 +156,8 @@ def _save(figure: Image.Image, path: str) -> None:
 
     (Not mkstemp: its 0600 mode would stay on the figure.)
     """
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.part")
     try:
-        try:
+        with replacing(path) as tmp:
             figure.save(tmp, format="PNG")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
     except OSError as exc:
         raise FatalError(f"cannot write {path}: {exc.strerror or exc}") from None

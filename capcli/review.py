@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +44,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from capcli.atomic import replacing
 from capcli.errors import FatalError, ItemError
 from capcli.images import open_rgb
 from capcli.writers import COLUMNS, Record, infer_format, read_records
@@ -586,11 +586,7 @@ def write_review(
     stats = (f"{_plural(summary.records, 'record')}: {summary.records - summary.errors} captioned, "
              f"{_plural(summary.errors, 'error')}")  # fmt: skip
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".capcli-review-", suffix=".part", dir=page_dir)
-    except OSError as exc:
-        raise FatalError(f"cannot write {output}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+        with replacing(output) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out:
             out.write(render_head(title=title, link=link, stats=stats))
             for done, card in enumerate(_with_thumbnails(cards, link, size, quality, workers), 1):
                 out.write(render_card(card))
@@ -598,25 +594,11 @@ def write_review(
                 if progress:
                     progress(done)
             out.write(render_tail())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would stay on the page
-        os.replace(tmp, output)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise FatalError(f"cannot write {output}: {exc.strerror or exc}") from None
-        raise
+    except OSError as exc:
+        raise FatalError(f"cannot write {output}: {exc.strerror or exc}") from None
     summary.bytes = os.path.getsize(output)
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _count(summary: ReviewSummary, card: Card, link: bool) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
+from capcli.atomic import atomic_write_text
 from capcli.cli import main
 from capcli.cli.options import runtime_options
 
@@ -99,6 +99,4 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

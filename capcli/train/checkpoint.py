@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from capcli.atomic import replacing
 from capcli.errors import FatalError
 from capcli.text import Vocab
 
@@ -34,27 +35,8 @@ FORMAT_VERSION = 1
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    tmp = temp_sibling(path)
-    try:
+    with replacing(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def temp_sibling(path: Path) -> Path:
-    """A temporary name in ``path``'s folder (so ``os.replace`` is atomic), unique per process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file all at once: temporary file in the same folder, then rename."""
-    tmp = temp_sibling(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 REQUIRED = ("config", "vocab", "model")  # all a model needs; the rest is training state and provenance

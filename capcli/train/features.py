@@ -34,7 +34,7 @@ from torch import nn
 from capcli import images
 from capcli.bundle import Preprocess
 from capcli.errors import ItemError
-from capcli.train.checkpoint import atomic_write_text, temp_sibling
+from capcli.atomic import atomic_write_text, replacing
 
 FORMAT_VERSION = 1
 
@@ -152,11 +152,10 @@ def _compute(
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # its own seed source: a cache hit or miss leaves the global RNG alone
     )  # fmt: skip
-    tmp = temp_sibling(npy)
     failed: list[int] = []
     out = None
     columns = (TextColumn(f"{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    try:
+    with replacing(npy) as tmp:
         with Progress(*columns, console=console or Console(stderr=True), transient=False) as progress:
             task = progress.add_task(label, total=len(paths))
             row = 0
@@ -173,7 +172,4 @@ def _compute(
         assert out is not None, "no images to compute features for"
         out.flush()
         del out
-        os.replace(tmp, npy)
-    finally:
-        tmp.unlink(missing_ok=True)
     return failed

@@ -47,7 +47,7 @@ from capcli.decode import NO_REPEAT_NGRAM, dangling_ids
 from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint, scst
 from capcli.train.backbones import preprocess_for
-from capcli.train.checkpoint import atomic_write_text
+from capcli.atomic import atomic_write_text
 from capcli.train.concepts import ConceptModel, top_concepts
 from capcli.train.datasets import Split, load_split, load_text_captions
 from capcli.train.features import cached_features, module_fingerprint

@@ -50,7 +50,7 @@ from capcli.errors import FatalError
 from capcli.metrics import quick_scores
 from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint, scst
-from capcli.train.checkpoint import atomic_write_text
+from capcli.atomic import atomic_write_text
 from capcli.train.data import TrainData, batches, prepare
 from capcli.train.datasets import Split, load_split
 from capcli.train.distributed import Ranks, session

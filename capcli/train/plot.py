@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from capcli.atomic import replacing
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -40,6 +41,5 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
             ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
     if title:
         fig.suptitle(title)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
