@@ -49,7 +49,7 @@ from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, Bundle
 from capcli.decode import NO_REPEAT_NGRAM, Hypothesis, SearchSpec, State, beam_search, dangling_ids, greedy
 from capcli.device import parse_device
 from capcli.errors import FatalError
-from capcli.text import Vocab, detokenize
+from capcli.text import detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 Context = dict[str, Any]  # the bundle's context_names as numpy arrays (CPU) or OrtValues on the GPU

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from capcli.bench import BenchConfig, Ratio, Result, _fastest, ratios, scenarios
+from capcli.bench import BenchConfig, Ratio, Result, ratios, scenarios
+from capcli.bench.scenarios import fastest
 from capcli.cli import main
 
 STAGES_BY_KIND = {
@@ -70,7 +71,7 @@ def test_bench_runs_every_scenario_and_reports_ratios(
 
 def test_tutorial_is_skipped_with_a_reason_without_a_checkpoint(tmp_path: Path) -> None:
     cfg = BenchConfig(None, tmp_path)
-    from capcli.bench import _skip_reason
+    from capcli.bench.runner import _skip_reason
 
     for s in scenarios(cfg):
         reason = _skip_reason(s, cfg)
@@ -81,7 +82,7 @@ def test_tutorial_is_skipped_with_a_reason_without_a_checkpoint(tmp_path: Path) 
 
 def test_ratios_use_the_fastest_rounds_and_mark_targets() -> None:
     def res(key: str, *rates: float, peak: float = 100.0) -> Result:
-        return _fastest([Result(key, key, images=10, images_per_s=r, peak_rss_mib=peak + r) for r in rates])
+        return fastest([Result(key, key, images=10, images_per_s=r, peak_rss_mib=peak + r) for r in rates])
 
     results = {
         "limit": res("limit", 10, 20, 15),  # fastest 20

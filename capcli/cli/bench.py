@@ -77,7 +77,7 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
       capcli bench --model models/f8k --checkpoint runs/f8k/best.pt -n 200 --json bench.json
     """
     from capcli.bench import BenchConfig, run_bench
-    from capcli.bench_report import render
+    from capcli.bench.report import render
 
     folder = Path(images) if images else default_images()
     if folder is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from capcli.bench import BIG_UNIQUE, STAGES, Report, Result
+from capcli.bench.scenarios import BIG_UNIQUE, STAGES, Report, Result
 
 LEGEND = f"""\
 limit: encoder.onnx alone on ready-made input tensors (same photos and batch size), the faster of capcli's

@@ -1,0 +1,170 @@
+"""The worker side of ``capcli bench``: one scenario in a fresh process (``python -m capcli.bench.worker SPEC_JSON``).
+
+It prints one JSON result line: the limit (the encoder alone) or capcli end to end through
+:func:`capcli.load`; the tutorial way is in :mod:`capcli.bench.tutorial`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import IO, Any
+
+from capcli.bench.scenarios import Result, Scenario, read_paths
+from capcli.bench.tutorial import run_tutorial
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-set high-water mark."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    scenario = Scenario(**spec["scenario"])
+    run = {"limit": _limit, "capcli": _capcli, "tutorial": run_tutorial}[scenario.kind]
+    result = run(scenario, spec)
+    result.peak_rss_mib = round(peak_rss_mib(), 1)
+    result.images_per_s = round(result.images / result.seconds, 3) if result.seconds > 0 else 0.0
+    result.stages = {k: round(v, 4) for k, v in result.stages.items()}
+    return asdict(result)
+
+
+def _model(spec: dict[str, Any], beam: int) -> Any:
+    """The model as ``capcli.load`` gives it to ``capcli caption``."""
+    from capcli.api import load
+    from capcli.pipeline import DEFAULT_WORKERS
+
+    return load(spec["model"], device=spec["device"], beam=beam, threads=spec["threads"], lanes=spec["lanes"],
+                precision=spec["precision"], batch_size=spec["batch_size"],
+                workers=spec["workers"] or DEFAULT_WORKERS)  # fmt: skip
+
+
+def _session_info(captioner: Any) -> dict[str, Any]:
+    bundle = captioner.bundle
+    return {"model": str(bundle.path), "decoder": captioner.precision,
+            "providers": captioner.providers, "device": captioner.device, "lanes": captioner.lanes,
+            "intra_op_threads": captioner.threads}  # fmt: skip
+
+
+def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
+    """The encoder alone, arranged as capcli arranges it (``lanes`` batches at once) and as one
+    session on all its threads; the faster of the two is the limit."""
+    import numpy as np
+
+    from capcli.images import load
+    from capcli.runtime import Captioner
+
+    started = time.perf_counter()
+    captioner = _model(spec, beam=1).captioner
+    arrangements = [captioner]
+    if captioner.lanes > 1 and captioner.threads is not None:
+        arrangements.append(Captioner(captioner.bundle, device=spec["device"], beam=1, lanes=1,
+                                      threads=captioner.lanes * captioner.threads))  # fmt: skip
+    pre = captioner.bundle.preprocess
+    arrays = [load(p, pre).array for p in read_paths(spec["listing"])]  # ready-made: not timed
+    size = spec["batch_size"]
+    batches = [np.stack(arrays[i : i + size]) for i in range(0, len(arrays), size)]  # each (B, 3, H, W)
+    count = len(arrays)
+    del arrays
+
+    def encode_all(c: Captioner, some: list[Any]) -> None:
+        """Encode ``some`` batches as capcli arranges them: ``c.lanes`` at once."""
+        with ThreadPoolExecutor(c.lanes) as lanes:
+            list(lanes.map(c.encode, some))
+
+    for c in arrangements:  # warm-up, as timed: one batch per lane
+        encode_all(c, batches[: c.lanes])
+    result = Result(s.key, s.label, images=count, load_seconds=time.perf_counter() - started)
+    rates = {}  # "lanes x threads" -> images/s
+    for c in arrangements:
+        clock = time.perf_counter()
+        encode_all(c, batches)
+        seconds = time.perf_counter() - clock
+        rates[f"{c.lanes}x{c.threads}"] = round(count / seconds, 3)
+        if not result.seconds or seconds < result.seconds:
+            result.seconds, result.info = seconds, _session_info(c)
+    result.info["rates_by_arrangement"] = rates
+    result.stages = {"encode": result.seconds}
+    return result
+
+
+class _TimedReader:
+    """A reader that sums the CPU time its threads spend reading and preprocessing.
+
+    CPU time, not wall time: reader threads share the cores with inference, and
+    their wall time would count the waits for a core too.
+    """
+
+    def __init__(self, read: Callable[[Any], Any]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+
+    def __call__(self, item: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return self._read(item)
+        finally:
+            spent = time.thread_time() - started
+            with self._lock:
+                self.seconds += spent
+
+
+def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
+    from capcli.pipeline import Reader, Record, caption_items
+    from capcli.sources import iter_items
+    from capcli.writers import open_output
+
+    started = time.perf_counter()
+    model = _model(spec, beam=s.beam)
+    captioner = model.captioner
+    batch_size = spec["batch_size"]
+    read = model.reader()
+
+    def records(listing: IO[bytes], read: Reader, count: int | None = None) -> Iterator[Record]:
+        """The pipeline as `capcli caption -` runs it, on the listing's first ``count`` paths (all: None)."""
+        items = itertools.islice(iter_items(["-"], stdin=listing), count)
+        return caption_items(items, captioner, read, batch_size=batch_size, workers=model.workers)
+
+    # Warm-up, as timed: the pipeline on the listing's first batch per lane (records dropped).
+    with open(spec["listing"], "rb") as listing:
+        clock = time.perf_counter()
+        warm = sum(1 for _ in records(listing, read, captioner.lanes * batch_size))
+        warm_rate = round(warm / (time.perf_counter() - clock), 3)
+    captioner.seconds = {k: 0.0 for k in captioner.seconds}
+    info = _session_info(captioner) | {"warm_up": {"images": warm, "images_per_s": warm_rate}}
+    result = Result(s.key, s.label, load_seconds=time.perf_counter() - started, info=info, output=spec["output"])
+    timed_read = _TimedReader(read)
+    writer, _ = open_output(spec["output"], "jsonl", resume=False, retry_errors=False)
+    write_seconds = 0.0
+    with open(spec["listing"], "rb") as listing:
+        clock = time.perf_counter()
+        for record in records(listing, timed_read):
+            at = time.perf_counter()
+            writer.write(record)
+            write_seconds += time.perf_counter() - at
+            result.images += 1
+            result.failed += record["status"] != "ok"
+        writer.close()
+        result.seconds = time.perf_counter() - clock
+    busy = captioner.seconds["encode"] + captioner.seconds["decode"]
+    result.stages = {"read": timed_read.seconds, **captioner.seconds, "write": write_seconds,
+                     "idle": max(0.0, captioner.lanes * result.seconds - busy)}  # fmt: skip
+    return result
+
+
+def _main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(_worker(spec)))
+
+
+if __name__ == "__main__":
+    _main()
