@@ -23,7 +23,7 @@ from typing import Any
 from capcli.errors import FatalError
 from capcli.hallucination import hallucination
 from capcli.metrics import METRICS, PROTOCOL, coco_scores
-from capcli.train.datasets import Split
+from capcli.datasets import Split
 from capcli.writers import COLUMNS, read_records
 
 

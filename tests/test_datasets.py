@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from capcli.errors import FatalError
-from capcli.train.datasets import load_split
+from capcli.datasets import load_split
 
 
 

@@ -15,7 +15,7 @@ from capcli.errors import FatalError  # noqa: E402
 from capcli.text import tokenize  # noqa: E402
 from capcli.train import checkpoint  # noqa: E402
 from capcli.train.concepts import ConceptModel, name_index, singular, top_concepts  # noqa: E402
-from capcli.train.datasets import load_split, load_text_captions  # noqa: E402
+from capcli.datasets import load_split, load_text_captions  # noqa: E402
 from tiny_bundle import make_tiny_model, tiny_vocab  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from capcli.cli import main
 from capcli.cli.options import runtime_options
-from capcli.train.datasets import DATASETS
+from capcli.datasets import DATASETS
 
 
 @main.command("eval")
@@ -51,7 +51,7 @@ def eval_command(
       capcli eval --captions runs/f8k/best_dev_captions.jsonl --dataset flickr8k --data data/flickr8k
     """
     from capcli import evaluation
-    from capcli.train.datasets import load_split
+    from capcli.datasets import load_split
 
     if captions_file and (model or captions_out):
         raise click.UsageError("--captions scores a file: it does not go with --model or --captions-out")

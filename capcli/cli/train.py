@@ -9,7 +9,7 @@ import click
 from capcli.cli import main
 from capcli.cli.options import device_option
 from capcli.errors import CapcliError, ExitStatus
-from capcli.train.datasets import DATASETS
+from capcli.datasets import DATASETS
 
 
 def _list_backbones(ctx: click.Context, param: click.Parameter, pattern: str | None) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from capcli.text import Vocab, tokenize
 from capcli.train.backbones import preprocess_for
-from capcli.train.datasets import Sample, Split
+from capcli.datasets import Sample, Split
 from capcli.train.features import cached_features
 
 

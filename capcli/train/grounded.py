@@ -49,7 +49,7 @@ from capcli.train import checkpoint, scst
 from capcli.train.backbones import preprocess_for
 from capcli.atomic import atomic_write_text
 from capcli.train.concepts import ConceptModel, top_concepts
-from capcli.train.datasets import Split, load_split, load_text_captions
+from capcli.datasets import Split, load_split, load_text_captions
 from capcli.train.features import cached_features, module_fingerprint
 from capcli.train.loop import one_cycle
 from capcli.train.model import CaptionModel, ModelConfig, region_grid

@@ -52,7 +52,7 @@ from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint, scst
 from capcli.atomic import atomic_write_text
 from capcli.train.data import TrainData, batches, prepare
-from capcli.train.datasets import Split, load_split
+from capcli.datasets import Split, load_split
 from capcli.train.distributed import Ranks, session
 from capcli.train.features import default_cache_dir, module_fingerprint
 from capcli.train.model import CaptionModel, ModelConfig, region_grid

@@ -11,7 +11,7 @@ import torch
 from capcli import __version__
 from capcli.machine import cpu_name
 from capcli.metrics import QUICK_PROTOCOL
-from capcli.train.datasets import Split
+from capcli.datasets import Split
 
 LICENCES = {
     "flickr8k": "Flickr8k: research use only (Hodosh, Young & Hockenmaier 2013); photos from Flickr",
