@@ -20,6 +20,11 @@ The frozen part of the backbone runs once per image (:mod:`capcli.train.features
 with ``finetune_blocks > 0`` its top stages run in every step on the cached
 input, once per image in the batch, shared by that image's captions.
 
+Where it lives: the options in :mod:`capcli.train.options`, the objectives
+(cross-entropy, self-critical) in :mod:`capcli.train.objectives`, dev
+evaluation in :mod:`capcli.train.dev`; here, the setup (:func:`_start`) and a
+short epoch loop over the run's state (:class:`_Run`).
+
 Run folder: ``last.pt``, ``best.pt``, ``metrics.jsonl`` (one line per epoch),
 ``best_dev_captions.jsonl`` (the best epoch's dev captions, ``capcli eval
 --captions`` reads it), ``curves.png`` and ``train.json`` (what ran, on what,
@@ -30,114 +35,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from capcli import decode
 from capcli.errors import FatalError
-from capcli.metrics import quick_scores
-from capcli.text import Vocab, detokenize, tokenize
+from capcli.text import Vocab, tokenize
 from capcli.train import checkpoint, scst
 from capcli.atomic import atomic_write_text
 from capcli.train.data import TrainData, batches, prepare
 from capcli.datasets import Split, load_split
 from capcli.train.distributed import Ranks, session
 from capcli.train.features import default_cache_dir, module_fingerprint
-from capcli.train.model import CaptionModel, ModelConfig, region_grid
+from capcli.train.model import CaptionModel
+from capcli.train.dev import evaluate, search_spec
+from capcli.train.objectives import Forward, StepLoss, cross_entropy_step, self_critical_step
+from capcli.train.options import ARCHITECTURE, LOCAL_OPTIONS, TrainOptions
 from capcli.train.record import RunInfo
 from capcli.train.reward import CiderD
-
-# Options that describe the machine, not the run: --resume takes them from the new command line.
-LOCAL_OPTIONS = ("out", "device", "workers", "threads", "cache_dir")
-# Options that --init takes from the checkpoint it starts from: they describe its model.
-ARCHITECTURE = ("backbone", "pretrained", "decoder", "feature_dim", "attention_dim", "embed_dim", "hidden_dim", "dropout",
-                "max_len")  # fmt: skip
-OBJECTIVES = ("xent", "cider")
-
-
-@dataclass
-class TrainOptions:
-    dataset: str
-    data: str
-    out: str
-    images: str | None = None
-    # model
-    backbone: str = "efficientnet-lite2"
-    pretrained: bool = True
-    decoder: str = "gru"
-    feature_dim: int = 512
-    attention_dim: int = 512
-    embed_dim: int = 256
-    hidden_dim: int = 512
-    dropout: float = 0.5
-    finetune_blocks: int = 0
-    init: str | None = None  # start from this checkpoint's model and vocabulary
-    # text
-    min_count: int = 5
-    max_len: int = 20
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 64  # captions per step
-    batch_by: str = "auto"  # "caption" | "image" (all captions of each image together) | "auto"
-    lr: float = 4e-4
-    backbone_lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of the steps spent rising to the peak learning rate
-    clip: float = 5.0
-    label_smoothing: float = 0.0
-    attention_penalty: float = 1.0
-    objective: str = "xent"  # "xent" (teacher forcing) | "cider" (self-critical, from --init)
-    samples: int = 5  # captions sampled per image by the cider objective
-    score_end: bool = True  # the cider reward counts a caption's end as a word (see capcli.train.reward)
-    patience: int = 3  # epochs without a better dev CIDEr before stopping; 0 = never stop early
-    dev_beam: int = 1  # dev decoding: 1 = greedy
-    limit: int | None = None  # debug: first N images of each split
-    seed: int = 0
-    # machine
-    device: str = "auto"
-    workers: int = 2
-    threads: int | None = None  # torch CPU threads; None: torch's default
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
-        if self.samples < 2:  # a sample's baseline is the mean of the image's other samples
-            raise ValueError(f"samples must be at least 2, not {self.samples}")
-
-    def command(self) -> str:
-        """The ``capcli train`` command line that gives these options (machine-local ones left out)."""
-        args = ["capcli", "train"]
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in LOCAL_OPTIONS[1:] or value == f.default:
-                continue
-            if isinstance(value, bool):
-                args.append(f"--{'' if value else 'no-'}{f.name.replace('_', '-')}")
-            else:
-                args += [f"--{f.name.replace('_', '-')}", str(value)]
-        return shlex.join(args)
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size, backbone=self.backbone, pretrained=self.pretrained, decoder=self.decoder,
-            feature_dim=self.feature_dim, attention_dim=self.attention_dim, embed_dim=self.embed_dim,
-            hidden_dim=self.hidden_dim, dropout=self.dropout, max_len=self.max_len,
-            finetune_blocks=self.finetune_blocks,
-        )  # fmt: skip
-
 
 def train(
     options: TrainOptions,
@@ -174,7 +97,112 @@ def _train(
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
+    run = _start(options, state, ranks, device, console)
+    for epoch in range(run.first_epoch, options.epochs + 1):
+        t_epoch = time.time()
+        steps = list(batches(run.train_data, options.batch_size, run.by_image, options.seed, epoch))
+        # Dropout masks depend only on (seed, epoch, rank), like the batches: a resumed run repeats them.
+        torch.manual_seed((options.seed * 100_003 + epoch) * 1_009 + ranks.rank)
+        train_stats = _train_epoch(run.model, run.step_loss, steps, options, run.optimizer, run.scheduler, epoch,
+                                   console, ranks)  # fmt: skip
+        run.step += run.steps_per_epoch
+        run.check_replicas(epoch)
+        # Rank 0 evaluates, saves and decides whether to stop; the others hear the outcome.
+        record, finished = ranks.from_main(lambda: run.end_epoch(epoch, train_stats, t_epoch))
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if finished:
+            break
+    return ranks.from_main(lambda: run.end(started))
 
+
+@dataclass
+class _Run:
+    """What a training run carries from epoch to epoch (built by :func:`_start`)."""
+
+    options: TrainOptions
+    ranks: Ranks
+    console: Console
+    out: Path
+    model: CaptionModel
+    vocab: Vocab
+    info: RunInfo
+    train_data: TrainData
+    dev_data: TrainData | None  # rank 0's only
+    by_image: bool  # batches hold all captions of their images
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step_loss: StepLoss
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "metrics": {}})
+    first_epoch: int = 1
+    step: int = 0
+    fingerprints: list[str] = field(default_factory=list)  # each process's parameters, when distributed
+
+    def check_replicas(self, epoch: int) -> None:
+        """DDP keeps the replicas equal; check it before rank 0 saves its own."""
+        if not self.ranks.distributed:
+            return
+        self.fingerprints = self.ranks.gather(module_fingerprint(self.model))
+        if len(set(self.fingerprints)) > 1:
+            raise FatalError(f"epoch {epoch}: the processes' model parameters differ; the checkpoint would be "
+                             "rank 0's alone")  # fmt: skip
+
+    def end_epoch(self, epoch: int, train_stats: dict[str, float], t_epoch: float) -> tuple[dict[str, Any], bool]:
+        """Rank 0: evaluate on the dev split, save the checkpoints, say whether the run is finished."""
+        options, model, config = self.options, self.model, self.model.config
+        assert self.dev_data is not None
+        dev_stats, dev_captions = evaluate(model, self.dev_data, self.vocab, config, options.dev_beam,
+                                           options.label_smoothing)  # fmt: skip
+        record = {"epoch": epoch, "step": self.step, **train_stats, **dev_stats,
+                  "seconds": round(time.time() - t_epoch, 1)}  # fmt: skip
+        self.history.append(record)
+        improved = dev_stats["dev_CIDEr"] > self.best["metrics"].get("dev_CIDEr", -1.0)
+        if improved:
+            self.best = {"epoch": epoch, "metrics": dev_stats}
+        finished = epoch == options.epochs or (options.patience > 0 and epoch - self.best["epoch"] >= options.patience)
+        payload = {
+            "config": config.to_dict(), "vocab": list(self.vocab.tokens), "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch, "step": self.step, "finished": finished, "options": dataclasses.asdict(options),
+            "history": self.history, "best": self.best, "provenance": self.info.provenance(self.history, self.best),
+        }  # fmt: skip
+        if improved:
+            checkpoint.save(self.out / "best.pt", payload)
+            _write_jsonl(self.out / "best_dev_captions.jsonl",
+                         [{"source": source, "caption": text} for source, text in dev_captions.items()])  # fmt: skip
+        checkpoint.save(self.out / "last.pt", payload)
+        _write_jsonl(self.out / "metrics.jsonl", self.history)
+        self.console.print(_epoch_line(record, options.epochs, improved), markup=False, highlight=False)
+        return record, finished
+
+    def end(self, started: float) -> dict[str, Any]:
+        """Rank 0: the curves, ``train.json`` and the closing line; returns the ``train.json`` record."""
+        options, config, best = self.options, self.model.config, self.best
+        if self.history[-1]["epoch"] < options.epochs:
+            self.console.print(f"early stop: no better dev CIDEr for {options.patience} epochs")
+        from capcli.train.plot import plot_history
+
+        plot_history(self.history, self.out / "curves.png",
+                     title=f"{options.dataset} · {config.backbone} · {config.decoder}")  # fmt: skip
+        record = self.info.record(self.history, best, time.time() - started, len(self.vocab))
+        if self.fingerprints:
+            record["distributed"] = {**self.ranks.describe(), "parameters_sha256": self.fingerprints}
+        atomic_write_text(self.out / "train.json", json.dumps(record, indent=2) + "\n")
+        self.console.print(
+            f"best dev CIDEr {best['metrics'].get('dev_CIDEr', float('nan')):.3f} "
+            f"(BLEU-4 {best['metrics'].get('dev_BLEU-4', float('nan')):.3f}) at epoch {best['epoch']}; "
+            f"checkpoints in {self.out}"
+        )
+        return record
+
+
+def _start(
+    options: TrainOptions, state: dict[str, Any] | None, ranks: Ranks, device: torch.device, console: Console
+) -> _Run:
+    """Splits, model and vocabulary, cached features, optimiser and objective: a run ready for its first epoch
+    (or, with ``state``, for the epoch after the checkpoint's)."""
     train_split, dev_split = (
         load_split(options.dataset, Path(options.data), split, Path(options.images) if options.images else None)
         .limited(options.limit)
@@ -184,22 +212,8 @@ def _train(
         console.print(split.describe())
         if not split.samples:
             raise FatalError(f"no usable images in the {split.split} split of {split.source}")
-
-    init_provenance: dict[str, Any] | None = None
-    if state is not None:
-        model, vocab = checkpoint.model_from_checkpoint(state)
-        config = model.config
-        init_provenance = state["provenance"].get("initialised_from")
-    elif options.init:
-        model, vocab, options, init_provenance = _initialise(options)
-        config = model.config
-    elif options.objective == "cider":
-        raise FatalError("self-critical training (--objective cider) starts from a trained model: "
-                         "pass --init with a checkpoint of a cross-entropy run, e.g. --init runs/f8k/best.pt")
-    else:
-        vocab = Vocab.build((tokenize(c) for s in train_split.samples for c in s.captions), options.min_count)
-        config = options.model_config(len(vocab))
-        model = CaptionModel(config)
+    model, vocab, options, init_provenance = _model(options, state, train_split)
+    config = model.config
     model.to(device)
     frozen, tuned = model.frozen_and_trainable_backbone()
     frozen.requires_grad_(False)
@@ -228,96 +242,46 @@ def _train(
     steps_per_epoch = len(list(batches(train_data, options.batch_size, by_image, options.seed, epoch=1)))
     optimizer = _optimizer(model, tuned, options)
     scheduler = one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "metrics": {}}
-    first_epoch, step = 1, 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best = state["history"], state["best"]
-        first_epoch, step = state["epoch"] + 1, state["step"]
-        console.print(f"resuming after epoch {state['epoch']} (step {step:,})")
     forward: nn.Module = scst.Sampler(model, tuned, search_spec(vocab, config), len(vocab)).to(device) \
-        if self_critical else _Forward(model, tuned)  # fmt: skip
+        if self_critical else Forward(model, tuned)  # fmt: skip
     if ranks.distributed:
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
     if self_critical:
         reward = CiderD([[tokenize(c) for c in s.captions] for s in train_data.samples], mark_end=options.score_end)
-        step_loss = _self_critical_step(forward, train_data, options, ranks, reward, vocab)
+        step_loss = self_critical_step(forward, train_data, options, ranks, reward, vocab)
     else:
-        step_loss = _cross_entropy_step(forward, train_data, options, ranks)
+        step_loss = cross_entropy_step(forward, train_data, options, ranks)
 
-    run = RunInfo(dataclasses.asdict(options), options.command(), train_split, dev_split, device, feature_seconds,
-                  ranks.describe() if ranks.distributed else None, init_provenance)  # fmt: skip
-    if state is not None:  # the run's command and feature time are those of its first session
-        run.command = state["provenance"]["command"]
-        run.feature_seconds += state["provenance"]["feature_seconds"]
-    fingerprints: list[str] = []
-    for epoch in range(first_epoch, options.epochs + 1):
-        t_epoch = time.time()
-        steps = list(batches(train_data, options.batch_size, by_image, options.seed, epoch))
-        # Dropout masks depend only on (seed, epoch, rank), like the batches: a resumed run repeats them.
-        torch.manual_seed((options.seed * 100_003 + epoch) * 1_009 + ranks.rank)
-        train_stats = _train_epoch(model, step_loss, steps, options, optimizer, scheduler, epoch, console, ranks)
-        step += steps_per_epoch
-        if ranks.distributed:  # DDP keeps the replicas equal; check it before rank 0 saves its own
-            fingerprints = ranks.gather(module_fingerprint(model))
-            if len(set(fingerprints)) > 1:
-                raise FatalError(f"epoch {epoch}: the processes' model parameters differ; the checkpoint would be "
-                                 "rank 0's alone")  # fmt: skip
+    info = RunInfo(dataclasses.asdict(options), options.command(), train_split, dev_split, device, feature_seconds,
+                   ranks.describe() if ranks.distributed else None, init_provenance)  # fmt: skip
+    run = _Run(options, ranks, console, Path(options.out), model, vocab, info, train_data, dev_data, by_image,
+               steps_per_epoch, optimizer, scheduler, step_loss)  # fmt: skip
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        run.history, run.best = state["history"], state["best"]
+        run.first_epoch, run.step = state["epoch"] + 1, state["step"]
+        console.print(f"resuming after epoch {state['epoch']} (step {run.step:,})")
+        # The run's command and feature time are those of its first session.
+        info.command = state["provenance"]["command"]
+        info.feature_seconds += state["provenance"]["feature_seconds"]
+    return run
 
-        def end_epoch() -> tuple[dict[str, Any], bool]:
-            nonlocal best
-            assert dev_data is not None
-            dev_stats, dev_captions = evaluate(model, dev_data, vocab, config, options.dev_beam,
-                                               options.label_smoothing)  # fmt: skip
-            record = {"epoch": epoch, "step": step, **train_stats, **dev_stats,
-                      "seconds": round(time.time() - t_epoch, 1)}  # fmt: skip
-            history.append(record)
-            improved = dev_stats["dev_CIDEr"] > best["metrics"].get("dev_CIDEr", -1.0)
-            if improved:
-                best = {"epoch": epoch, "metrics": dev_stats}
-            finished = epoch == options.epochs or (options.patience > 0 and epoch - best["epoch"] >= options.patience)
-            payload = {
-                "config": config.to_dict(), "vocab": list(vocab.tokens), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "step": step, "finished": finished, "options": dataclasses.asdict(options),
-                "history": history, "best": best, "provenance": run.provenance(history, best),
-            }  # fmt: skip
-            if improved:
-                checkpoint.save(out / "best.pt", payload)
-                _write_jsonl(out / "best_dev_captions.jsonl",
-                             [{"source": source, "caption": text} for source, text in dev_captions.items()])
-            checkpoint.save(out / "last.pt", payload)
-            _write_jsonl(out / "metrics.jsonl", history)
-            console.print(_epoch_line(record, options.epochs, improved), markup=False, highlight=False)
-            return record, finished
 
-        # Rank 0 evaluates, saves and decides whether to stop; the others hear the outcome.
-        record, finished = ranks.from_main(end_epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if finished:
-            break
-
-    def end_run() -> dict[str, Any]:
-        if history[-1]["epoch"] < options.epochs:
-            console.print(f"early stop: no better dev CIDEr for {options.patience} epochs")
-        from capcli.train.plot import plot_history
-
-        plot_history(history, out / "curves.png", title=f"{options.dataset} · {config.backbone} · {config.decoder}")
-        record = run.record(history, best, time.time() - started, len(vocab))
-        if fingerprints:
-            record["distributed"] = {**ranks.describe(), "parameters_sha256": fingerprints}
-        atomic_write_text(out / "train.json", json.dumps(record, indent=2) + "\n")
-        console.print(
-            f"best dev CIDEr {best['metrics'].get('dev_CIDEr', float('nan')):.3f} "
-            f"(BLEU-4 {best['metrics'].get('dev_BLEU-4', float('nan')):.3f}) at epoch {best['epoch']}; "
-            f"checkpoints in {out}"
-        )
-        return record
-
-    return ranks.from_main(end_run)
+def _model(
+    options: TrainOptions, state: dict[str, Any] | None, train_split: Split
+) -> tuple[CaptionModel, Vocab, TrainOptions, dict[str, Any] | None]:
+    """The model to train and its vocabulary: the checkpoint's (resume), ``--init``'s, or a new one."""
+    if state is not None:
+        model, vocab = checkpoint.model_from_checkpoint(state)
+        return model, vocab, options, state["provenance"].get("initialised_from")
+    if options.init:
+        return _initialise(options)
+    if options.objective == "cider":
+        raise FatalError("self-critical training (--objective cider) starts from a trained model: "
+                         "pass --init with a checkpoint of a cross-entropy run, e.g. --init runs/f8k/best.pt")
+    vocab = Vocab.build((tokenize(c) for s in train_split.samples for c in s.captions), options.min_count)
+    return CaptionModel(options.model_config(len(vocab))), vocab, options, None
 
 
 def _open_run(out: Path, resume: bool) -> dict[str, Any] | None:
@@ -348,64 +312,6 @@ def _initialise(options: TrainOptions) -> tuple[CaptionModel, Vocab, TrainOption
     return model, vocab, options, summary
 
 
-def search_spec(vocab: Vocab, config: ModelConfig) -> decode.SearchSpec:
-    """The runtime's search rules (:meth:`capcli.decode.SearchSpec.runtime`): dev captions are
-    decoded as ``capcli caption`` will decode them."""
-    return decode.SearchSpec.runtime(vocab, config.max_len)
-
-
-def _grid(tuned: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Cached frozen output (B, C', h', w') -> region grid (B, L, C) through the tuned stages."""
-    return region_grid(tuned(inputs))  # (B, L, C)
-
-
-def _autocast(device: torch.device):
-    # bf16 on CUDA: no loss scaling needed; the CPU stays in float32.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-class _Forward(nn.Module):
-    """Cached frozen output -> logits: the tuned backbone stages and the captioner as one module (for DDP)."""
-
-    def __init__(self, model: CaptionModel, tuned: nn.Module) -> None:
-        super().__init__()
-        self.model, self.tuned = model, tuned
-
-    def forward(
-        self, inputs: torch.Tensor, local: torch.Tensor, captions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs (N, C', h', w') of N images; local (B,) image of each caption; captions (B, T)."""
-        grid = _grid(self.tuned, inputs)[local]  # (B, L, C)
-        return self.model(grid, captions)  # (B, T-1, V), (B, T-1, L)
-
-
-def _losses(
-    forward: nn.Module, data: TrainData, rows: torch.Tensor, label_smoothing: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums over caption ``rows`` (a CPU tensor): (token cross-entropy, attention penalty per caption).
-
-    Sums, not means, so that a batch split across processes adds up to the
-    whole batch's loss; the caller divides by the whole batch's counts.
-    """
-    device = data.captions.device
-    images, local = torch.unique(data.image_of[rows], return_inverse=True)
-    length = int(data.lengths[rows].max())
-    captions = data.captions[rows.to(device), :length]  # (B, T)
-    with _autocast(device):
-        logits, alphas = forward(data.inputs(images), local.to(device), captions)  # (B, T-1, V), (B, T-1, L)
-    targets = captions[:, 1:]  # (B, T-1)
-    xent = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing,
-                           reduction="sum")  # fmt: skip
-    mask = (targets != 0).unsqueeze(2)  # (B, T-1, 1): padding steps attend to nothing
-    coverage = (alphas.float() * mask).sum(dim=1)  # (B, L)
-    return xent, ((1.0 - coverage) ** 2).mean(dim=1).sum()
-
-
-def _targets(data: TrainData, rows: torch.Tensor) -> int:
-    """Predicted tokens of caption ``rows``: the words and <end>."""
-    return int((data.lengths[rows] - 1).sum())
-
-
 def _freeze_batchnorm(module: nn.Module) -> None:
     # Fine-tuned blocks keep their ImageNet statistics: batches of a few images would skew them.
     for m in module.modules():
@@ -429,43 +335,6 @@ def _optimizer(model: CaptionModel, tuned: nn.Module, options: TrainOptions) -> 
         groups += [{"params": decay, "lr": lr, "weight_decay": options.weight_decay},
                    {"params": no_decay, "lr": lr, "weight_decay": 0.0}]  # fmt: skip
     return torch.optim.AdamW([g for g in groups if g["params"]])
-
-
-@dataclass
-class StepLoss:
-    """One training step's objective: ``loss(batch)`` -> (loss to back-propagate, this rank's part of ``stats``)."""
-
-    loss: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    stats: tuple[str, ...]  # names of the per-step means it reports, averaged over the epoch
-
-
-def _cross_entropy_step(forward: nn.Module, data: TrainData, options: TrainOptions, ranks: Ranks) -> StepLoss:
-    def loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, weight = ranks.share(batch)
-        xent, attention = _losses(forward, data, rows, options.label_smoothing)
-        # Means over the whole batch; DDP averages the ranks' gradients, hence the world size.
-        means = torch.stack([xent / _targets(data, batch), attention / len(batch)]) * weight  # (2,)
-        return ranks.world_size * (means[0] + options.attention_penalty * means[1]), means.detach()
-
-    return StepLoss(loss, ("train_loss", "train_attention"))
-
-
-def _self_critical_step(
-    forward: nn.Module, data: TrainData, options: TrainOptions, ranks: Ranks, reward: CiderD, vocab: Vocab
-) -> StepLoss:
-    device = data.captions.device
-
-    def loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.unique(data.image_of[batch])  # (N,) the step's images; each rank samples for its share
-        mine, weight = ranks.share(images)
-        with _autocast(device):
-            total, rewards = scst.self_critical_loss(forward, data.inputs(mine), mine.tolist(), options.samples,
-                                                     reward, vocab)  # fmt: skip
-        n = len(images) * options.samples  # sampled captions in the whole step
-        mean_reward = torch.tensor([weight * rewards / n], device=device)
-        return ranks.world_size * weight * total / n, mean_reward
-
-    return StepLoss(loss, ("train_reward",))
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -516,68 +385,6 @@ def _train_epoch(
             progress.advance(task)
     sums = ranks.sum(torch.as_tensor(totals)).tolist()
     return {"lr": lr, **{name: total / len(steps) for name, total in zip(step_loss.stats, sums)}}
-
-
-# -- dev evaluation ----------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate(
-    model: CaptionModel,
-    data: TrainData,
-    vocab: Vocab,
-    config: ModelConfig,
-    beam: int = 1,
-    label_smoothing: float = 0.0,
-    batch_size: int = 128,
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Dev loss (teacher forcing) and BLEU-4/CIDEr of captions decoded like the runtime does.
-
-    Returns ({"dev_loss", "dev_BLEU-4", "dev_CIDEr"}, {image path: caption}).
-    """
-    model.eval()
-    _, tuned = model.frozen_and_trainable_backbone()
-    forward = _Forward(model, tuned)
-    total = torch.zeros((), device=data.captions.device)
-    for start in range(0, len(data.captions), 2 * batch_size):
-        rows = torch.arange(start, min(start + 2 * batch_size, len(data.captions)))
-        total += _losses(forward, data, rows, label_smoothing)[0]
-    spec = search_spec(vocab, config)
-    hypotheses: dict[str, str] = {}
-    for start in range(0, len(data.samples), batch_size):
-        images = torch.arange(start, min(start + batch_size, len(data.samples)))
-        for i, hyp in zip(images.tolist(), _search(model, tuned, data.inputs(images), spec, beam)):
-            hypotheses[str(data.samples[i].image)] = detokenize(vocab.decode(hyp.ids))
-    references = {str(s.image): list(s.captions) for s in data.samples}
-    scores = quick_scores(references, hypotheses)
-    dev_loss = float(total) / _targets(data, torch.arange(len(data.captions)))  # per predicted token
-    return {"dev_loss": dev_loss, **{f"dev_{k}": v for k, v in scores.items()}}, hypotheses
-
-
-def _search(
-    model: CaptionModel, tuned: nn.Module, inputs: torch.Tensor, spec: decode.SearchSpec, beam: int
-) -> list[decode.Hypothesis]:
-    """capcli.decode's greedy/beam search driving the PyTorch decoder step."""
-    device = inputs.device
-    with _autocast(device):
-        features = model.features(_grid(tuned, inputs))  # (B, L, D)
-        keys, state = model.decoder.init(features)  # (B, A, L), each (B, H)
-    names = decode.STATE_NAMES[model.config.decoder]
-
-    def step(tokens: np.ndarray, st: decode.State, images: np.ndarray) -> tuple[np.ndarray, decode.State, np.ndarray]:
-        which = torch.from_numpy(images).to(device)
-        with _autocast(device):
-            logits, new, alpha = model.decoder.step(
-                torch.from_numpy(tokens).to(device), tuple(torch.from_numpy(st[n]).to(device) for n in names),
-                features[which], keys[which],
-            )  # fmt: skip
-        logprobs = torch.log_softmax(logits.float(), dim=1)  # (N, V)
-        return logprobs.cpu().numpy(), {n: s.float().cpu().numpy() for n, s in zip(names, new)}, alpha.float().cpu().numpy()
-
-    initial = {n: s.float().cpu().numpy() for n, s in zip(names, state)}
-    if beam > 1:
-        return decode.beam_search(step, initial, spec, beam=beam)
-    return decode.greedy(step, initial, spec)
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
