@@ -69,3 +69,14 @@ def test_the_readme_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(repo)
     monkeypatch.delenv("CAPCLI_MODEL", raising=False)
     exec(compile(example, "README.md", "exec"), {})
+
+
+def test_help_lists_every_command_without_truncation() -> None:
+    result = CliRunner().invoke(main, ["--help"], terminal_width=80)
+    assert result.exit_code == 0
+    listed = result.stdout.split("Commands:", 1)[1]
+    for name, command in main.commands.items():
+        assert name in listed
+        first_line = command.help.strip().splitlines()[0].rstrip(".")
+        assert " ".join(first_line.split()) in " ".join(listed.split()), name
+    assert "..." not in listed
