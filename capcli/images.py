@@ -71,12 +71,7 @@ def load(
     this many pixels (for attention figures: URLs cannot be read twice).
     """
     image, n_frames = open_rgb(source, max_pixels=max_pixels, draft_to=max(*pre.size, thumbnail or 0))
-    small = None
-    if thumbnail:
-        copy = image.copy()
-        copy.thumbnail((thumbnail, thumbnail), Image.Resampling.LANCZOS)
-        small = np.asarray(copy, dtype=np.uint8)  # (h, w, 3)
-    return Loaded(to_array(image, pre), n_frames, small)
+    return Loaded(to_array(image, pre), n_frames, _thumbnail(image, thumbnail))
 
 
 def load_picture(
@@ -103,12 +98,16 @@ def load_picture(
         rgb = _to_rgb(image)
     except Exception as exc:  # Pillow raises many types for modes it cannot convert
         raise ItemError("decode_error", f"cannot convert a {image.mode} image to RGB: {exc}") from None
-    small = None
-    if thumbnail:
-        copy = rgb.copy()
-        copy.thumbnail((thumbnail, thumbnail), Image.Resampling.LANCZOS)
-        small = np.asarray(copy, dtype=np.uint8)  # (h, w, 3)
-    return Loaded(to_array(rgb, pre), n_frames, small)
+    return Loaded(to_array(rgb, pre), n_frames, _thumbnail(rgb, thumbnail))
+
+
+def _thumbnail(image: Image.Image, size: int | None) -> np.ndarray | None:
+    """A (h, w, 3) uint8 copy whose longest side is at most ``size`` pixels; None without a size."""
+    if not size:
+        return None
+    copy = image.copy()
+    copy.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(copy, dtype=np.uint8)  # (h, w, 3)
 
 
 def open_rgb(
