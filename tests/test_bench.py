@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -48,9 +50,10 @@ def test_bench_runs_every_scenario_and_reports_ratios(
         assert r["images"] == (12 if key == "memory_12" else 8)
         assert r["images_per_s"] > 0 and r["seconds"] > 0 and r["peak_rss_mib"] > 0
         assert set(r["stages"]) == STAGES_BY_KIND[kinds[key]], key
-        assert all(v >= 0 for v in r["stages"].values())
+        assert all(math.isfinite(v) and v >= 0 for v in r["stages"].values()) and sum(r["stages"].values()) > 0
         assert r["failed"] == 0
-        assert r["info"]["other_cores"] >= 0  # how busy the rest of the machine was meanwhile
+        # How busy the rest of the machine was meanwhile: never more cores than it has.
+        assert 0 <= r["info"]["other_cores"] <= (os.cpu_count() or 1) + 0.25, r["info"]["other_cores"]  # clock-tick jitter
         if kinds[key] == "capcli":  # warmed up untimed first, as timed: one batch of 4 per lane
             assert r["info"]["warm_up"]["images"] == r["info"]["lanes"] * 4
             assert r["info"]["warm_up"]["images_per_s"] > 0
