@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import random
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -163,11 +163,32 @@ def test_order_and_pairing_hold_under_random_latency(server: LocalServer) -> Non
 
 
 def test_download_latency_overlaps(server: LocalServer) -> None:
-    urls = serve_levels(server, [9] * 24, delay=lambda i: 0.2)  # 4.8 s one after another
-    start = time.monotonic()
+    """Downloads run at once: each response waits until 8 requests are in flight together, which
+    fetching one URL after another would never reach (event-based, no wall-clock bound)."""
+    lock = threading.Lock()
+    in_flight = most = 0
+    overlapping = threading.Event()
+    body = png(9)
+
+    def route(h: Handler) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+            if in_flight >= 8:
+                overlapping.set()
+        overlapping.wait(5.0)
+        with lock:
+            in_flight -= 1
+        h.send_body(200, body, "image/png")
+
+    for i in range(24):
+        server.routes[f"/{i}.png"] = route
+    urls = [server.url(f"/{i}.png") for i in range(24)]
     result = url_list("-", "--allow-private-network", input="\n".join(urls).encode())  # 16 workers
     assert result.exit_code == 0, result.output
-    assert time.monotonic() - start < 2.0
+    assert overlapping.is_set() and most >= 8, most
+    assert [r["caption"] for r in records(result.stdout)] == ["Level 9."] * 24
 
 
 def test_caption_command_fetches_urls_through_the_same_guard(server: LocalServer) -> None:
