@@ -338,6 +338,7 @@ def test_timm_weights_offline_stop_training_with_a_clear_error(offline: None, ba
 # -- the issue's acceptance run --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_inception_resnet_v2_trains_exports_and_captions(balls: Path, timm) -> None:
     """capcli train --backbone timm:inception_resnet_v2 --no-pretrained, then export and caption (299 px, 55 M weights)."""
     run, bundle_dir = balls / "run-irv2", balls / "bundle-irv2"

@@ -31,6 +31,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
+@pytest.mark.slow
 def test_bench_runs_every_scenario_and_reports_ratios(
     tiny_bundle: Path, tiny_checkpoint: Path, photos: Path, tmp_path: Path
 ) -> None:

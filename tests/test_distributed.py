@@ -88,6 +88,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one(data: Path, tmp_path: Path) -> None:
     cache, distributed, single = tmp_path / "cache", tmp_path / "distributed", tmp_path / "single"
     options = TrainOptions(data=str(data), out=str(distributed), cache_dir=str(cache), **TINY)  # type: ignore[arg-type]

