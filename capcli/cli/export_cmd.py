@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from capcli.cli import main
-from capcli.errors import CapcliError
 
 
 @main.command("export")
@@ -83,18 +82,16 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
             report=lambda r: click.echo("\n".join(r.lines()), err=True),
         )  # fmt: skip
 
-    try:
-        if not quantize:
-            path = export_to(out_dir)
-        elif is_bundle and not upgrade:
-            path = quantize_bundle(checkpoint, out_dir, images=images, overwrite=force, command=recorded)
-        else:
-            Path(out_dir).absolute().parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=Path(out_dir).absolute().parent, prefix=".float-") as tmp:
-                source = export_to(Path(tmp) / "bundle")
-                path = quantize_bundle(source, out_dir, images=images, overwrite=force, command=recorded)
-    except CapcliError as exc:
-        raise click.ClickException(str(exc)) from None
+    # capcli errors become "Error: ..." and exit 1 in capcli.cli.Command
+    if not quantize:
+        path = export_to(out_dir)
+    elif is_bundle and not upgrade:
+        path = quantize_bundle(checkpoint, out_dir, images=images, overwrite=force, command=recorded)
+    else:
+        Path(out_dir).absolute().parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=Path(out_dir).absolute().parent, prefix=".float-") as tmp:
+            source = export_to(Path(tmp) / "bundle")
+            path = quantize_bundle(source, out_dir, images=images, overwrite=force, command=recorded)
     if upgrade:
         _echo_upgrade(path)
     if quantize:
