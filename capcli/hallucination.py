@@ -170,8 +170,9 @@ def hallucination(references: Mapping[str, Sequence[str]], hypotheses: Mapping[s
     mentions = hallucinated = bad_captions = 0
     for key, caption in hypotheses.items():
         truth = {obj for ref in references[key] for obj in objects_in(ref)}
-        wrong = [obj for obj in objects_in(caption) if obj not in truth]
-        mentions += len(objects_in(caption))
+        found = objects_in(caption)
+        wrong = [obj for obj in found if obj not in truth]
+        mentions += len(found)
         hallucinated += len(wrong)
         bad_captions += bool(wrong)
     return {

@@ -8,8 +8,15 @@ import click
 
 from capcli.cli import main
 from capcli.cli.options import device_option
-from capcli.errors import CapcliError, ExitStatus
+from capcli.errors import ExitStatus
 from capcli.datasets import DATASETS
+
+
+def training_extra_missing(exc: ModuleNotFoundError) -> click.ClickException:
+    """The error of a training command run without the train extra installed."""
+    return click.ClickException(
+        f"training needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
+    )
 
 
 def _list_backbones(ctx: click.Context, param: click.Parameter, pattern: str | None) -> None:
@@ -141,14 +148,9 @@ def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **optio
     try:
         from capcli.train.loop import TrainOptions, train
     except ModuleNotFoundError as exc:
-        raise click.ClickException(
-            f"training needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
-        ) from None
-    try:
+        raise training_extra_missing(exc) from None
+    try:  # capcli's errors reach the command's exit mapper; only the interrupt says more here
         train(TrainOptions(pretrained=not no_pretrained, **options), resume=resume)  # type: ignore[arg-type]
-    except CapcliError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        ctx.exit(int(ExitStatus.FATAL))
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not from every process
             click.echo(f"interrupted; continue with the same command plus --resume (--out {options['out']})", err=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from capcli.cli import main
-from capcli.errors import CapcliError, ExitStatus
+from capcli.cli.train import training_extra_missing
+from capcli.errors import ExitStatus
 
 
 def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, int]:
@@ -73,14 +74,9 @@ def train_grounded_command(ctx: click.Context, resume: bool, **options: object) 
     try:
         from capcli.train.grounded import GroundedOptions, train_grounded
     except ModuleNotFoundError as exc:
-        raise click.ClickException(
-            f"training needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
-        ) from None
-    try:
+        raise training_extra_missing(exc) from None
+    try:  # capcli's errors reach the command's exit mapper; only the interrupt says more here
         train_grounded(GroundedOptions(**options), resume=resume)  # type: ignore[arg-type]
-    except CapcliError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        ctx.exit(int(ExitStatus.FATAL))
     except KeyboardInterrupt:
         click.echo(f"interrupted; continue with the same command plus --resume (--out {options['out']})", err=True)
         ctx.exit(int(ExitStatus.INTERRUPTED))

@@ -347,18 +347,28 @@ def _epoch(
     totals, t0 = np.zeros(2), time.time()
     for n, batch in enumerate(plan, 1):
         xent, attention = _batch_loss(model, features, batch, options, rng)
-        loss = xent + options.attention_penalty * attention
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, options.clip)
-        optimizer.step()
-        scheduler.step()
+        _update(xent + options.attention_penalty * attention, optimizer, scheduler, params, options.clip)
         totals += [float(xent.detach()), float(attention.detach())]
         if n % 100 == 0:
             console.print(f"  epoch {epoch} step {n}/{len(plan)} loss {totals[0] / n:.3f} ({time.time() - t0:.0f} s)",
                           highlight=False)  # fmt: skip
     return {"lr": optimizer.param_groups[0]["lr"], "train_loss": float(totals[0]) / len(plan),
             "train_attention": float(totals[1]) / len(plan)}  # fmt: skip
+
+
+def _update(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    params: list[torch.nn.Parameter],
+    clip: float,
+) -> None:
+    """One optimiser step on ``loss``: gradients, norm clipping, the step and the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    scheduler.step()
 
 
 def _plan(parts: list[Part], options: GroundedOptions, rng: np.random.Generator) -> list[list[tuple[Part, int]]]:
@@ -469,11 +479,7 @@ def _scst_epoch(
             return scst.sample(model.decoder, spec, allowed, feats, k, concept)
 
         loss, rewards = scst.self_critical_loss(sampler, None, batch, options.samples, reward, vocab)
-        optimizer.zero_grad(set_to_none=True)
-        (loss / (len(batch) * options.samples)).backward()
-        torch.nn.utils.clip_grad_norm_(params, options.clip)
-        optimizer.step()
-        scheduler.step()
+        _update(loss / (len(batch) * options.samples), optimizer, scheduler, params, options.clip)
         total_reward += rewards / (len(batch) * options.samples)
         if n % 50 == 0:
             console.print(f"  epoch {epoch} step {n}/{len(plan)} reward {total_reward / n:.3f} "
