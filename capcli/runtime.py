@@ -52,6 +52,7 @@ from capcli.errors import FatalError
 from capcli.text import detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+ENCODE_CHUNK = 16  # images per encoder run on the CPU (see Captioner.encode)
 Context = dict[str, Any]  # the bundle's context_names as numpy arrays (CPU) or OrtValues on the GPU
 
 
@@ -177,6 +178,11 @@ class Captioner:
         """Images (B, 3, H, W) -> {"features" (B, L, D), "keys" (B, A, L), "h" (B, H)[, "c"][, "concept" (B, C)]
         [, "tags" (B, K)]}."""
         images = self._check_images(images)
+        if self._cuda_id is None and len(images) > ENCODE_CHUNK:
+            # On the CPU a big batch's early convolutions take up to a second each, and cancel() is
+            # seen only between graph nodes: chunks keep a second Ctrl-C prompt at no cost in speed.
+            parts = [self.encode(images[i : i + ENCODE_CHUNK]) for i in range(0, len(images), ENCODE_CHUNK)]
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         if len(images) == 1:
             # onnxruntime's ReduceMean (the initial state's mean over regions) sums a batch of one in
             # another order than a bigger batch, which moves h by ~1e-7, enough to flip a score's last
