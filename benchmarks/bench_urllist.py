@@ -61,8 +61,9 @@ def run(args: list[str], stdin: bytes | None = None) -> tuple[float, float, list
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.jsonl"
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "capcli", *args, "-o", str(out)],
-                              input=stdin, capture_output=True, cwd=REPO)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "capcli", *args, "-o", str(out)], input=stdin, capture_output=True, cwd=REPO
+        )
         wall = time.monotonic() - start
         stderr = proc.stderr.decode(errors="replace")
         match = _SUMMARY.search(stderr)
@@ -92,8 +93,16 @@ def main() -> None:
     server = serve(photos, opts.latency)
     base = server.server_address[1]
     urls = [f"http://127.0.0.1:{base}/{name}" for name in names]
-    common = ["--model", opts.model, "--device", opts.device, "--batch-size", str(opts.batch_size),
-              "--beam", str(opts.beam)]  # fmt: skip
+    common = [
+        "--model",
+        opts.model,
+        "--device",
+        opts.device,
+        "--batch-size",
+        str(opts.batch_size),
+        "--beam",
+        str(opts.beam),
+    ]
     url_args = ["url-list", "-", "--allow-private-network", *common]
     if opts.workers:
         url_args += ["--workers", str(opts.workers)]
@@ -111,9 +120,11 @@ def main() -> None:
     same = sum(r["caption"] == c for r, c in zip(url_records, disk_captions))
     disk_rate = statistics.median(rate for _, rate, _ in disk_runs)
     url_rate = statistics.median(rate for _, rate, _ in url_runs)
-    print(f"images: {len(names)} from {opts.images}; latency {opts.latency * 1000:.0f} ms per response; "
-          f"batch {opts.batch_size}, beam {opts.beam}, device {opts.device}; "
-          f"url-list workers {opts.workers or 'default'}; median of {opts.repeat}")  # fmt: skip
+    print(
+        f"images: {len(names)} from {opts.images}; latency {opts.latency * 1000:.0f} ms per response; "
+        f"batch {opts.batch_size}, beam {opts.beam}, device {opts.device}; "
+        f"url-list workers {opts.workers or 'default'}; median of {opts.repeat}"
+    )
     print(f"disk     : {disk_rate:7.1f} images/s  (wall {statistics.median(w for w, _, _ in disk_runs):.2f} s)")
     print(f"url-list : {url_rate:7.1f} images/s  (wall {statistics.median(w for w, _, _ in url_runs):.2f} s)")
     print(f"ratio    : {url_rate / disk_rate:.2f}  (url-list / disk; target >= 0.80)")

@@ -107,9 +107,16 @@ def main() -> None:
     print("\n".join(report.lines()))
     if not report.ok:
         sys.exit("the rebuilt model disagrees with the bundle: not written")
-    payload = {"config": model.config.to_dict(), "vocab": list(bundle.vocab.tokens), "model": model.state_dict(),
-               "provenance": {"rebuilt_from_bundle": str(bundle.path), "files": bundle.meta["files"],
-                              "parity": report.to_dict()}}  # fmt: skip
+    payload = {
+        "config": model.config.to_dict(),
+        "vocab": list(bundle.vocab.tokens),
+        "model": model.state_dict(),
+        "provenance": {
+            "rebuilt_from_bundle": str(bundle.path),
+            "files": bundle.meta["files"],
+            "parity": report.to_dict(),
+        },
+    }
     torch.save(payload, args.out)
     print(f"checkpoint written to {args.out}")
 

@@ -56,13 +56,25 @@ def make_records(path: Path, photos: list[Path], n: int, seed: int = 0) -> None:
         for i in range(n):
             source = str(photos[i % len(photos)])
             if i % 50 == 7:
-                record = {"index": i, "source": source, "status": "error", "caption": None, "score": None,
-                          "error_kind": "decode_error", "error": "broken data"}  # fmt: skip
+                record = {
+                    "index": i,
+                    "source": source,
+                    "status": "error",
+                    "caption": None,
+                    "score": None,
+                    "error_kind": "decode_error",
+                    "error": "broken data",
+                }
             else:
                 caption = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(5, 11)))
-                record = {"index": i, "source": source, "status": "ok", "caption": caption,
-                          "score": round(-rnd.random() * 2, 4),
-                          "tags": [{"label": rnd.choice(WORDS), "p": round(rnd.random(), 4)} for _ in range(3)]}
+                record = {
+                    "index": i,
+                    "source": source,
+                    "status": "ok",
+                    "caption": caption,
+                    "score": round(-rnd.random() * 2, 4),
+                    "tags": [{"label": rnd.choice(WORDS), "p": round(rnd.random(), 4)} for _ in range(3)],
+                }
             f.write(json.dumps(record) + "\n")
 
 
@@ -131,11 +143,13 @@ def measure_page(html: Path, *, steps: int = 100, step_px: int = 100) -> dict:
         result["dom_content_loaded_ms"] = round(nav["domContentLoadedEventEnd"])
         result["load_event_ms"] = round(nav["loadEventEnd"])
         result["first_paint_ms"] = page.evaluate(
-            "Math.round((performance.getEntriesByName('first-contentful-paint')[0] || {startTime: -1}).startTime)")
+            "Math.round((performance.getEntriesByName('first-contentful-paint')[0] || {startTime: -1}).startTime)"
+        )
         result["cards_on_page"] = page.evaluate("document.querySelectorAll('#grid > .card').length")
         result["count"] = page.evaluate("document.getElementById('count').textContent")
         result["images_loaded_after_load"] = page.evaluate(
-            "[...document.images].filter(i => i.complete && i.naturalWidth).length")
+            "[...document.images].filter(i => i.complete && i.naturalWidth).length"
+        )
         metrics = {m["name"]: m["value"] for m in page.send("Performance.getMetrics")["metrics"]}
         result["dom_nodes"] = int(metrics.get("Nodes", 0))
         result["js_heap_mb"] = round(metrics.get("JSHeapUsedSize", 0) / 1e6, 1)
@@ -150,7 +164,8 @@ def measure_page(html: Path, *, steps: int = 100, step_px: int = 100) -> dict:
         frames = page.evaluate(
             "new Promise(done => { const times = []; let n = 0;"
             " function step(t) { times.push(t); if (n++ >= %d) { done(times.slice(1).map((x, i) => x - times[i])); return; }"
-            " window.scrollBy(0, %d); requestAnimationFrame(step); } requestAnimationFrame(step); })" % (steps, step_px))
+            " window.scrollBy(0, %d); requestAnimationFrame(step); } requestAnimationFrame(step); })" % (steps, step_px)
+        )
         result["scroll_cpu_ms_per_frame"] = round((cpu_of_tree(browser._proc.pid) - cpu_before) * 1000 / steps, 1)
         frames.sort()
         result["scroll_frames"] = len(frames)
@@ -164,14 +179,18 @@ def measure_page(html: Path, *, steps: int = 100, step_px: int = 100) -> dict:
             "(() => { const v = new Set(); for (let y = 5; y < innerHeight; y += 40) for (let x = 5; x < innerWidth;"
             " x += 40) { const c = document.elementFromPoint(x, y); const i = c && c.closest('.card') &&"
             " c.closest('.card').querySelector('img'); if (i) v.add(i); }"
-            " return [[...v].filter(i => i.complete && i.naturalWidth).length, v.size]; })()")
+            " return [[...v].filter(i => i.complete && i.naturalWidth).length, v.size]; })()"
+        )
         result["images_loaded_after_scroll"] = page.evaluate(
-            "[...document.images].filter(i => i.complete && i.naturalWidth).length")
+            "[...document.images].filter(i => i.complete && i.naturalWidth).length"
+        )
         result["browser_pss_after_scroll_mb"] = round(pss_of_tree(browser._proc.pid) / 1e6)
 
         def choose(select: str, value: str) -> str:
-            return ("() => { const s = document.getElementById('%s'); s.value = '%s';"
-                    " s.dispatchEvent(new Event('change')); }" % (select, value))
+            return (
+                "() => { const s = document.getElementById('%s'); s.value = '%s';"
+                " s.dispatchEvent(new Event('change')); }" % (select, value)
+            )
 
         result["next_page_ms"] = round(timed(page, "() => document.querySelector('.pager .next').click()"))
         result["sort_by_score_ms"] = round(timed(page, choose("sort", "score")))

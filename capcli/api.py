@@ -101,10 +101,26 @@ def load(
     bundle = load_bundle(str(model) if model is not None else None)
     from capcli.runtime import Captioner  # onnxruntime: imported only here
 
-    captioner = Captioner(bundle, device=device, beam=beam, max_len=max_len, length_penalty=length_penalty,
-                          precision=precision, tags=tags, threads=threads, lanes=lanes)  # fmt: skip
-    return Model(captioner, bundle.preprocess, bundle=bundle, batch_size=batch_size, workers=workers,
-                 max_pixels=max_pixels, fetch=fetch)  # fmt: skip
+    captioner = Captioner(
+        bundle,
+        device=device,
+        beam=beam,
+        max_len=max_len,
+        length_penalty=length_penalty,
+        precision=precision,
+        tags=tags,
+        threads=threads,
+        lanes=lanes,
+    )
+    return Model(
+        captioner,
+        bundle.preprocess,
+        bundle=bundle,
+        batch_size=batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        fetch=fetch,
+    )
 
 
 class Model:
@@ -155,8 +171,9 @@ class Model:
         """
         read = self.reader(thumbnail)
         items = (_item(index, value) for index, value in enumerate(inputs))
-        return caption_items(items, self.captioner, read, batch_size=self.batch_size, workers=self.workers,
-                             stop=stop, annotate=annotate)  # fmt: skip
+        return caption_items(
+            items, self.captioner, read, batch_size=self.batch_size, workers=self.workers, stop=stop, annotate=annotate
+        )
 
     def caption_one(self, image: Input) -> Record:
         """The record of one input; raises :class:`capcli.errors.ItemError` when it cannot be captioned.
@@ -193,6 +210,6 @@ def _item(index: int, value: Input) -> Item:
         if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
             return Item(index, text, url=text)
         return Item(index, text, path=text)
-    return Item(index, repr(value)[:80], error=ItemError("unsupported_source", f"not an image input: "
-                                                         f"a {type(value).__name__}"))  # fmt: skip
-
+    return Item(
+        index, repr(value)[:80], error=ItemError("unsupported_source", f"not an image input: a {type(value).__name__}")
+    )

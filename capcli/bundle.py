@@ -174,8 +174,10 @@ def _check_version(meta: dict[str, Any], path: Path) -> dict[str, Any]:
             hint = f" (written by capcli 0.1: `capcli export {path.parent} -o NEW --upgrade` converts it)"
         elif isinstance(version, int) and version > FORMAT_VERSION:
             hint = " (newer than this capcli: upgrade capcli)"
-        raise BundleError(f"{path}: unsupported format_version {version!r}{hint}; "
-                         f"this capcli reads {', '.join(map(str, READABLE_VERSIONS))}")
+        raise BundleError(
+            f"{path}: unsupported format_version {version!r}{hint}; "
+            f"this capcli reads {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     return meta
 
 
@@ -242,8 +244,11 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     if not isinstance(provenance, dict):
         raise bad("provenance", "an object")
     tags = meta.get("tags", {"labels": []})
-    if not (isinstance(tags, dict) and isinstance(tags.get("labels"), list)
-            and all(isinstance(t, str) for t in tags["labels"])):  # fmt: skip
+    if not (
+        isinstance(tags, dict)
+        and isinstance(tags.get("labels"), list)
+        and all(isinstance(t, str) for t in tags["labels"])
+    ):
         raise bad("tags", '{"labels": [class names in the tagger\'s order]}')
     concept = meta.get("concept", {"dim": 0})
     if not (isinstance(concept, dict) and type(concept.get("dim")) is int and concept["dim"] >= 0):
@@ -300,7 +305,11 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
             outputs["tags"] = (None, len(bundle.tag_labels))
     else:
         inputs = {"token": (None,), **states, **context}
-        outputs = {"logprobs": (None, v), **{f"{s}_out": shape for s, shape in states.items()}, "alpha": (None, regions)}
+        outputs = {
+            "logprobs": (None, v),
+            **{f"{s}_out": shape for s, shape in states.items()},
+            "alpha": (None, regions),
+        }
     what = {
         ("logprobs", 1): f"the vocabulary size ({v} tokens in {MODEL_JSON})",
         ("alpha", 1): f"the grid {bundle.grid[0]}x{bundle.grid[1]} = {regions} regions",
@@ -312,8 +321,7 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     for kind, expected, actual in (("input", inputs, sig.inputs), ("output", outputs, sig.outputs)):
         if set(expected) != set(actual):
             raise BundleError(
-                f"{path}: {kind}s are {sorted(actual)}, expected {sorted(expected)} "
-                f"for a {bundle.decoder} decoder"
+                f"{path}: {kind}s are {sorted(actual)}, expected {sorted(expected)} for a {bundle.decoder} decoder"
             )
         for tensor, shape in expected.items():
             found = actual[tensor]

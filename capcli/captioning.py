@@ -58,8 +58,14 @@ class CaptionSettings:
 
 def load_model(settings: CaptionSettings) -> Model:
     """The model the settings name (tests replace this function with a fake's :class:`Model`)."""
-    return load(settings.model, device=settings.device, beam=settings.beam, max_len=settings.max_len,
-                precision=settings.precision, tags=settings.tags)  # fmt: skip
+    return load(
+        settings.model,
+        device=settings.device,
+        beam=settings.beam,
+        max_len=settings.max_len,
+        precision=settings.precision,
+        tags=settings.tags,
+    )
 
 
 def run_captioning(
@@ -74,8 +80,10 @@ def run_captioning(
     if resume and settings.output == "-":
         raise UsageError("--resume and --retry-errors need -o FILE")
     if not resume and not settings.overwrite and _holds_something(settings.output):
-        raise UsageError(f"{settings.output} already exists and is not empty: add --resume to continue it, "
-                         "--retry-errors to run its failures again, or --overwrite to replace it")  # fmt: skip
+        raise UsageError(
+            f"{settings.output} already exists and is not empty: add --resume to continue it, "
+            "--retry-errors to run its failures again, or --overwrite to replace it"
+        )
     fmt = infer_format(settings.output, settings.fmt)
     console = Console(stderr=True)
     summary = Summary()
@@ -97,11 +105,16 @@ def run_captioning(
         device = model.device
         started = time.monotonic()  # the rate counts captioning, not loading the model
         figures = AttentionFigures(settings.attention_dir) if settings.attention_dir else None
-        writer, done = open_output(settings.output, fmt, resume=resume, retry_errors=settings.retry_errors,
-                                   extra_columns=extra_columns)
+        writer, done = open_output(
+            settings.output, fmt, resume=resume, retry_errors=settings.retry_errors, extra_columns=extra_columns
+        )
         todo = _skip(items, done, summary, settings.output)
-        records = model.caption(todo, stop=stop, annotate=figures.annotate if figures else None,
-                                thumbnail=figures.thumbnail if figures else None)
+        records = model.caption(
+            todo,
+            stop=stop,
+            annotate=figures.annotate if figures else None,
+            thumbnail=figures.thumbnail if figures else None,
+        )
         # A live line only on a terminal, and not when records scroll past on that terminal too.
         live = console.is_terminal and not (settings.output == "-" and _isatty(sys.stdout))
         with contextlib.closing(records), _first_sigint_sets(stop), ProgressLine(console, live=live) as progress:
@@ -148,8 +161,10 @@ def _skip(items: Iterable[Item], done: dict[int, str], summary: Summary, output:
         elif source == item.source:
             summary.skipped += 1
         else:
-            raise FatalError(f"{output} holds record {item.index} for {source!r}, but input {item.index} is "
-                             f"{item.source!r}: resume with the same inputs, in the same order")  # fmt: skip
+            raise FatalError(
+                f"{output} holds record {item.index} for {source!r}, but input {item.index} is "
+                f"{item.source!r}: resume with the same inputs, in the same order"
+            )
 
 
 def _write(writer: RecordWriter, record: dict[str, Any], output: str) -> None:

@@ -68,13 +68,23 @@ class Split:
         """The first ``limit`` images (debug runs); counts are kept."""
         if limit is None:
             return self
-        return Split(self.dataset, self.split, self.source, self.samples[:limit],
-                     self.missing_images, self.bad_rows, self.uncaptioned)  # fmt: skip
+        return Split(
+            self.dataset,
+            self.split,
+            self.source,
+            self.samples[:limit],
+            self.missing_images,
+            self.bad_rows,
+            self.uncaptioned,
+        )
 
     def describe(self) -> str:
         text = f"{self.dataset} {self.split}: {len(self.samples):,} images, {self.n_captions:,} captions"
-        skipped = [(self.missing_images, "missing images"), (self.bad_rows, "bad rows"),
-                   (self.uncaptioned, "images without captions")]  # fmt: skip
+        skipped = [
+            (self.missing_images, "missing images"),
+            (self.bad_rows, "bad rows"),
+            (self.uncaptioned, "images without captions"),
+        ]
         notes = [f"{n:,} {what}" for n, what in skipped if n]
         return text + (f" (skipped {', '.join(notes)})" if notes else "")
 
@@ -199,8 +209,14 @@ def _load_flickr(dataset: str, data: Path, split: str, images: Path | None) -> S
         annotations = data
     else:
         annotations = _first_existing(
-            [folder / "captions.txt", folder / "Flickr8k.token.txt", folder / "results_20130124.token",
-             folder / "Flickr30k.token.txt"], f"{dataset} captions file")  # fmt: skip
+            [
+                folder / "captions.txt",
+                folder / "Flickr8k.token.txt",
+                folder / "results_20130124.token",
+                folder / "Flickr30k.token.txt",
+            ],
+            f"{dataset} captions file",
+        )
     collector = _Collector()
     if _looks_like_token_file(annotations):
         for line in _read_lines(annotations):
@@ -235,10 +251,13 @@ def _read_csv(path: Path, collector: _Collector) -> list[dict[str, str]]:
 def _read_split_file(dataset: str, folder: Path, split: str) -> list[str]:
     n = dataset.removeprefix("flickr")  # "8k" | "30k"
     path = _first_existing(
-        [folder / f"Flickr_{n}.{split}Images.txt", folder / f"Flickr{n}.{split}Images.txt",
-         folder / f"{split}Images.txt"],
+        [
+            folder / f"Flickr_{n}.{split}Images.txt",
+            folder / f"Flickr{n}.{split}Images.txt",
+            folder / f"{split}Images.txt",
+        ],
         f"{dataset} {split} split file (for Flickr30k without one, use the Karpathy split: --dataset karpathy)",
-    )  # fmt: skip
+    )
     names = [line.strip() for line in _read_lines(path)]
     return [name for name in names if name]
 

@@ -49,8 +49,30 @@ STATE_NAMES: dict[str, tuple[str, ...]] = {"gru": ("h",), "lstm": ("h", "c")}
 NO_REPEAT_NGRAM = 3  # a caption never holds the same three words twice
 # Words a caption may not end on (when the vocabulary has them): "a dog runs in the." is cut short.
 # Models fine-tuned on CIDEr (self-critical training) learn such endings; the list is the usual one.
-DANGLING_WORDS = ("a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near", "to",
-                  "is", "are", "am", "and", "his", "her", "their", "its")  # fmt: skip
+DANGLING_WORDS = (
+    "a",
+    "an",
+    "the",
+    "in",
+    "for",
+    "at",
+    "of",
+    "with",
+    "before",
+    "after",
+    "on",
+    "upon",
+    "near",
+    "to",
+    "is",
+    "are",
+    "am",
+    "and",
+    "his",
+    "her",
+    "their",
+    "its",
+)
 
 
 def dangling_ids(vocab: Vocab) -> tuple[int, ...]:
@@ -88,8 +110,13 @@ class SearchSpec:
     def runtime(cls, vocab: "Vocab", max_len: int, length_penalty: float = 0.7) -> "SearchSpec":
         """The rules capcli captions by: the vocabulary's specials banned, no repeated
         :data:`NO_REPEAT_NGRAM`-grams, no caption ending on one of :data:`DANGLING_WORDS`."""
-        return cls.for_vocab(vocab, max_len, length_penalty=length_penalty, no_repeat_ngram=NO_REPEAT_NGRAM,
-                             no_end_after=dangling_ids(vocab))  # fmt: skip
+        return cls.for_vocab(
+            vocab,
+            max_len,
+            length_penalty=length_penalty,
+            no_repeat_ngram=NO_REPEAT_NGRAM,
+            no_end_after=dangling_ids(vocab),
+        )
 
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:
         return logprob / np.maximum(length, 1) ** self.length_penalty
@@ -271,9 +298,17 @@ class _Beams:
     def start(cls, b: int, k: int, start_id: int) -> _Beams:
         scores = np.full((b, k), -np.inf)
         scores[:, 0] = 0.0  # only the first row of each image is live at the start: all K rows are identical
-        return cls(k, np.arange(b), np.full(b * k, start_id, dtype=np.int64), scores,
-                   np.zeros((b * k, 0), dtype=np.int64), None, [None] * b, np.full(b, np.nan),
-                   np.zeros(b, dtype=int))  # fmt: skip
+        return cls(
+            k,
+            np.arange(b),
+            np.full(b * k, start_id, dtype=np.int64),
+            scores,
+            np.zeros((b * k, 0), dtype=np.int64),
+            None,
+            [None] * b,
+            np.full(b, np.nan),
+            np.zeros(b, dtype=int),
+        )
 
     def set_aside_ended(self, ext: _Extensions, steps_alpha: np.ndarray, t: int, spec: SearchSpec) -> None:
         """Count each image's finished hypotheses; keep the best one (normalised by length)."""
@@ -299,8 +334,12 @@ class _Beams:
             if self.best[i] is None:  # never ended: keep its best partial caption, as it was before this step
                 jj = int(np.argmax(self.scores[j]))
                 row = j * k + jj
-                self.best[i] = Hypothesis(self.history[row].tolist(), float(spec.normalise(self.scores[j, jj], t)),
-                                          steps_alpha[row, :t], False)  # fmt: skip
+                self.best[i] = Hypothesis(
+                    self.history[row].tolist(),
+                    float(spec.normalise(self.scores[j, jj], t)),
+                    steps_alpha[row, :t],
+                    False,
+                )
 
     def keep(
         self, new_rows: np.ndarray, new_tokens: np.ndarray, new_scores: np.ndarray, steps_alpha: np.ndarray
@@ -312,8 +351,9 @@ class _Beams:
             return False
         m, k = len(self.images), self.k
         self.kept_rows = new_rows.reshape(m, k)[keep].reshape(-1)
-        self.history = np.concatenate([self.history[self.kept_rows], new_tokens.reshape(m, k)[keep].reshape(-1, 1)],
-                                      axis=1)  # fmt: skip
+        self.history = np.concatenate(
+            [self.history[self.kept_rows], new_tokens.reshape(m, k)[keep].reshape(-1, 1)], axis=1
+        )
         self.alpha_history = steps_alpha[self.kept_rows]  # (n', t+1, L)
         self.tokens = new_tokens.reshape(m, k)[keep].reshape(-1)
         self.scores = new_scores[keep]

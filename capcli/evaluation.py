@@ -44,7 +44,9 @@ class Report:
         scored = f"{p['images']:,}" + (f" of {p['split_images']:,}" if p["split_images"] != p["images"] else "")
         head = f"{p['dataset']} {p['split']}: {scored} images, {p['references']:,} references"
         if "beam" in p:
-            how = f"model {p['model']}, beam {p['beam']}, length penalty {p['length_penalty']}, max {p['max_len']} words"
+            how = (
+                f"model {p['model']}, beam {p['beam']}, length penalty {p['length_penalty']}, max {p['max_len']} words"
+            )
             if p.get("decoder") == "int8":
                 how += ", int8 decoder"
             if p.get("no_repeat_ngram"):
@@ -77,10 +79,14 @@ def score(split: Split, hypotheses: Hypotheses, protocol: dict[str, Any], meteor
     metrics = coco_scores(refs, hypotheses.captions, meteor=meteor)
     metrics.update(hallucination(refs, hypotheses.captions))
     protocol = {
-        "dataset": split.dataset, "split": split.split, "images": len(hypotheses.captions),
-        "split_images": len(split.samples), "references": sum(len(r) for r in refs.values()),
-        **protocol, "scorer": PROTOCOL,
-    }  # fmt: skip
+        "dataset": split.dataset,
+        "split": split.split,
+        "images": len(hypotheses.captions),
+        "split_images": len(split.samples),
+        "references": sum(len(r) for r in refs.values()),
+        **protocol,
+        "scorer": PROTOCOL,
+    }
     if hypotheses.failed:
         protocol["images_failed"] = dict(hypotheses.failed)
     return Report(metrics, protocol)
@@ -102,8 +108,16 @@ def caption_split(
     """Caption every image of ``split`` with a bundle; (hypotheses, protocol facts)."""
     from capcli.api import load
 
-    loaded = load(model, device=device, beam=beam, max_len=max_len, length_penalty=length_penalty,
-                  precision=precision, batch_size=batch_size, workers=workers)  # fmt: skip
+    loaded = load(
+        model,
+        device=device,
+        beam=beam,
+        max_len=max_len,
+        length_penalty=length_penalty,
+        precision=precision,
+        batch_size=batch_size,
+        workers=workers,
+    )
     captioner, bundle = loaded.captioner, loaded.bundle
     assert bundle is not None
     result = Hypotheses({})
@@ -114,10 +128,16 @@ def caption_split(
             result.failed[record["error_kind"]] += 1
         if on_record is not None:
             on_record(record)
-    protocol = {"model": str(bundle.path), "beam": beam, "length_penalty": length_penalty,
-                "max_len": captioner.spec.max_len, "no_repeat_ngram": captioner.spec.no_repeat_ngram,
-                "no_end_after": bundle.vocab.decode(captioner.spec.no_end_after), "device": captioner.device,
-                "decoder": captioner.precision}  # fmt: skip
+    protocol = {
+        "model": str(bundle.path),
+        "beam": beam,
+        "length_penalty": length_penalty,
+        "max_len": captioner.spec.max_len,
+        "no_repeat_ngram": captioner.spec.no_repeat_ngram,
+        "no_end_after": bundle.vocab.decode(captioner.spec.no_end_after),
+        "device": captioner.device,
+        "decoder": captioner.precision,
+    }
     return result, protocol
 
 

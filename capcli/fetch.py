@@ -104,9 +104,7 @@ def fetch_bytes(url: str, options: FetchOptions | None = None) -> bytes:
             _require_image(outcome.data, outcome.content_type)
             return outcome.data
         current = outcome  # a redirect target, checked by the next _attempt
-    raise ItemError(
-        "too_many_redirects", f"more than {opts.max_redirects} redirects (last to {current})"
-    )
+    raise ItemError("too_many_redirects", f"more than {opts.max_redirects} redirects (last to {current})")
 
 
 class _RetryBudget:
@@ -216,9 +214,7 @@ def _attempt(url: str, opts: FetchOptions, deadline: float) -> _Body | str:
     return outcome
 
 
-def _exchange(
-    sock: socket.socket, target: _Target, url: str, opts: FetchOptions, watch: _Watch
-) -> _Body | str:
+def _exchange(sock: socket.socket, target: _Target, url: str, opts: FetchOptions, watch: _Watch) -> _Body | str:
     if target.scheme == "https":
         sock = _start_tls(sock, target.host, opts, watch)
     response = _request(sock, target, opts)
@@ -234,9 +230,7 @@ def _exchange(
     return _Body(_read_body(response, opts.max_bytes), response.getheader("Content-Type"))
 
 
-def _connect(
-    addresses: list[IPAddress], port: int, opts: FetchOptions, deadline: float
-) -> socket.socket:
+def _connect(addresses: list[IPAddress], port: int, opts: FetchOptions, deadline: float) -> socket.socket:
     connect = opts.connector or _create_connection
     error: ItemError | None = None
     for address in addresses:
@@ -260,14 +254,10 @@ def _create_connection(address: str, port: int, timeout: float) -> socket.socket
     return socket.create_connection((address, port), timeout=timeout)
 
 
-def _start_tls(
-    sock: socket.socket, host: str, opts: FetchOptions, watch: _Watch
-) -> socket.socket:
+def _start_tls(sock: socket.socket, host: str, opts: FetchOptions, watch: _Watch) -> socket.socket:
     # Handshake after the watchdog holds the TLS socket: wrap_socket detaches
     # the plain one, which could then no longer be shut from the watchdog.
-    tls = _tls_context(opts.ca_file).wrap_socket(
-        sock, server_hostname=host, do_handshake_on_connect=False
-    )
+    tls = _tls_context(opts.ca_file).wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
     watch.retarget(tls)
     try:
         tls.do_handshake()

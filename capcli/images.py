@@ -75,7 +75,9 @@ def load(
 
 
 def load_picture(
-    picture: Image.Image | np.ndarray, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS,
+    picture: Image.Image | np.ndarray,
+    pre: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail: int | None = None,
 ) -> Loaded:
     """Preprocess an image already in memory: a PIL image, or an array ``(H, W)``, ``(H, W, 3)``
@@ -176,7 +178,9 @@ def _decode(fp: IO[bytes], max_pixels: int, draft_to: int | None) -> tuple[Image
     except ItemError:
         raise
     except Image.DecompressionBombError as exc:  # TIFF and WebP check Pillow's limit themselves too
-        raise ItemError("too_large", f"{exc} (Pillow's own limit, which --max-pixels cannot raise for this format)") from None
+        raise ItemError(
+            "too_large", f"{exc} (Pillow's own limit, which --max-pixels cannot raise for this format)"
+        ) from None
     except MemoryError:
         raise ItemError("too_large", "not enough memory to decode this image") from None
     except OSError as exc:

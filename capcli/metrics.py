@@ -28,7 +28,25 @@ PROTOCOL = "pycocoevalcap, PTB tokenizer, one hypothesis per image, all referenc
 QUICK_PROTOCOL = "pycocoevalcap BLEU-4/CIDEr-D on capcli.text tokens (no PTB tokenizer)"
 
 # Punctuation tokens the PTB protocol drops after tokenising (as pycocoevalcap does).
-_PTB_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}  # fmt: skip
+_PTB_PUNCTUATION = {
+    "''",
+    "'",
+    "``",
+    "`",
+    "-LRB-",
+    "-RRB-",
+    "-LCB-",
+    "-RCB-",
+    ".",
+    "?",
+    "!",
+    ",",
+    ":",
+    "-",
+    "--",
+    "...",
+    ";",
+}
 
 References = Mapping[str, Sequence[str]]  # image key -> reference captions
 Hypotheses = Mapping[str, str]  # image key -> one generated caption

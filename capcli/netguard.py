@@ -154,7 +154,6 @@ def checked_addresses(
             shown = host if numeric is None else "the host"
             raise ItemError(
                 "blocked_address",
-                f"refusing {shown} -> {ip}: {reason} "
-                "(use --allow-private-network to allow)",
+                f"refusing {shown} -> {ip}: {reason} (use --allow-private-network to allow)",
             )
     return addresses

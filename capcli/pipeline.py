@@ -239,8 +239,13 @@ def ok_record(item: Item, caption: Any, n_frames: int = 1) -> Record:
 
 
 def error_record(item: Item, error: ItemError) -> Record:
-    return _head(item) | {"status": "error", "caption": None, "score": None,
-                          "error_kind": error.kind, "error": str(error)}
+    return _head(item) | {
+        "status": "error",
+        "caption": None,
+        "score": None,
+        "error_kind": error.kind,
+        "error": str(error),
+    }
 
 
 def _head(item: Item) -> Record:

@@ -387,8 +387,10 @@ def _sha256(text: str) -> str:
 
 def _policy(link: bool) -> str:
     images = "data: file: http: https:" if link else "data:"
-    return (f"default-src 'none'; img-src {images}; style-src {_sha256(_CSS)} {_sha256(_NOSCRIPT_CSS)}; script-src {_sha256(_JS)}; "
-            "base-uri 'none'; form-action 'none'")  # fmt: skip
+    return (
+        f"default-src 'none'; img-src {images}; style-src {_sha256(_CSS)} {_sha256(_NOSCRIPT_CSS)}; script-src {_sha256(_JS)}; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
 def _text(value: Any) -> str:
@@ -536,8 +538,10 @@ class ReviewSummary:
     seconds: float = 0.0
 
     def line(self, output: str) -> str:
-        text = (f"{output}: {_plural(self.records, 'card')} ({self.records - self.errors} captioned, "
-                f"{_plural(self.errors, 'error')})")  # fmt: skip
+        text = (
+            f"{output}: {_plural(self.records, 'card')} ({self.records - self.errors} captioned, "
+            f"{_plural(self.errors, 'error')})"
+        )
         if self.thumbnails:
             text += f", {self.thumbnails} thumbnails"
         if self.linked:
@@ -583,8 +587,10 @@ def write_review(
     page_dir = os.path.dirname(os.path.abspath(output))
     cards = [plan_card(i, r, root=root, page_dir=page_dir, link=link) for i, r in enumerate(records)]
     summary = ReviewSummary(records=len(cards), errors=sum(card.is_error for card in cards))
-    stats = (f"{_plural(summary.records, 'record')}: {summary.records - summary.errors} captioned, "
-             f"{_plural(summary.errors, 'error')}")  # fmt: skip
+    stats = (
+        f"{_plural(summary.records, 'record')}: {summary.records - summary.errors} captioned, "
+        f"{_plural(summary.errors, 'error')}"
+    )
     try:
         with replacing(output) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out:
             out.write(render_head(title=title, link=link, stats=stats))
@@ -629,8 +635,9 @@ def _with_thumbnails(cards: list[Card], link: bool, size: int, quality: int, wor
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _fill(pending: deque, todo: Iterable[Card], pool: ThreadPoolExecutor, window: int, size: int,
-          quality: int) -> Iterator[Card]:  # fmt: skip
+def _fill(
+    pending: deque, todo: Iterable[Card], pool: ThreadPoolExecutor, window: int, size: int, quality: int
+) -> Iterator[Card]:
     todo = iter(todo)
     exhausted = False
     while True:
@@ -663,9 +670,7 @@ def review(
 ) -> ReviewSummary:
     """Read ``input_path`` and write its contact sheet to ``output``; see :func:`write_review`."""
     records = read_output(input_path, fmt)
-    return write_review(records, output, title=title or f"capcli review: {os.path.basename(input_path)}",
-                        **options)  # fmt: skip
+    return write_review(records, output, title=title or f"capcli review: {os.path.basename(input_path)}", **options)
 
 
-__all__ = ["Card", "ReviewSummary", "read_output", "render_card", "review", "thumbnail_jpeg",
-           "write_review"]  # fmt: skip
+__all__ = ["Card", "ReviewSummary", "read_output", "render_card", "review", "thumbnail_jpeg", "write_review"]

@@ -97,13 +97,17 @@ class Captioner:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         if precision == "int8" and not bundle.has_int8_decoder:
-            raise FatalError(f"--precision int8: the bundle {bundle.path} has no {INT8_DECODER} "
-                             "(`capcli export BUNDLE -o OUT --quantize` adds one)")  # fmt: skip
+            raise FatalError(
+                f"--precision int8: the bundle {bundle.path} has no {INT8_DECODER} "
+                "(`capcli export BUNDLE -o OUT --quantize` adds one)"
+            )
         if beam < 1:
             raise ValueError("beam must be at least 1")
         if tags and not bundle.has_tags:
-            raise FatalError(f"--tags: the model {bundle.path} has no tagger (bundles exported from a model "
-                             "with a tagger have one, as the shipped model does)")  # fmt: skip
+            raise FatalError(
+                f"--tags: the model {bundle.path} has no tagger (bundles exported from a model "
+                "with a tagger have one, as the shipped model does)"
+            )
         self.tags = tags
         if max_len is not None and max_len < 1:
             raise ValueError("max_len must be at least 1")
@@ -188,15 +192,18 @@ class Captioner:
             # another order than a bigger batch, which moves h by ~1e-7, enough to flip a score's last
             # printed digit.  Every batch of two or more gives each image the same bits, so a lone image
             # is encoded as a pair: a photo's record does not depend on the batch it came in.
-            outputs = self._encoder.run(self._encoder_outputs, {"image": np.concatenate([images, images])},
-                                        self._run_options)  # fmt: skip
+            outputs = self._encoder.run(
+                self._encoder_outputs, {"image": np.concatenate([images, images])}, self._run_options
+            )
             return {name: value[:1] for name, value in zip(self._encoder_outputs, outputs)}
         outputs = self._encoder.run(self._encoder_outputs, {"image": images}, self._run_options)
         return dict(zip(self._encoder_outputs, outputs))
 
     def bind_context(self, encoded: dict[str, np.ndarray], images: np.ndarray | None = None) -> Context:
         """The features (M, L, D) and keys (M, A, L) of ``images`` (default: all), ready for :meth:`step`."""
-        context = {name: encoded[name] if images is None else encoded[name][images] for name in self.bundle.context_names}
+        context = {
+            name: encoded[name] if images is None else encoded[name][images] for name in self.bundle.context_names
+        }
         if self._cuda_id is not None:  # upload once; every step binds the same device buffers
             return {name: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self._cuda_id) for name, v in context.items()}
         return context
@@ -278,8 +285,9 @@ def int8_by_default(bundle: Bundle) -> bool:
     ``--precision int8`` only (re-quantise the bundle to make it the default again).
     """
     quantization = bundle.provenance.get("quantization")
-    return (bundle.has_int8_decoder and isinstance(quantization, dict)
-            and quantization.get("activation_scale") == "per-row")  # fmt: skip
+    return (
+        bundle.has_int8_decoder and isinstance(quantization, dict) and quantization.get("activation_scale") == "per-row"
+    )
 
 
 def top_tags(probs: np.ndarray, labels: tuple[str, ...], k: int) -> list[tuple[str, float]]:

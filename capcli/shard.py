@@ -21,7 +21,7 @@ _SPEC = re.compile(r"(\d+)/(\d+)")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"K/N" -> (K, N) with 0 <= K < N; ValueError says what is wrong."""
+    """ "K/N" -> (K, N) with 0 <= K < N; ValueError says what is wrong."""
     match = _SPEC.fullmatch(text.strip())
     if not match:
         raise ValueError(f"expected K/N such as 0/4, not {text!r}")

@@ -59,9 +59,7 @@ class UrlList:
             raise UrlListError("--url-col and --id-col need a CSV, TSV or JSONL list")
         self.url_col = url_col or "url"
         self.id_col = id_col
-        self._text = io.TextIOWrapper(
-            self._raw, encoding="utf-8-sig", errors="surrogateescape", newline=""
-        )
+        self._text = io.TextIOWrapper(self._raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         self._rows: Iterator[list[str]] | None = None
         self._url_at = self._id_at = -1
         if self.format in ("csv", "tsv"):

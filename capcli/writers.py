@@ -280,8 +280,9 @@ class _MergingWriter:
         self._path, self._old = path, old
         self._spans = sorted(spans, key=lambda span: span[0])  # stable: the file's order within an index
         self._next = 0  # the first old record not yet copied or replaced
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".capcli-tmp",
-                                         dir=os.path.dirname(os.path.abspath(path)))  # fmt: skip
+        fd, self._tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".capcli-tmp", dir=os.path.dirname(os.path.abspath(path))
+        )
         self._failed = False
         self._out: Any = None
         try:
@@ -405,5 +406,7 @@ def _header_problem(path: str, header: tuple[str, ...], columns: tuple[str, ...]
     extra = [c for c in header if c not in columns]
     parts = [f"this run adds the column(s) {', '.join(missing)}"] if missing else []
     parts += [f"the file has the column(s) {', '.join(extra)} this run does not write"] if extra else []
-    return (f"{path}: {'; '.join(parts) or 'its columns are in another order'}: resume with the options that "
-            "wrote it (--attention-dir, --tags, --id-col), or write a new file")
+    return (
+        f"{path}: {'; '.join(parts) or 'its columns are in another order'}: resume with the options that "
+        "wrote it (--attention-dir, --tags, --id-col), or write a new file"
+    )

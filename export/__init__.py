@@ -18,9 +18,17 @@ from export.onnx_export import DEFAULT_OPSET, base_provenance, export_bundle
 from export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity, find_images
 
 __all__ = [
-    "DEFAULT_OPSET", "DEFAULT_TOLERANCE", "Checkpoint", "ParityError", "ParityReport",
-    "check_parity", "export_bundle", "export_checkpoint", "find_images", "load_checkpoint",
-]  # fmt: skip
+    "DEFAULT_OPSET",
+    "DEFAULT_TOLERANCE",
+    "Checkpoint",
+    "ParityError",
+    "ParityReport",
+    "check_parity",
+    "export_bundle",
+    "export_checkpoint",
+    "find_images",
+    "load_checkpoint",
+]
 
 
 def export_checkpoint(
@@ -60,8 +68,9 @@ def export_checkpoint(
             )
         return result.to_dict()
 
-    return export_bundle(ckpt.model, ckpt.vocab, out_dir, opset=opset, provenance=meta, check=check,
-                         overwrite=overwrite)  # fmt: skip
+    return export_bundle(
+        ckpt.model, ckpt.vocab, out_dir, opset=opset, provenance=meta, check=check, overwrite=overwrite
+    )
 
 
 def _training_photos(extra: dict[str, Any]) -> list[Path]:

@@ -98,10 +98,15 @@ def export_onnx(model: CaptionModel, folder: Path, opset: int = DEFAULT_OPSET) -
     enc_out = [*context_names(cfg), *state_names(cfg), *(["tags"] if model.tagger is not None else [])]
     with _quiet_exporter():
         torch.onnx.export(
-            encoder, (images,), str(folder / ENCODER), input_names=["image"], output_names=enc_out,
+            encoder,
+            (images,),
+            str(folder / ENCODER),
+            input_names=["image"],
+            output_names=enc_out,
             dynamic_axes={name: {0: BATCH} for name in ["image", *enc_out]},
-            opset_version=opset, dynamo=False,
-        )  # fmt: skip
+            opset_version=opset,
+            dynamo=False,
+        )
     _fix_context_sizes(folder / ENCODER, cfg)
     export_decoder(model.decoder, cfg, context, folder / DECODER, opset)
 
@@ -123,9 +128,15 @@ def export_decoder(
     axes = {name: {0: BATCH if name in context_names(cfg) else ROWS} for name in dec_in + dec_out}
     with _quiet_exporter():
         torch.onnx.export(
-            step, (tokens, *state, *context), str(path), input_names=dec_in, output_names=dec_out,
-            dynamic_axes=axes, opset_version=opset, dynamo=False,
-        )  # fmt: skip
+            step,
+            (tokens, *state, *context),
+            str(path),
+            input_names=dec_in,
+            output_names=dec_out,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     _fix_context_sizes(path, cfg)
 
 
@@ -137,8 +148,12 @@ def _fix_context_sizes(path: Path, cfg: ModelConfig) -> None:
     import onnx
 
     regions = cfg.grid[0] * cfg.grid[1]
-    fixed = {"features": [regions, cfg.feature_dim], "keys": [cfg.attention_dim, regions],
-             "concept": [cfg.concept_dim], "tags": [cfg.classes]}  # beyond the batch axis  # fmt: skip
+    fixed = {
+        "features": [regions, cfg.feature_dim],
+        "keys": [cfg.attention_dim, regions],
+        "concept": [cfg.concept_dim],
+        "tags": [cfg.classes],
+    }  # beyond the batch axis
     graph = onnx.load(str(path))
     for value in [*graph.graph.input, *graph.graph.output]:
         for dim, size in zip(value.type.tensor_type.shape.dim[1:], fixed.get(value.name, [])):
@@ -164,8 +179,13 @@ def bundle_meta(
         "feature_dim": cfg.feature_dim,
         "attention_dim": cfg.attention_dim,
         "decoder": {"kind": cfg.decoder, "hidden": cfg.hidden_dim, "embed": cfg.embed_dim},
-        "backbone": {"name": cfg.backbone, "source": spec.source, "image_size": list(spec.image_size),
-                     "channels": spec.channels, "pretrained": cfg.pretrained},  # fmt: skip
+        "backbone": {
+            "name": cfg.backbone,
+            "source": spec.source,
+            "image_size": list(spec.image_size),
+            "channels": spec.channels,
+            "pretrained": cfg.pretrained,
+        },
         "model_config": cfg.to_dict(),
         **({"concept": {"dim": cfg.concept_dim, "top_k": cfg.concepts}} if cfg.grounded else {}),
         **({"tags": {"labels": list(labels_for(cfg.backbone)), "source": _tag_source(cfg)}} if cfg.classes else {}),

@@ -51,8 +51,12 @@ class ParityReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "steps": self.steps, "tolerance": self.tolerance,
-                "max_abs_diff": self.max_abs_diff}  # fmt: skip
+        return {
+            "inputs": self.inputs,
+            "steps": self.steps,
+            "tolerance": self.tolerance,
+            "max_abs_diff": self.max_abs_diff,
+        }
 
 
 def find_images(paths: Sequence[str | os.PathLike[str]], limit: int = 3) -> list[Path]:
@@ -67,8 +71,13 @@ def find_images(paths: Sequence[str | os.PathLike[str]], limit: int = 3) -> list
 
 
 def check_pixels(
-    images: Sequence[str | os.PathLike[str]], pre: Preprocess, limit: int, random_count: int, *,
-    seed: int = 0, name_folders: bool = False,
+    images: Sequence[str | os.PathLike[str]],
+    pre: Preprocess,
+    limit: int,
+    random_count: int,
+    *,
+    seed: int = 0,
+    name_folders: bool = False,
 ) -> tuple[np.ndarray, str]:
     """Preprocessed inputs (B, 3, H, W) for comparing graphs, and what they are.
 

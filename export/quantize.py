@@ -75,15 +75,28 @@ def quantize_bundle(
     target = Path(out_dir)
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"method": "dynamic", "op_types": OP_TYPES, "weight_type": "QInt8", "activation_type": "QUInt8",
-                "per_channel": True, "reduce_range": True, "activation_scale": ACTIVATION_SCALE,
-                "tool": f"onnxruntime {onnxruntime.__version__} quantize_dynamic"}  # fmt: skip
+    settings = {
+        "method": "dynamic",
+        "op_types": OP_TYPES,
+        "weight_type": "QInt8",
+        "activation_type": "QUInt8",
+        "per_channel": True,
+        "reduce_range": True,
+        "activation_scale": ACTIVATION_SCALE,
+        "tool": f"onnxruntime {onnxruntime.__version__} quantize_dynamic",
+    }
     with _temp_dir_beside(target) as tmp:
         for name in (ENCODER, DECODER):
             (tmp / name).write_bytes(src.files[name])
-        quantize_dynamic(tmp / DECODER, tmp / INT8_DECODER, op_types_to_quantize=OP_TYPES, per_channel=True,
-                         reduce_range=True, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=_vector_products(tmp / DECODER))  # fmt: skip
+        quantize_dynamic(
+            tmp / DECODER,
+            tmp / INT8_DECODER,
+            op_types_to_quantize=OP_TYPES,
+            per_channel=True,
+            reduce_range=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=_vector_products(tmp / DECODER),
+        )
         per_row_activations(tmp / INT8_DECODER)
         meta = copy.deepcopy(src.meta)
         meta["files"][INT8_DECODER] = {"sha256": sha256_bytes((tmp / INT8_DECODER).read_bytes())}
@@ -119,10 +132,14 @@ def per_row_activations(path: Path) -> int:
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     inits = {init.name: init for init in graph.initializer}
-    extra = [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in
-             (("rowq_zero", 0.0), ("rowq_255", 255.0), ("rowq_tiny", np.finfo(np.float32).tiny))]  # fmt: skip
-    extra += [numpy_helper.from_array(np.array([-1], np.int64), "rowq_flat"),
-              numpy_helper.from_array(np.array([-1], np.int64), "rowq_last_axis")]  # fmt: skip
+    extra = [
+        numpy_helper.from_array(np.array(v, np.float32), name)
+        for name, v in (("rowq_zero", 0.0), ("rowq_255", 255.0), ("rowq_tiny", np.finfo(np.float32).tiny))
+    ]
+    extra += [
+        numpy_helper.from_array(np.array([-1], np.int64), "rowq_flat"),
+        numpy_helper.from_array(np.array([-1], np.int64), "rowq_last_axis"),
+    ]
 
     def reduce(op: str, x: str, out: str) -> Any:  # over the last axis, kept: (rows, 1)
         if opset >= 18:
@@ -136,7 +153,8 @@ def per_row_activations(path: Path) -> int:
             x, (q, scale, zp) = node.input[0], node.output
             p = f"{x}_rowq_"
             nodes += [
-                reduce("ReduceMin", x, p + "min"), reduce("ReduceMax", x, p + "max"),
+                reduce("ReduceMin", x, p + "min"),
+                reduce("ReduceMax", x, p + "max"),
                 helper.make_node("Min", [p + "min", "rowq_zero"], [p + "lo"]),
                 helper.make_node("Max", [p + "max", "rowq_zero"], [p + "hi"]),
                 helper.make_node("Sub", [p + "hi", p + "lo"], [p + "range"]),
@@ -151,7 +169,7 @@ def per_row_activations(path: Path) -> int:
                 helper.make_node("Reshape", [zp, "rowq_flat"], [p + "zp_rows"]),
                 helper.make_node("QuantizeLinear", [x, p + "scale_rows", p + "zp_rows"], [q], axis=0),
                 helper.make_node("Cast", [zp], [p + "zp_int32"], to=TensorProto.INT32),
-            ]  # fmt: skip
+            ]
             zero_points[q] = p + "zp_int32"
         elif node.op_type == "MatMulInteger" and node.input[0] in zero_points:
             weight, w_zero = node.input[1], node.input[3]
@@ -162,9 +180,11 @@ def per_row_activations(path: Path) -> int:
             out = node.output[0]
             node.input[2] = ""  # no left zero point
             node.output[0] = f"{out}_uncorrected"
-            nodes += [node,
-                      helper.make_node("Mul", [zero_points[node.input[0]], f"{weight}_colsum"], [f"{out}_zp"]),
-                      helper.make_node("Sub", [f"{out}_uncorrected", f"{out}_zp"], [out])]  # fmt: skip
+            nodes += [
+                node,
+                helper.make_node("Mul", [zero_points[node.input[0]], f"{weight}_colsum"], [f"{out}_zp"]),
+                helper.make_node("Sub", [f"{out}_uncorrected", f"{out}_zp"], [out]),
+            ]
         else:
             nodes.append(node)
     replaced = len(zero_points)
@@ -206,8 +226,9 @@ def _vector_products(path: Path) -> list[str]:
     for node in model.graph.node:  # weights may also come as Constant nodes
         if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
             shapes[node.output[0]] = list(node.attribute[0].t.dims)
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and any(1 in shapes.get(i, [])[-2:] for i in n.input)]  # fmt: skip
+    return [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and any(1 in shapes.get(i, [])[-2:] for i in n.input)
+    ]
 
 
 def compare_decoders(bundle: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:

@@ -30,13 +30,26 @@ import torch
 
 from capcli import __version__
 from capcli.bundle import (
-    DECODER, ENCODER, FORMAT_VERSION, MODEL_JSON, load_bundle, read_checked, read_meta_json, sha256_bytes,
-)  # fmt: skip
+    DECODER,
+    ENCODER,
+    FORMAT_VERSION,
+    MODEL_JSON,
+    load_bundle,
+    read_checked,
+    read_meta_json,
+    sha256_bytes,
+)
 from capcli.errors import FatalError
 from capcli.train.model import Decoder, ModelConfig
 from export.onnx_export import (
-    DEFAULT_OPSET, _check_target, _fix_context_sizes, _move_into_place, _temp_dir_beside, export_decoder, write_meta,
-)  # fmt: skip
+    DEFAULT_OPSET,
+    _check_target,
+    _fix_context_sizes,
+    _move_into_place,
+    _temp_dir_beside,
+    export_decoder,
+    write_meta,
+)
 from export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
 
 OLD_VERSION = 1
@@ -72,8 +85,13 @@ def upgrade_bundle(
         regions = cfg.grid[0] * cfg.grid[1]
         features = torch.randn(2, regions, cfg.feature_dim)  # (2, L, D) tracing inputs
         keys = torch.randn(2, cfg.attention_dim, regions)  # (2, A, L)
-        export_decoder(_decoder_from_graph(files[DECODER], cfg), cfg, (features, keys), tmp / DECODER,
-                       meta.get("opset", DEFAULT_OPSET))  # fmt: skip
+        export_decoder(
+            _decoder_from_graph(files[DECODER], cfg),
+            cfg,
+            (features, keys),
+            tmp / DECODER,
+            meta.get("opset", DEFAULT_OPSET),
+        )
         new_meta = copy.deepcopy(meta)
         new_meta["format_version"] = FORMAT_VERSION
         new_meta["files"] = {name: {"sha256": sha256_bytes((tmp / name).read_bytes())} for name in (ENCODER, DECODER)}
@@ -141,8 +159,10 @@ def _decoder_from_graph(decoder: bytes, cfg: ModelConfig) -> Decoder:
     missing, unexpected = module.load_state_dict(tensors, strict=False)
     per_image = {name for name in missing if name.startswith(("keys.", "init_state."))}  # in encoder.onnx, not the step
     if unexpected or set(missing) != per_image:
-        raise FatalError(f"decoder.onnx is not a capcli 0.1 decoder step (missing {sorted(set(missing) - per_image)}, "
-                         f"unexpected {sorted(unexpected)})")  # fmt: skip
+        raise FatalError(
+            f"decoder.onnx is not a capcli 0.1 decoder step (missing {sorted(set(missing) - per_image)}, "
+            f"unexpected {sorted(unexpected)})"
+        )
     return module.eval()
 
 
@@ -156,8 +176,9 @@ def compare_with_old(
 
     bundle = load_bundle(new_folder)
     new = Captioner(bundle, device="cpu", beam=1, lanes=1, precision="float")
-    old_encoder, old_decoder = (ort.InferenceSession(old_files[n], providers=["CPUExecutionProvider"])
-                                for n in (ENCODER, DECODER))  # fmt: skip
+    old_encoder, old_decoder = (
+        ort.InferenceSession(old_files[n], providers=["CPUExecutionProvider"]) for n in (ENCODER, DECODER)
+    )
     pixels, inputs = check_pixels(images, bundle.preprocess, COMPARE_IMAGES, COMPARE_IMAGES)
     diffs: dict[str, float] = {}
 

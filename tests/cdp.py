@@ -85,8 +85,14 @@ class Browser:
             os.dup2(high_read, 3)
             os.dup2(high_write, 4)
 
-        args = [executable, *FLAGS, *extra_flags, f"--user-data-dir={profile}", "--remote-debugging-pipe",
-                "about:blank"]  # fmt: skip
+        args = [
+            executable,
+            *FLAGS,
+            *extra_flags,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -127,8 +133,7 @@ class Browser:
 
     # -- protocol ---------------------------------------------------------
 
-    def send(self, method: str, params: dict | None = None, *, session: str | None = None,
-             timeout: float = 60) -> dict:  # fmt: skip
+    def send(self, method: str, params: dict | None = None, *, session: str | None = None, timeout: float = 60) -> dict:
         with self._lock:
             self._next_id += 1
             ident = self._next_id
@@ -137,7 +142,7 @@ class Browser:
             message["sessionId"] = session
         data = json.dumps(message).encode() + b"\0"
         while data:
-            data = data[os.write(self._out, data):]
+            data = data[os.write(self._out, data) :]
         deadline = time.monotonic() + timeout
         while ident not in self._replies:
             self._pump(deadline, f"{method} timed out after {timeout} s")
@@ -183,8 +188,10 @@ class Browser:
         self._pages[session] = page
         for domain in ("Page", "Runtime", "Log", "Network"):
             page.send(f"{domain}.enable")
-        page.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})  # fmt: skip
+        page.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
         return page
 
 
@@ -217,8 +224,11 @@ class Page:
 
     def errors(self) -> list[str]:
         """Console errors, uncaught exceptions and error log entries (CSP violations, failed loads)."""
-        return ([text for kind, text in self.console if kind in ("error", "assert")] + self.exceptions
-                + [text for level, text in self.log if level == "error"])  # fmt: skip
+        return (
+            [text for kind, text in self.console if kind in ("error", "assert")]
+            + self.exceptions
+            + [text for level, text in self.log if level == "error"]
+        )
 
     def navigate(self, url: str, timeout: float = 120) -> None:
         before = self.loaded
@@ -230,8 +240,9 @@ class Page:
         self.browser.wait_for(lambda: self.loaded > before, timeout, "load event")
 
     def evaluate(self, expression: str, timeout: float = 60) -> Any:
-        reply = self.send("Runtime.evaluate",
-                          {"expression": expression, "returnByValue": True, "awaitPromise": True}, timeout)  # fmt: skip
+        reply = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, timeout
+        )
         if "exceptionDetails" in reply:
             details = reply["exceptionDetails"]
             raise CDPError(details.get("exception", {}).get("description") or details.get("text"))

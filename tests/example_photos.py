@@ -57,11 +57,35 @@ def copy_photos(folder: Path, names: list[str] | None = None, prefix: str = "") 
     return copies
 
 
-_WHO = ["a dog", "a black dog", "two dogs", "a brown dog", "a girl", "a little boy", "a man", "a woman",
-        "two children", "a group of people", "a white dog", "a young girl"]
+_WHO = [
+    "a dog",
+    "a black dog",
+    "two dogs",
+    "a brown dog",
+    "a girl",
+    "a little boy",
+    "a man",
+    "a woman",
+    "two children",
+    "a group of people",
+    "a white dog",
+    "a young girl",
+]
 _DOES = ["runs", "plays", "jumps", "walks", "sits", "stands", "rides a bike", "climbs", "swims", "looks up"]
-_WHERE = ["on the beach", "in the grass", "through the snow", "in the water", "on a street", "in a park",
-          "near a fence", "on a rock", "in front of a building", "on the sand", "in a field", "by the lake"]
+_WHERE = [
+    "on the beach",
+    "in the grass",
+    "through the snow",
+    "in the water",
+    "on a street",
+    "in a park",
+    "near a fence",
+    "on a rock",
+    "in front of a building",
+    "on the sand",
+    "in a field",
+    "by the lake",
+]
 
 
 def synthetic_captions(images: int, per_image: int = 3) -> dict[str, list[str]]:

@@ -22,8 +22,9 @@ def model(tiny_bundle: Path) -> capcli.Model:
 def test_caption_gives_the_records_the_cli_writes(model: capcli.Model, tiny_bundle: Path, photos: Path) -> None:
     paths = sorted(str(p) for p in photos.iterdir())
     records = list(model.caption(paths))
-    result = CliRunner().invoke(main, ["caption", *paths, "--model", str(tiny_bundle), "--device", "cpu",
-                                       "--beam", "2", "--batch-size", "2"])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["caption", *paths, "--model", str(tiny_bundle), "--device", "cpu", "--beam", "2", "--batch-size", "2"]
+    )
     assert result.exit_code == 0, result.stderr
     assert records == [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["index"] for r in records] == list(range(len(paths)))

@@ -101,6 +101,7 @@ def test_rendered_panels_show_the_photo_then_each_word_heat() -> None:
     panels = [pixels[GAP : GAP + 224, GAP + i * 230 : GAP + i * 230 + 224] for i in range(3)]
     assert np.all(panels[0] == 128)
     for panel, (hot, cold) in zip(panels[1:], [((0, 0), (3, 3)), ((3, 3), (0, 0))]):
+
         def mean(cell: tuple[int, int]) -> float:
             return float(panel[cell[0] * 56 : cell[0] * 56 + 56, cell[1] * 56 : cell[1] * 56 + 56].mean())
 
@@ -180,20 +181,38 @@ def test_caption_writes_one_figure_per_captioned_input(tiny_bundle: Path, tmp_pa
     server.routes["/x/..%2F..%2Fevil.png"] = lambda h: h.send_body(200, png_bytes((90, 90), (0, 255, 0)), "image/png")
     url = server.url("/x/..%2F..%2Fevil.png")
     att, out = tmp_path / "att", tmp_path / "out.csv"
-    result = CliRunner().invoke(main, [
-        "caption", str(photos), url, "--model", str(tiny_bundle), "--device", "cpu", "--allow-private-network",
-        "--attention-dir", str(att), "-o", str(out),
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "caption",
+            str(photos),
+            url,
+            "--model",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--allow-private-network",
+            "--attention-dir",
+            str(att),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 3, result.output  # broken.png failed
     with out.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [(r["source"], r["status"]) for r in rows] == [
-        (str(photos / "a b.png"), "ok"), (str(photos / "b.png"), "ok"), (str(photos / "broken.png"), "error"),
+        (str(photos / "a b.png"), "ok"),
+        (str(photos / "b.png"), "ok"),
+        (str(photos / "broken.png"), "error"),
         (url, "ok"),
-    ]  # fmt: skip
+    ]
     assert [r["attention"] for r in rows] == [
-        str(att / "000000-a_b.png"), str(att / "000001-b.png"), "", str(att / "000003-evil.png")
-    ]  # fmt: skip
+        str(att / "000000-a_b.png"),
+        str(att / "000001-b.png"),
+        "",
+        str(att / "000003-evil.png"),
+    ]
     assert sorted(os.listdir(att)) == ["000000-a_b.png", "000001-b.png", "000003-evil.png"]
     photo_sizes = [(60, 80), (80, 60), None, (90, 90)]
     for row, size in zip(rows, photo_sizes):
@@ -209,15 +228,32 @@ def test_url_list_draws_figures_too(tiny_bundle: Path, tmp_path: Path, server) -
     listing = tmp_path / "urls.csv"
     listing.write_text(f"sku,url\nA1,{server.url('/p/photo.jpg')}\nB2,{server.url('/nothing')}\n")
     att = tmp_path / "att"
-    result = CliRunner().invoke(main, [
-        "url-list", str(listing), "--id-col", "sku", "--model", str(tiny_bundle), "--device", "cpu",
-        "--allow-private-network", "--retries", "0", "--attention-dir", str(att), "--format", "csv",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "url-list",
+            str(listing),
+            "--id-col",
+            "sku",
+            "--model",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--allow-private-network",
+            "--retries",
+            "0",
+            "--attention-dir",
+            str(att),
+            "--format",
+            "csv",
+        ],
+    )
     assert result.exit_code == 3, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["id"], r["status"], r["attention"]) for r in rows] == [
-        ("A1", "ok", str(att / "000000-photo.png")), ("B2", "error", "")
-    ]  # fmt: skip
+        ("A1", "ok", str(att / "000000-photo.png")),
+        ("B2", "error", ""),
+    ]
     with Image.open(rows[0]["attention"]) as figure:
         assert figure.size == figure_size(len(rows[0]["caption"].split()), (50, 100))
 
@@ -230,16 +266,27 @@ def test_the_caption_path_draws_without_torch_or_matplotlib(tiny_bundle: Path, t
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib'))\n"
         "assert not bad, bad\n"
     )
-    args = ["caption", str(tmp_path / "a.png"), "--model", str(tiny_bundle), "--device", "cpu",
-            "--attention-dir", str(tmp_path / "att"), "-o", str(tmp_path / "out.jsonl")]  # fmt: skip
+    args = [
+        "caption",
+        str(tmp_path / "a.png"),
+        "--model",
+        str(tiny_bundle),
+        "--device",
+        "cpu",
+        "--attention-dir",
+        str(tmp_path / "att"),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+    ]
     subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, timeout=120)
     assert (tmp_path / "att" / "000000-a.png").is_file()
 
 
 def test_records_have_no_attention_field_without_the_option(tiny_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(png_bytes((32, 32), (1, 2, 3)))
-    result = CliRunner().invoke(main, ["caption", str(tmp_path / "a.png"), "--model", str(tiny_bundle),
-                                       "--device", "cpu", "--format", "csv"])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["caption", str(tmp_path / "a.png"), "--model", str(tiny_bundle), "--device", "cpu", "--format", "csv"]
+    )
     assert result.exit_code == 0, result.output
     assert "attention" not in result.stdout.splitlines()[0]
 
@@ -248,8 +295,9 @@ def test_an_unusable_attention_dir_is_fatal(tiny_bundle: Path, tmp_path: Path) -
     blocker = tmp_path / "file"
     blocker.write_text("x")
     (tmp_path / "a.png").write_bytes(png_bytes((32, 32), (1, 2, 3)))
-    result = CliRunner().invoke(main, ["caption", str(tmp_path / "a.png"), "--model", str(tiny_bundle),
-                                       "--attention-dir", str(blocker / "att")])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["caption", str(tmp_path / "a.png"), "--model", str(tiny_bundle), "--attention-dir", str(blocker / "att")]
+    )
     assert result.exit_code == 1
     assert "--attention-dir" in result.output
 
@@ -295,8 +343,9 @@ def test_a_model_trained_to_look_at_the_square_puts_its_attention_there(tmp_path
         for _ in range(300):
             kinds = rng.integers(len(texts), size=32)
             corners = rng.integers(4, size=32)
-            batch = np.stack([square_image(texts[k].split()[0] if k < len(COLOURS) else None, c)
-                              for k, c in zip(kinds, corners)])  # fmt: skip  # (B, 64, 64, 3)
+            batch = np.stack(
+                [square_image(texts[k].split()[0] if k < len(COLOURS) else None, c) for k, c in zip(kinds, corners)]
+            )  # (B, 64, 64, 3)
             x = torch.from_numpy((batch / 255.0 - 0.5) / 0.5).float().permute(0, 3, 1, 2)  # (B, 3, 64, 64)
             ids = torch.tensor([[vocab.start_id, *vocab.encode(tokenize(texts[k])), vocab.end_id] for k in kinds])
             logits, _ = model(model.backbone_grid(x), ids)  # (B, T, V)

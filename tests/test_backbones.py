@@ -77,7 +77,10 @@ def test_lite_specs_and_the_shipped_model_are_unchanged() -> None:
     lite2 = describe("efficientnet-lite2")
     assert lite2.preprocess == Preprocess((260, 260), symmetric, symmetric, "squash", "bilinear")
     assert (lite2.channels, lite2.grid) == (1280, (9, 9))
-    assert describe("efficientnet-lite0").preprocess.size == (224, 224) and describe("efficientnet-lite0").grid == (7, 7)
+    assert describe("efficientnet-lite0").preprocess.size == (224, 224) and describe("efficientnet-lite0").grid == (
+        7,
+        7,
+    )
     assert backbones.lite.preprocess("efficientnet-lite2") == lite2.preprocess  # the package agrees
     # The shipped bundle's config loads as it is and describes the same preprocessing and grid.
     meta = json.loads(DEFAULT_BUNDLE.read_text())
@@ -327,8 +330,21 @@ def test_lite_weights_package_missing_gives_a_clear_error(monkeypatch: pytest.Mo
 
 def test_timm_weights_offline_stop_training_with_a_clear_error(offline: None, balls: Path, timm) -> None:
     out = balls / "run-offline"
-    args = ["train", "--dataset", "csv", "--data", str(balls / "captions.csv"), "--out", str(out),
-            "--backbone", "timm:resnet18", "--workers", "0", "--cache-dir", str(balls / "cache")]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(balls / "captions.csv"),
+        "--out",
+        str(out),
+        "--backbone",
+        "timm:resnet18",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(balls / "cache"),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "Error: backbone timm:resnet18: pretrained weights are not in the local cache" in result.output
@@ -342,21 +358,55 @@ def test_timm_weights_offline_stop_training_with_a_clear_error(offline: None, ba
 def test_inception_resnet_v2_trains_exports_and_captions(balls: Path, timm) -> None:
     """capcli train --backbone timm:inception_resnet_v2 --no-pretrained, then export and caption (299 px, 55 M weights)."""
     run, bundle_dir = balls / "run-irv2", balls / "bundle-irv2"
-    train = ["train", "--dataset", "csv", "--data", str(balls / "captions.csv"), "--out", str(run),
-             "--backbone", "timm:inception_resnet_v2", "--no-pretrained", "--epochs", "1", "--batch-size", "2",
-             "--workers", "0", "--threads", "1", "--min-count", "1", "--feature-dim", "16", "--attention-dim", "16",
-             "--embed-dim", "16", "--hidden-dim", "16", "--cache-dir", str(balls / "cache")]  # fmt: skip
+    train = [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(balls / "captions.csv"),
+        "--out",
+        str(run),
+        "--backbone",
+        "timm:inception_resnet_v2",
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--min-count",
+        "1",
+        "--feature-dim",
+        "16",
+        "--attention-dim",
+        "16",
+        "--embed-dim",
+        "16",
+        "--hidden-dim",
+        "16",
+        "--cache-dir",
+        str(balls / "cache"),
+    ]
     result = CliRunner().invoke(main, train)
     assert result.exit_code == 0, result.output
     assert "backbone timm:inception_resnet_v2" in result.output
-    result = CliRunner().invoke(main, ["export", str(run / "best.pt"), "-o", str(bundle_dir),
-                                       "--check-images", str(balls / "red.png")])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["export", str(run / "best.pt"), "-o", str(bundle_dir), "--check-images", str(balls / "red.png")]
+    )
     assert result.exit_code == 0, result.output
     assert "parity (onnxruntime vs PyTorch) on 1 photo(s)" in result.output
     meta = json.loads((bundle_dir / "model.json").read_text())
     assert meta["backbone"]["name"] == "timm:inception_resnet_v2" and meta["backbone"]["pretrained"] is False
-    assert meta["preprocess"] == {"size": [299, 299], "resize": "squash", "interpolation": "bicubic",
-                                  "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # fmt: skip
+    assert meta["preprocess"] == {
+        "size": [299, 299],
+        "resize": "squash",
+        "interpolation": "bicubic",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    }
     assert meta["grid"] == [8, 8] and meta["backbone"]["channels"] == 1536
     result = CliRunner().invoke(main, ["caption", str(balls / "blue.png"), "--model", str(bundle_dir)])
     assert result.exit_code == 0, result.output

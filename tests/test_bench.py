@@ -36,9 +36,28 @@ def test_bench_runs_every_scenario_and_reports_ratios(
     tiny_bundle: Path, tiny_checkpoint: Path, photos: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
-    args = ["bench", "--model", str(tiny_bundle), "--images", str(photos), "-n", "8", "--batch-size", "4",
-            "--checkpoint", str(tiny_checkpoint), "--big-size", "400x300", "--memory", "--memory-counts", "8,12",
-            "--device", "cpu", "--json", str(out)]  # fmt: skip
+    args = [
+        "bench",
+        "--model",
+        str(tiny_bundle),
+        "--images",
+        str(photos),
+        "-n",
+        "8",
+        "--batch-size",
+        "4",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--big-size",
+        "400x300",
+        "--memory",
+        "--memory-counts",
+        "8,12",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -54,7 +73,9 @@ def test_bench_runs_every_scenario_and_reports_ratios(
         assert all(math.isfinite(v) and v >= 0 for v in r["stages"].values()) and sum(r["stages"].values()) > 0
         assert r["failed"] == 0
         # How busy the rest of the machine was meanwhile: never more cores than it has.
-        assert 0 <= r["info"]["other_cores"] <= (os.cpu_count() or 1) + 0.25, r["info"]["other_cores"]  # clock-tick jitter
+        assert 0 <= r["info"]["other_cores"] <= (os.cpu_count() or 1) + 0.25, r["info"][
+            "other_cores"
+        ]  # clock-tick jitter
         if kinds[key] == "capcli":  # warmed up untimed first, as timed: one batch of 4 per lane
             assert r["info"]["warm_up"]["images"] == r["info"]["lanes"] * 4
             assert r["info"]["warm_up"]["images_per_s"] > 0

@@ -45,8 +45,12 @@ def test_signature_reader_agrees_with_onnx(tiny_bundle: Path) -> None:
         sig = read_signature((tiny_bundle / name).read_bytes())
 
         def shapes(values):
-            return {v.name: tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
-                                  for d in v.type.tensor_type.shape.dim) for v in values}  # fmt: skip
+            return {
+                v.name: tuple(
+                    d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim
+                )
+                for v in values
+            }
 
         assert sig.inputs == shapes(model.graph.input)
         assert sig.outputs == shapes(model.graph.output)
@@ -104,8 +108,8 @@ def test_bad_json(bundle_copy: Path) -> None:
     ("change", "message"),
     [
         (lambda m: m.update(format="something-else"), r"not a capcli bundle"),
-            (lambda m: m.update(format_version=4), r"unsupported format_version 4 \(newer than this capcli"),
-            (lambda m: m.update(format_version=1), r"format_version 1 \(written by capcli 0\.1: .*--upgrade"),
+        (lambda m: m.update(format_version=4), r"unsupported format_version 4 \(newer than this capcli"),
+        (lambda m: m.update(format_version=1), r"format_version 1 \(written by capcli 0\.1: .*--upgrade"),
         (lambda m: m.update(grid=[8]), r"field 'grid' must be \[gh, gw\]"),
         (lambda m: m["preprocess"].update(resize="crop"), r"field 'preprocess'"),
         (lambda m: m["decoder"].update(kind="transformer"), r"field 'decoder'"),
@@ -122,7 +126,9 @@ def test_bad_fields(bundle_copy: Path, change, message: str) -> None:
 def test_vocabulary_and_decoder_size_mismatch(bundle_copy: Path) -> None:
     v = len(load_bundle(bundle_copy).vocab)
     edit_meta(bundle_copy, lambda m: m["vocab"]["tokens"].append("extra"))
-    with pytest.raises(BundleError, match=rf"decoder\.onnx: output 'logprobs' has size {v} .*vocabulary size \({v + 1}"):
+    with pytest.raises(
+        BundleError, match=rf"decoder\.onnx: output 'logprobs' has size {v} .*vocabulary size \({v + 1}"
+    ):
         load_bundle(bundle_copy)
 
 

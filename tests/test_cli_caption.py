@@ -98,7 +98,7 @@ def test_csv_output_file_all_ok_exits_0(tmp_path: Path, fake) -> None:
 
 
 def test_stdin_list_and_odd_names(tmp_path: Path, fake) -> None:
-    weird = os.path.join(str(tmp_path), os.fsdecode(b"caf\xe9, \"quoted\"\nname.png"))
+    weird = os.path.join(str(tmp_path), os.fsdecode(b'caf\xe9, "quoted"\nname.png'))
     Image.new("RGB", (4, 4)).save(weird, format="PNG")
     plain = make_pngs(tmp_path / "in", 1)[0]
     result = run("-", weird, input=os.fsencode(plain) + b"\n")
@@ -131,13 +131,16 @@ def test_unwritable_output_exit_1(tmp_path: Path, fake) -> None:
     assert result.stderr.startswith("Error: cannot write") and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args", [
-    ["x.jpg", "--batch-size", "0"],
-    ["x.jpg", "--format", "xml"],
-    ["x.jpg", "--resume"],  # resuming needs an output file
-    ["-", "-"],
-    [],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["x.jpg", "--batch-size", "0"],
+        ["x.jpg", "--format", "xml"],
+        ["x.jpg", "--resume"],  # resuming needs an output file
+        ["-", "-"],
+        [],
+    ],
+)
 def test_usage_errors_exit_2(args, fake) -> None:
     assert run(*args).exit_code == 2
 
@@ -427,8 +430,12 @@ def test_real_bundle_jsonl_csv_and_head(photos: Path, real_bundle: Path, tmp_pat
         assert [Path(r["source"]).name for r in records] == sorted(p.name for p in photos.iterdir())
         assert all(r["status"] == "ok" and r["caption"].endswith(".") for r in records)
         assert not any("<" in r["caption"] for r in records)  # no special tokens
-    proc = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" | head -1', "sh", *capcli, *[str(photos)] * 20],
-                          capture_output=True, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | head -1', "sh", *capcli, *[str(photos)] * 20],
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 0 and len(jsonl(proc.stdout)) == 1
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
 

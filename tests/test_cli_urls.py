@@ -77,15 +77,29 @@ def test_plain_list_gives_one_record_per_url_in_order(server: LocalServer) -> No
     urls = serve_levels(server, [10, 20, 30])
     server.routes["/login"] = lambda h: h.send_body(200, b"<html>log in</html>", "text/html")
     listing = "\r\n".join(
-        ["\ufeff# photos", urls[0], "", server.url("/missing.jpg"), urls[1],
-         server.url("/login"), "ftp://example.com/x.jpg", urls[2]]
-    ).encode()  # fmt: skip
+        [
+            "\ufeff# photos",
+            urls[0],
+            "",
+            server.url("/missing.jpg"),
+            urls[1],
+            server.url("/login"),
+            "ftp://example.com/x.jpg",
+            urls[2],
+        ]
+    ).encode()
     result = url_list("-", "--allow-private-network", "--retries", "0", input=listing)
     assert result.exit_code == 3, result.output
     got = records(result.stdout)
     assert [r["index"] for r in got] == list(range(6))
-    assert [r["source"] for r in got] == [urls[0], server.url("/missing.jpg"), urls[1],
-                                          server.url("/login"), "ftp://example.com/x.jpg", urls[2]]  # fmt: skip
+    assert [r["source"] for r in got] == [
+        urls[0],
+        server.url("/missing.jpg"),
+        urls[1],
+        server.url("/login"),
+        "ftp://example.com/x.jpg",
+        urls[2],
+    ]
     assert [r["caption"] for r in got] == ["Level 10.", None, "Level 20.", None, None, "Level 30."]
     assert [r.get("error_kind") for r in got] == [None, "http_error", None, "not_an_image", "invalid_url", None]
     assert got[3]["error"] == "got text/html, not an image"
@@ -107,8 +121,9 @@ def test_csv_list_passes_the_id_column_through(server: LocalServer, tmp_path) ->
     listing = tmp_path / "photos.csv"
     listing.write_text(f"sku,image_url\r\nA-1,{urls[0]}\r\nB-2,\r\nC-3,{urls[1]}\r\n", encoding="utf-8")
     out = tmp_path / "out.csv"
-    result = url_list(str(listing), "--url-col", "image_url", "--id-col", "sku",
-                      "--allow-private-network", "-o", str(out))  # fmt: skip
+    result = url_list(
+        str(listing), "--url-col", "image_url", "--id-col", "sku", "--allow-private-network", "-o", str(out)
+    )
     assert result.exit_code == 3, result.output
     with out.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -154,8 +169,9 @@ def test_order_and_pairing_hold_under_random_latency(server: LocalServer) -> Non
     levels = [rng.randrange(256) for _ in range(40)]
     delays = [rng.uniform(0, 0.06) for _ in levels]
     urls = serve_levels(server, levels, delay=lambda i: delays[i])
-    result = url_list("-", "--allow-private-network", "--workers", "8", "--batch-size", "4",
-                      input="\n".join(urls).encode())  # fmt: skip
+    result = url_list(
+        "-", "--allow-private-network", "--workers", "8", "--batch-size", "4", input="\n".join(urls).encode()
+    )
     assert result.exit_code == 0, result.output
     got = records(result.stdout)
     assert [r["source"] for r in got] == urls

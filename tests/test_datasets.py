@@ -12,7 +12,6 @@ from capcli.errors import FatalError
 from capcli.datasets import load_split
 
 
-
 def _jpeg(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
@@ -107,8 +106,13 @@ def test_karpathy(tmp_path: Path) -> None:
     _jpeg(tmp_path / "images" / "val2014" / "v.jpg")
 
     def entry(filepath: str, filename: str, split: str, *raw: str) -> dict:
-        return {"filepath": filepath, "filename": filename, "split": split, "imgid": 0,
-                "sentences": [{"raw": r, "tokens": r.lower().split()} for r in raw]}  # fmt: skip
+        return {
+            "filepath": filepath,
+            "filename": filename,
+            "split": split,
+            "imgid": 0,
+            "sentences": [{"raw": r, "tokens": r.lower().split()} for r in raw],
+        }
 
     doc = {
         "dataset": "coco",
@@ -131,7 +135,10 @@ def test_karpathy(tmp_path: Path) -> None:
 
 def test_karpathy_flickr8k_without_filepath(tmp_path: Path) -> None:
     _jpeg(tmp_path / "Flicker8k_Dataset" / "a.jpg")
-    doc = {"dataset": "flickr8k", "images": [{"filename": "a.jpg", "split": "val", "sentences": [{"tokens": ["a", "dog"]}]}]}
+    doc = {
+        "dataset": "flickr8k",
+        "images": [{"filename": "a.jpg", "split": "val", "sentences": [{"tokens": ["a", "dog"]}]}],
+    }
     (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(doc))
     dev = load_split("karpathy", tmp_path, "dev")
     assert [(s.image.name, s.captions) for s in dev.samples] == [("a.jpg", ("a dog",))]

@@ -218,8 +218,11 @@ def test_no_caption_ends_on_a_dangling_word(beam: int) -> None:
         return logp, state, np.full((len(tokens), 2), 0.5)
 
     state = {"h": np.zeros((1, 1))}
-    search = (lambda spec: greedy(step, state, spec)[0]) if beam == 1 else (
-        lambda spec: beam_search(step, state, spec, beam=beam)[0])  # fmt: skip
+    search = (
+        (lambda spec: greedy(step, state, spec)[0])
+        if beam == 1
+        else (lambda spec: beam_search(step, state, spec, beam=beam)[0])
+    )
     free = SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=5)
     assert search(free).ids == [4, 5]
     assert search(SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=5, no_end_after=(5,))).ids == [4, 5, 6]

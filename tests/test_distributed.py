@@ -30,9 +30,28 @@ from capcli.train.loop import TrainOptions, train  # noqa: E402
 
 # 11 captions in steps of 5: the last step's single caption leaves rank 1 without rows.
 # The top backbone stage is fine-tuned, so DDP also averages gradients that pass through the tuned stage.
-TINY = dict(dataset="csv", backbone="tiny", pretrained=False, feature_dim=16, attention_dim=16, embed_dim=16,
-            hidden_dim=32, dropout=0.0, finetune_blocks=1, batch_by="caption", backbone_lr=1e-3, min_count=1,
-            batch_size=5, epochs=2, lr=3e-3, warmup=0.3, patience=0, workers=0, threads=1, device="cpu")  # fmt: skip
+TINY = dict(
+    dataset="csv",
+    backbone="tiny",
+    pretrained=False,
+    feature_dim=16,
+    attention_dim=16,
+    embed_dim=16,
+    hidden_dim=32,
+    dropout=0.0,
+    finetune_blocks=1,
+    batch_by="caption",
+    backbone_lr=1e-3,
+    min_count=1,
+    batch_size=5,
+    epochs=2,
+    lr=3e-3,
+    warmup=0.3,
+    patience=0,
+    workers=0,
+    threads=1,
+    device="cpu",
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,8 +87,14 @@ def _rank(rank: int, port: int, options: TrainOptions) -> None:
 
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     gc.disable()  # as if the cyclic collector had not run yet when training ends
     try:
         train(options, on_epoch_end=_stop_after_first_epoch)
@@ -97,10 +122,35 @@ def test_two_gloo_processes_train_like_one(data: Path, tmp_path: Path) -> None:
     assert len(list(cache.glob("*.npy"))) == 2  # rank 0 filled the cache (train, dev); rank 1 read it
 
     # The documented launch continues the run: torchrun, `-m capcli train --resume`.
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "capcli", "train", "--dataset", "csv", "--data", str(data), "--out", str(distributed),
-               "--resume", "--cache-dir", str(cache), "--workers", "0", "--threads", "1", "--device", "cpu"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "capcli",
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(data),
+        "--out",
+        str(distributed),
+        "--resume",
+        "--cache-dir",
+        str(cache),
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "terminate called" not in done.stderr
     assert done.stderr.count("resuming after epoch 1") == 1  # rank 0 speaks for the run

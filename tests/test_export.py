@@ -59,8 +59,13 @@ def test_model_json_describes_the_model(tmp_path: Path) -> None:
     meta = json.loads((out / "model.json").read_text())
     assert meta["format"] == "capcli-bundle" and meta["format_version"] == 3
     assert meta["vocab"]["tokens"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
-    assert meta["preprocess"] == {"size": [64, 64], "resize": "squash", "interpolation": "bilinear",
-                                  "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # fmt: skip
+    assert meta["preprocess"] == {
+        "size": [64, 64],
+        "resize": "squash",
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    }
     assert meta["grid"] == [8, 8] and meta["feature_dim"] == 32 and meta["attention_dim"] == 16
     assert meta["decoder"] == {"kind": "lstm", "hidden": 24, "embed": 16}
     assert meta["backbone"]["name"] == "tiny" and meta["opset"] == 17 and meta["max_len"] == 8

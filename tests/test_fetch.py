@@ -67,7 +67,7 @@ def fails(url: str, options: FetchOptions, kind: str) -> ItemError:
 def test_200_returns_body_and_identifies_capcli(server: LocalServer, opts: FetchOptions) -> None:
     server.routes["/cat.png"] = lambda h: h.send_body(200, IMAGE, "image/png")
     assert fetch_bytes(server.url("/cat.png?size=8"), opts) == IMAGE
-    (_path, headers), = server.requests
+    ((_path, headers),) = server.requests
     assert headers["User-Agent"].startswith(f"capcli/{__version__} (+https://")
     assert headers["Host"] == f"127.0.0.1:{server.port}"
 
@@ -142,9 +142,7 @@ def test_stall_before_headers_times_out(server: LocalServer, opts: FetchOptions)
     assert "0.3" in str(err)
 
 
-def test_slow_drip_cannot_hold_an_item_past_the_deadline(
-    server: LocalServer, opts: FetchOptions
-) -> None:
+def test_slow_drip_cannot_hold_an_item_past_the_deadline(server: LocalServer, opts: FetchOptions) -> None:
     @server.route("/drip")
     def dripping(h: Handler) -> None:
         h.send_response(200)
@@ -201,17 +199,13 @@ def test_oversize_by_chunked_stream(server: LocalServer, opts: FetchOptions) -> 
     fails(server.url("/stream"), replace(opts, max_bytes=10_000), "too_large")
 
 
-def test_lying_content_length_does_not_bypass_the_cap(
-    server: LocalServer, opts: FetchOptions
-) -> None:
+def test_lying_content_length_does_not_bypass_the_cap(server: LocalServer, opts: FetchOptions) -> None:
     # Claims 100 bytes, then streams 200 kB chunked (chunked framing wins).
     server.routes["/liar"] = lambda h: _chunked(h, 200_000, {"Content-Length": "100"})
     fails(server.url("/liar"), replace(opts, max_bytes=10_000), "too_large")
 
 
-def test_body_shorter_than_content_length_is_a_retried_protocol_error(
-    server: LocalServer, opts: FetchOptions
-) -> None:
+def test_body_shorter_than_content_length_is_a_retried_protocol_error(server: LocalServer, opts: FetchOptions) -> None:
     @server.route("/short")
     def short(h: Handler) -> None:
         h.send_response(200)
@@ -248,9 +242,7 @@ def test_corrupt_gzip_is_a_protocol_error_not_retried(server: LocalServer, opts:
 
 def test_redirects_are_followed(server: LocalServer, opts: FetchOptions) -> None:
     server.routes["/a"] = lambda h: h.send_body(302, b"", "text/plain", Location="/b")
-    server.routes["/b"] = lambda h: h.send_body(
-        301, b"", "text/plain", Location=server.url("/c.png")
-    )
+    server.routes["/b"] = lambda h: h.send_body(301, b"", "text/plain", Location=server.url("/c.png"))
     server.routes["/c.png"] = lambda h: h.send_body(200, IMAGE, "image/png")
     assert fetch_bytes(server.url("/a"), opts) == IMAGE
 
@@ -289,9 +281,7 @@ class PublicFacade:
         raise AssertionError(f"the guard let a connection to {address} through")
 
     def options(self, base: FetchOptions) -> FetchOptions:
-        return replace(
-            base, allow_private_network=False, resolver=self.resolve, connector=self.connect
-        )
+        return replace(base, allow_private_network=False, resolver=self.resolve, connector=self.connect)
 
 
 def test_https_to_a_plain_http_port_is_a_tls_error(server: LocalServer, opts: FetchOptions) -> None:
@@ -318,12 +308,8 @@ def test_facade_reaches_the_server_with_the_guard_on(server: LocalServer, opts: 
         "http://2130706433:{port}/secret",
     ],
 )
-def test_redirect_to_a_private_address_is_blocked(
-    server: LocalServer, opts: FetchOptions, location: str
-) -> None:
-    facade = PublicFacade(
-        server, {"images.example": [PUBLIC_IP], "internal.example": ["10.0.0.7"]}
-    )
+def test_redirect_to_a_private_address_is_blocked(server: LocalServer, opts: FetchOptions, location: str) -> None:
+    facade = PublicFacade(server, {"images.example": [PUBLIC_IP], "internal.example": ["10.0.0.7"]})
     target = location.format(port=server.port)
     server.routes["/start"] = lambda h: h.send_body(302, b"", "text/plain", Location=target)
     server.routes["/secret"] = lambda h: h.send_body(200, IMAGE, "image/png")
@@ -334,9 +320,7 @@ def test_redirect_to_a_private_address_is_blocked(
     assert facade.connects == [PUBLIC_IP]
 
 
-def test_connects_to_the_checked_address_not_a_second_lookup(
-    server: LocalServer, opts: FetchOptions
-) -> None:
+def test_connects_to_the_checked_address_not_a_second_lookup(server: LocalServer, opts: FetchOptions) -> None:
     # A rebinding resolver: public on the first answer, loopback afterwards.
     answers = iter([[PUBLIC_IP], ["127.0.0.1"], ["127.0.0.1"]])
     facade = PublicFacade(server, {})
@@ -373,9 +357,7 @@ def test_html_body_names_the_type_received(server: LocalServer, opts: FetchOptio
         ("http://1.2.3.256/", "not a valid IPv4"),
     ],
 )
-def test_invalid_urls_are_refused_without_network(
-    opts: FetchOptions, url: str, needle: str
-) -> None:
+def test_invalid_urls_are_refused_without_network(opts: FetchOptions, url: str, needle: str) -> None:
     def no_dns(host: str, port: int) -> list[str]:
         raise AssertionError("no lookup for an invalid URL")
 
@@ -397,6 +379,7 @@ def test_order_preserved_under_random_latency(server: LocalServer, opts: FetchOp
     images = [png((i * 8, 255 - i * 8, 40)) for i in range(24)]
     delays = [rng.uniform(0.0, 0.08) for _ in images]
     for i, (body, delay) in enumerate(zip(images, delays)):
+
         def route(h: Handler, body: bytes = body, delay: float = delay) -> None:
             server.pause(delay)
             h.send_body(200, body, "image/png")
@@ -411,18 +394,32 @@ def test_order_preserved_under_random_latency(server: LocalServer, opts: FetchOp
 def _self_signed(tmp: Path, host: str) -> tuple[Path, Path]:
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={host}",
-         "-addext", f"subjectAltName=DNS:{host}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={host}",
+            "-addext",
+            f"subjectAltName=DNS:{host}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_https_pins_the_address_but_verifies_the_host_name(
-    tmp_path: Path, opts: FetchOptions
-) -> None:
+def test_https_pins_the_address_but_verifies_the_host_name(tmp_path: Path, opts: FetchOptions) -> None:
     cert, key = _self_signed(tmp_path, "images.example")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -430,9 +427,7 @@ def test_https_pins_the_address_but_verifies_the_host_name(
     try:
         server.routes["/a.png"] = lambda h: h.send_body(200, IMAGE, "image/png")
         names = {"images.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]}
-        options = replace(
-            opts, ca_file=str(cert), resolver=lambda host, port: names[host], retries=0
-        )
+        options = replace(opts, ca_file=str(cert), resolver=lambda host, port: names[host], retries=0)
         url = server.url("/a.png", host="images.example", scheme="https")
         assert fetch_bytes(url, options) == IMAGE
         # Same address, but the certificate is not for this name.

@@ -66,7 +66,9 @@ def test_everyday_loaders(data: dict[str, Path]) -> None:
     train = load_split("coco-everyday", data["everyday"], "train")
     dev = load_split("coco-everyday", data["everyday"], "dev")
     assert train.dataset == "coco-everyday" and [s.image.name for s in train.samples] == [
-        "000000000000.jpg", "000000000001.jpg"]  # fmt: skip
+        "000000000000.jpg",
+        "000000000001.jpg",
+    ]
     assert dev.samples[0].captions == ("a blue square on a plate",) and dev.samples[0].image.is_file()
     text = load_text_captions(data["everyday"] / "text-captions.csv")
     assert len(text) == 7 and text["0"] == ["a blue square on a plate"] and "99" not in text
@@ -95,9 +97,20 @@ def test_concepts_follow_words_and_names() -> None:
 def _options(data: dict[str, Path], out: Path, **kw):
     from capcli.train.grounded import GroundedOptions
 
-    base = dict(init=str(data["init"]), flickr=str(data["flickr"]), everyday=str(data["everyday"]), out=str(out),
-                concepts=3, concept_dim=8, min_count=1, batch_size=4, epochs=2, lr=1e-2, dropout=0.0,
-                cache_dir=str(data["root"] / "cache"))  # fmt: skip
+    base = dict(
+        init=str(data["init"]),
+        flickr=str(data["flickr"]),
+        everyday=str(data["everyday"]),
+        out=str(out),
+        concepts=3,
+        concept_dim=8,
+        min_count=1,
+        batch_size=4,
+        epochs=2,
+        lr=1e-2,
+        dropout=0.0,
+        cache_dir=str(data["root"] / "cache"),
+    )
     return GroundedOptions(**{**base, **kw})
 
 
@@ -143,8 +156,11 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
         grounded.train_grounded(_options(data, tmp_path / "resumed"), resume=True)
 
     # Self-critical training continues the cross-entropy run's decoder and vocabulary.
-    scst = grounded.train_grounded(_options(data, tmp_path / "scst", objective="cider",
-                                            start=str(tmp_path / "straight" / "best.pt"), epochs=1, lr=1e-3))  # fmt: skip
+    scst = grounded.train_grounded(
+        _options(
+            data, tmp_path / "scst", objective="cider", start=str(tmp_path / "straight" / "best.pt"), epochs=1, lr=1e-3
+        )
+    )
     assert 0 <= scst["history"][0]["train_reward"] and "train_reward" in scst["history"][0]
     tuned = checkpoint.load(tmp_path / "scst" / "last.pt")
     best = checkpoint.load(tmp_path / "straight" / "best.pt")
@@ -172,8 +188,12 @@ def test_tags_in_records_and_csv(tmp_path: Path) -> None:
     from export import export_bundle
 
     vocab = tiny_vocab()
-    bundle = export_bundle(make_tiny_model(vocab, concepts=3, classes=10, concept_dim=8, tagger_stages=1), vocab,
-                           tmp_path / "b", provenance={})  # fmt: skip
+    bundle = export_bundle(
+        make_tiny_model(vocab, concepts=3, classes=10, concept_dim=8, tagger_stages=1),
+        vocab,
+        tmp_path / "b",
+        provenance={},
+    )
     _photo(tmp_path / "photos" / "a.jpg", "red")
     _photo(tmp_path / "photos" / "b.jpg", "blue")
     runner = CliRunner()
@@ -184,8 +204,9 @@ def test_tags_in_records_and_csv(tmp_path: Path) -> None:
         tags = record["tags"]
         assert len(tags) == 3 and all(t["label"].startswith("thing ") for t in tags)
         assert tags[0]["p"] >= tags[1]["p"] >= tags[2]["p"] > 0 and sum(t["p"] for t in tags) <= 1.0001
-    result = runner.invoke(main, ["caption", str(tmp_path / "photos"), "--model", str(bundle), "--tags", "2",
-                                  "--format", "csv"])  # fmt: skip
+    result = runner.invoke(
+        main, ["caption", str(tmp_path / "photos"), "--model", str(bundle), "--tags", "2", "--format", "csv"]
+    )
     header, first = result.stdout.splitlines()[:2]
     assert header.endswith(",tags") and '""label"": ""thing' in first
     result = runner.invoke(main, ["caption", str(tmp_path / "photos"), "--model", str(bundle)])
@@ -207,8 +228,12 @@ def test_tagger_names_what_real_photos_show() -> None:
     backbone = build_backbone("efficientnet-lite2").eval()
     tagger = build_tagger("efficientnet-lite2", 3).eval()
     shared, _ = backbone.split(3)
-    pixels = np.stack([images.load(str(examples / name), preprocess_for("efficientnet-lite2")).array
-                       for name in ("cat.jpg", "coffee.jpg")])  # fmt: skip
+    pixels = np.stack(
+        [
+            images.load(str(examples / name), preprocess_for("efficientnet-lite2")).array
+            for name in ("cat.jpg", "coffee.jpg")
+        ]
+    )
     with torch.no_grad():
         probs = tagger(shared(torch.from_numpy(pixels)))  # (2, 1000)
     labels = imagenet_labels()

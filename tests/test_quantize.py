@@ -23,8 +23,9 @@ def _ops(path: Path) -> set[str]:
 
 def test_quantize_adds_an_int8_decoder_that_the_cpu_prefers(tiny_bundle: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8"
-    result = CliRunner().invoke(main, ["export", str(tiny_bundle), "-o", str(out), "--quantize",
-                                       "--check-images", str(photos)])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["export", str(tiny_bundle), "-o", str(out), "--quantize", "--check-images", str(photos)]
+    )
     assert result.exit_code == 0, result.output
     assert "identical greedy captions" in result.output
 
@@ -58,8 +59,21 @@ def test_quantize_adds_an_int8_decoder_that_the_cpu_prefers(tiny_bundle: Path, p
     _rows_do_not_depend_on_their_batch(bundle)
     for precision in ("auto", "float", "int8"):
         records = tmp_path / f"{precision}.jsonl"
-        result = CliRunner().invoke(main, ["caption", str(photos), "--model", str(out), "-o", str(records),
-                                           "--device", "cpu", "--precision", precision])  # fmt: skip
+        result = CliRunner().invoke(
+            main,
+            [
+                "caption",
+                str(photos),
+                "--model",
+                str(out),
+                "-o",
+                str(records),
+                "--device",
+                "cpu",
+                "--precision",
+                precision,
+            ],
+        )
         assert result.exit_code == 0, result.output
         lines = [json.loads(line) for line in records.read_text().splitlines()]
         assert len(lines) == 5 and all(r["status"] == "ok" and r["caption"] for r in lines)
@@ -73,13 +87,16 @@ def _rows_do_not_depend_on_their_batch(bundle) -> None:
 
     captioner = Captioner(bundle, device="cpu", precision="int8")
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((6, 3, 64, 64)).astype(np.float32) * np.array([0.2, 1, 5, 0.5, 3, 1])[:, None, None, None]
+    images = (
+        rng.standard_normal((6, 3, 64, 64)).astype(np.float32) * np.array([0.2, 1, 5, 0.5, 3, 1])[:, None, None, None]
+    )
     encoded = captioner.encode(images)  # rows of very different ranges: one shared scale would show
     tokens = rng.integers(4, len(bundle.vocab), 6)
     together, _, _ = captioner.step(tokens, {"h": encoded["h"]}, captioner.bind_context(encoded))
     for i in range(6):
-        alone, _, _ = captioner.step(tokens[i : i + 1], {"h": encoded["h"][i : i + 1]},
-                                     captioner.bind_context(encoded, np.array([i])))  # fmt: skip
+        alone, _, _ = captioner.step(
+            tokens[i : i + 1], {"h": encoded["h"][i : i + 1]}, captioner.bind_context(encoded, np.array([i]))
+        )
         assert np.array_equal(alone[0], together[i]), i
 
 
@@ -94,8 +111,9 @@ def test_an_int8_decoder_with_one_scale_per_batch_is_not_the_default(tiny_bundle
     from capcli.runtime import Captioner
 
     old = Path(shutil.copytree(tiny_bundle, tmp_path / "old"))
-    quantize_dynamic(old / DECODER, old / INT8_DECODER, per_channel=True, reduce_range=True,
-                     weight_type=QuantType.QInt8)  # fmt: skip
+    quantize_dynamic(
+        old / DECODER, old / INT8_DECODER, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8
+    )
     meta = json.loads((old / "model.json").read_text())
     meta["files"][INT8_DECODER] = {"sha256": sha256_bytes((old / INT8_DECODER).read_bytes())}
     meta["provenance"]["quantization"] = {"method": "dynamic", "file": INT8_DECODER}
@@ -106,8 +124,9 @@ def test_an_int8_decoder_with_one_scale_per_batch_is_not_the_default(tiny_bundle
 
 
 def test_int8_needs_an_int8_decoder(tiny_bundle: Path, photos: Path) -> None:
-    result = CliRunner().invoke(main, ["caption", str(photos), "--model", str(tiny_bundle), "--precision", "int8",
-                                       "--device", "cpu"])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["caption", str(photos), "--model", str(tiny_bundle), "--precision", "int8", "--device", "cpu"]
+    )
     assert result.exit_code == 1
     assert "no decoder.int8.onnx" in result.output and "--quantize" in result.output
 

@@ -48,21 +48,45 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     (tmp_path / "att").mkdir()
     _photo(tmp_path / "att" / "000000-beach.png", (0, 0, 0))
     records = [
-        {"index": 0, "source": "photos/beach.jpg", "status": "ok", "caption": "a sandy beach under a blue sky",
-         "score": -0.41, "tags": [{"label": "seashore", "p": 0.81}, {"label": "sandbar", "p": 0.07}],
-         "attention": "att/000000-beach.png"},
-        {"index": 1, "source": f"photos/{HOSTILE_NAME}", "status": "ok", "caption": HOSTILE_CAPTION,
-         "score": -0.9},
-        {"index": 2, "source": "photos/dog park.jpg", "status": "ok", "caption": "a dog runs on the grass",
-         "score": -0.12, "tags": [{"label": "golden retriever", "p": 0.5}]},
+        {
+            "index": 0,
+            "source": "photos/beach.jpg",
+            "status": "ok",
+            "caption": "a sandy beach under a blue sky",
+            "score": -0.41,
+            "tags": [{"label": "seashore", "p": 0.81}, {"label": "sandbar", "p": 0.07}],
+            "attention": "att/000000-beach.png",
+        },
+        {"index": 1, "source": f"photos/{HOSTILE_NAME}", "status": "ok", "caption": HOSTILE_CAPTION, "score": -0.9},
+        {
+            "index": 2,
+            "source": "photos/dog park.jpg",
+            "status": "ok",
+            "caption": "a dog runs on the grass",
+            "score": -0.12,
+            "tags": [{"label": "golden retriever", "p": 0.5}],
+        },
         {"index": 3, "source": "photos/tall#1.jpg", "status": "ok", "caption": "a red tower", "score": -1.7},
-        {"index": 4, "source": "photos/broken.jpg", "status": "error", "caption": None, "score": None,
-         "error_kind": "decode_error", "error": "cannot identify image file <broken>"},
+        {
+            "index": 4,
+            "source": "photos/broken.jpg",
+            "status": "error",
+            "caption": None,
+            "score": None,
+            "error_kind": "decode_error",
+            "error": "cannot identify image file <broken>",
+        },
         {"index": 5, "source": HOSTILE_URL, "status": "ok", "caption": "a photo from the web", "score": -0.5},
         {"index": 6, "source": "photos/gone.jpg", "status": "ok", "caption": "a photo moved away", "score": -0.3},
-        {"index": 7, "source": "photos/wide?.jpg", "status": "ok", "caption": "a grey wall", "score": -0.2,
-         "n_frames": 3},
-    ]  # fmt: skip
+        {
+            "index": 7,
+            "source": "photos/wide?.jpg",
+            "status": "ok",
+            "caption": "a grey wall",
+            "score": -0.2,
+            "n_frames": 3,
+        },
+    ]
     with open(tmp_path / "out.jsonl", "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
@@ -284,9 +308,16 @@ def test_undecodable_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_hostile_record_values_do_not_break_the_page() -> None:
-    record = {"index": "7\"><script>", "source": "x.jpg", "status": "ok", "caption": {"a": "<b>"},
-              "score": float("nan"), "tags": [{"label": "<i>", "p": "high"}, 3, "plain"], "n_frames": True,
-              "attention": "javascript:alert(1)"}  # fmt: skip
+    record = {
+        "index": '7"><script>',
+        "source": "x.jpg",
+        "status": "ok",
+        "caption": {"a": "<b>"},
+        "score": float("nan"),
+        "tags": [{"label": "<i>", "p": "high"}, 3, "plain"],
+        "n_frames": True,
+        "attention": "javascript:alert(1)",
+    }
     html = render_card(plan_card(3, record, root=".", page_dir=os.getcwd(), link=False))
     page = Page(html)
     (card,) = page.cards
@@ -331,8 +362,10 @@ def test_in_headless_chromium(run: list[dict], chromium: str, tmp_path: Path) ->
     visible = f"{cards_js}.filter(c => !c.hidden && c.offsetParent !== null).map(c => +c.dataset.index)"
 
     def choose(select: str, value: str) -> None:
-        page.evaluate(f"(() => {{ const s = document.getElementById('{select}'); s.value = '{value}';"
-                      "s.dispatchEvent(new Event('change')); })()")  # fmt: skip
+        page.evaluate(
+            f"(() => {{ const s = document.getElementById('{select}'); s.value = '{value}';"
+            "s.dispatchEvent(new Event('change')); })()"
+        )
 
     with Browser.launch(chromium) as browser:
         page = browser.new_page(1280, 900)
@@ -379,8 +412,10 @@ def test_in_headless_chromium(run: list[dict], chromium: str, tmp_path: Path) ->
         page.press("Escape")
         assert page.evaluate(visible) == list(range(8))
         for words, indexes in (("seashore", [0]), ("broken", [4]), ("nothing-like-this", [])):
-            page.evaluate(f"(() => {{ const q = document.getElementById('q'); q.value = '{words}';"
-                          "q.dispatchEvent(new Event('input')); })()")  # fmt: skip
+            page.evaluate(
+                f"(() => {{ const q = document.getElementById('q'); q.value = '{words}';"
+                "q.dispatchEvent(new Event('input')); })()"
+            )
             page.evaluate("new Promise(r => setTimeout(r, 300))")
             assert page.evaluate(visible) == indexes
             assert page.evaluate("document.getElementById('empty').hidden") is bool(indexes)
@@ -389,7 +424,9 @@ def test_in_headless_chromium(run: list[dict], chromium: str, tmp_path: Path) ->
         page.navigate("about:blank")
         page.navigate(url + "#sort=score&show=ok&q=a")
         assert page.evaluate("[document.getElementById('sort').value, document.getElementById('show').value]") == [
-            "score", "ok"]
+            "score",
+            "ok",
+        ]
         assert page.evaluate(visible) == [3, 1, 5, 0, 6, 7, 2]
 
         # A phone: two columns, nothing wider than the screen.
@@ -415,11 +452,21 @@ def test_pages_of_200_in_headless_chromium(chromium: str, tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     with open("out.jsonl", "w", encoding="utf-8") as f:
         for i in range(450):
-            record = {"index": i, "source": f"gone/{i}.jpg", "status": "ok", "caption": f"photo number {i}",
-                      "score": -((i * 37) % 450) / 100}  # fmt: skip
+            record = {
+                "index": i,
+                "source": f"gone/{i}.jpg",
+                "status": "ok",
+                "caption": f"photo number {i}",
+                "score": -((i * 37) % 450) / 100,
+            }
             if i % 10 == 9:
-                record |= {"status": "error", "caption": None, "score": None, "error_kind": "not_found",
-                           "error": "no such file"}  # fmt: skip
+                record |= {
+                    "status": "error",
+                    "caption": None,
+                    "score": None,
+                    "error_kind": "not_found",
+                    "error": "no such file",
+                }
             f.write(json.dumps(record) + "\n")
     _review("out.jsonl", "-o", "review.html")
     url = (tmp_path / "review.html").as_uri()
@@ -441,14 +488,18 @@ def test_pages_of_200_in_headless_chromium(chromium: str, tmp_path: Path, monkey
         page.press("p", "KeyP", text="p")
         assert page.evaluate(where) == "page 2 of 3"
 
-        page.evaluate("(() => { const s = document.getElementById('sort'); s.value = 'score';"
-                      " s.dispatchEvent(new Event('change')); })()")  # fmt: skip
+        page.evaluate(
+            "(() => { const s = document.getElementById('sort'); s.value = 'score';"
+            " s.dispatchEvent(new Event('change')); })()"
+        )
         first = page.evaluate(shown)
         assert len(first) == 200 and page.evaluate(where) == "page 1 of 3"  # back to page 1
         scores = [-((i * 37) % 450) / 100 for i in first]
         assert scores == sorted(scores) and min(scores) == -4.49
-        page.evaluate("(() => { const s = document.getElementById('show'); s.value = 'errors';"
-                      " s.dispatchEvent(new Event('change')); })()")  # fmt: skip
+        page.evaluate(
+            "(() => { const s = document.getElementById('show'); s.value = 'errors';"
+            " s.dispatchEvent(new Event('change')); })()"
+        )
         assert page.evaluate(shown) == list(range(9, 450, 10))
         assert page.evaluate("document.querySelector('.pager').hidden") is True
 
@@ -465,8 +516,9 @@ def test_pages_of_200_in_headless_chromium(chromium: str, tmp_path: Path, monkey
         assert plain.errors() == []
 
 
-def test_examples_captioned_then_reviewed_in_chromium(chromium: str, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_examples_captioned_then_reviewed_in_chromium(
+    chromium: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The issue's "done when": capcli caption examples -o out.jsonl && capcli review out.jsonl -o review.html."""
     from cdp import Browser
 
@@ -483,8 +535,10 @@ def test_examples_captioned_then_reviewed_in_chromium(chromium: str, tmp_path: P
         page = browser.new_page()
         page.navigate((tmp_path / "review.html").as_uri())
         assert page.evaluate("document.querySelectorAll('#grid > .card').length") == len(photos)
-        page.evaluate("(() => { const s = document.getElementById('sort'); s.value = 'score';"
-                      " s.dispatchEvent(new Event('change')); })()")  # fmt: skip
+        page.evaluate(
+            "(() => { const s = document.getElementById('sort'); s.value = 'score';"
+            " s.dispatchEvent(new Event('change')); })()"
+        )
         scores = page.evaluate("[...document.querySelectorAll('#grid > .card')].map(c => +c.dataset.score)")
         assert scores == sorted(scores) and len(scores) == len(photos)
         page.evaluate("Promise.all([...document.images].map(i => i.decode()))")

@@ -101,9 +101,25 @@ def test_batch_size_does_not_change_the_records(tmp_path: Path) -> None:
     outputs = []
     for size in ("1", "16"):
         out = tmp_path / f"b{size}.jsonl"
-        proc = subprocess.run([sys.executable, "-m", "capcli", "caption", str(EXAMPLES), "--model", str(SHIPPED),
-                               "--device", "cpu", "--batch-size", size, "-o", str(out)],
-                              capture_output=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "capcli",
+                "caption",
+                str(EXAMPLES),
+                "--model",
+                str(SHIPPED),
+                "--device",
+                "cpu",
+                "--batch-size",
+                size,
+                "-o",
+                str(out),
+            ],
+            capture_output=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr.decode()
         outputs.append(out.read_text())
     assert outputs[0] == outputs[1] and outputs[0].count('"status": "ok"') == len(list(EXAMPLES.glob("*.jpg")))

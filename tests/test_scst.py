@@ -21,13 +21,23 @@ from capcli.train.loop import ARCHITECTURE, TrainOptions, search_spec, train  # 
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 from capcli.train.reward import CiderD  # noqa: E402
 
-TINY = dict(backbone="tiny", pretrained=False, feature_dim=32, attention_dim=32, embed_dim=32, hidden_dim=64,
-            min_count=1, workers=0, batch_size=4, lr=1e-2, warmup=0.05, patience=0)  # fmt: skip
+TINY = dict(
+    backbone="tiny",
+    pretrained=False,
+    feature_dim=32,
+    attention_dim=32,
+    embed_dim=32,
+    hidden_dim=64,
+    min_count=1,
+    workers=0,
+    batch_size=4,
+    lr=1e-2,
+    warmup=0.05,
+    patience=0,
+)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 
 
 # -- the reward ---------------------------------------------------------------------------------
@@ -83,8 +93,11 @@ def test_cider_d_uses_the_whole_corpus_for_document_frequencies() -> None:
 
 def test_cider_d_scores_the_end_of_a_caption() -> None:
     """A caption cut off mid-phrase loses the reference's ending n-grams: "in the <end>" is in no reference."""
-    refs = [[["a", "dog", "runs", "in", "the", "park"], ["a", "dog", "plays", "in", "the", "park"]],
-            [["a", "man", "rides", "a", "bike"]], [["two", "girls", "in", "the", "snow"]]]  # fmt: skip
+    refs = [
+        [["a", "dog", "runs", "in", "the", "park"], ["a", "dog", "plays", "in", "the", "park"]],
+        [["a", "man", "rides", "a", "bike"]],
+        [["two", "girls", "in", "the", "snow"]],
+    ]
     cut, full = ["a", "dog", "runs", "in", "the"], ["a", "dog", "runs", "in", "the", "park"]
     marked, unmarked = CiderD(refs), CiderD(refs, mark_end=False)
     assert marked.score(0, full) > marked.score(0, cut) > 0.0
@@ -100,8 +113,17 @@ WORDS = "a dog runs on the grass cat sits mat red ball".split()
 def _tiny_model(max_len: int, hidden_dim: int = 32, seed: int = 0) -> tuple[CaptionModel, Vocab]:
     torch.manual_seed(seed)
     vocab = Vocab(("<pad>", "<start>", "<end>", "<unk>", *WORDS))
-    cfg = ModelConfig(vocab_size=len(vocab), backbone="tiny", pretrained=False, feature_dim=16, attention_dim=16,
-                      embed_dim=16, hidden_dim=hidden_dim, dropout=0.0, max_len=max_len)  # fmt: skip
+    cfg = ModelConfig(
+        vocab_size=len(vocab),
+        backbone="tiny",
+        pretrained=False,
+        feature_dim=16,
+        attention_dim=16,
+        embed_dim=16,
+        hidden_dim=hidden_dim,
+        dropout=0.0,
+        max_len=max_len,
+    )
     return CaptionModel(cfg), vocab
 
 
@@ -343,9 +365,27 @@ def test_cider_run_starts_from_the_init_checkpoint(
     assert init["provenance"]["command"] == xent_command
     out = tmp_path / "scst"
     # The command line's architecture disagrees with the checkpoint's everywhere: the checkpoint wins.
-    record = train(_options(scst_data, out, cache, objective="cider", init=str(init_dir / "best.pt"), epochs=2,
-                            samples=3, lr=1e-3, hidden_dim=48, embed_dim=16, feature_dim=24, attention_dim=8,
-                            decoder="lstm", dropout=0.1, max_len=7, min_count=3, finetune_blocks=1))  # fmt: skip
+    record = train(
+        _options(
+            scst_data,
+            out,
+            cache,
+            objective="cider",
+            init=str(init_dir / "best.pt"),
+            epochs=2,
+            samples=3,
+            lr=1e-3,
+            hidden_dim=48,
+            embed_dim=16,
+            feature_dim=24,
+            attention_dim=8,
+            decoder="lstm",
+            dropout=0.1,
+            max_len=7,
+            min_count=3,
+            finetune_blocks=1,
+        )
+    )
 
     last = checkpoint.load(out / "last.pt")
     for name in ARCHITECTURE:
@@ -438,9 +478,22 @@ def test_cli_rejects_fewer_than_two_samples_and_cider_without_init(scst_data: Pa
 
     from capcli.cli import main
 
-    base = ["train", "--dataset", "csv", "--data", str(scst_data), "--out", str(tmp_path / "run"),
-            "--backbone", "tiny", "--no-pretrained", "--workers", "0",
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    base = [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(scst_data),
+        "--out",
+        str(tmp_path / "run"),
+        "--backbone",
+        "tiny",
+        "--no-pretrained",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     runner = CliRunner()
     result = runner.invoke(main, [*base, "--objective", "cider", "--samples", "1"])
     assert result.exit_code == 2, result.output
@@ -460,8 +513,17 @@ def test_recorded_command_parses_back_to_the_same_options(tmp_path: Path) -> Non
 
     (tmp_path / "data").mkdir()
     (tmp_path / "x.pt").write_bytes(b"")
-    options = TrainOptions(dataset="csv", data=str(tmp_path / "data"), out=str(tmp_path / "run"), pretrained=False,
-                           init=str(tmp_path / "x.pt"), objective="cider", score_end=False, lr=2e-4, epochs=3)  # fmt: skip
+    options = TrainOptions(
+        dataset="csv",
+        data=str(tmp_path / "data"),
+        out=str(tmp_path / "run"),
+        pretrained=False,
+        init=str(tmp_path / "x.pt"),
+        objective="cider",
+        score_end=False,
+        lr=2e-4,
+        epochs=3,
+    )
     args = shlex.split(options.command())
     assert args[:2] == ["capcli", "train"] and "--no-pretrained" in args and "--no-score-end" in args
     params = train_command.make_context("train", args[2:]).params

@@ -73,8 +73,9 @@ def test_three_shards_caption_every_input_exactly_once(fake, tmp_path: Path) -> 
     assert merged == expected  # one record per input, global indexes, same content as one run
 
 
-@pytest.mark.parametrize(("device", "code"), [("cuda:1", 0), ("CUDA:12", 0), ("cpu", 0), ("cuda:x", 2),
-                                              ("gpu", 2), ("cpu:1", 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("device", "code"), [("cuda:1", 0), ("CUDA:12", 0), ("cpu", 0), ("cuda:x", 2), ("gpu", 2), ("cpu:1", 2)]
+)
 def test_device_takes_cuda_n(fake, tmp_path: Path, device: str, code: int) -> None:  # noqa: F811
     make_pngs(tmp_path, 1)
     result = caption(str(tmp_path), "--device", device)

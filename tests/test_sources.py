@@ -26,8 +26,17 @@ def sources(specs, stdin: bytes | None = None) -> list[str]:
 
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    touch(tmp_path, "d/b.jpg", "d/a.PNG", "d/notes.txt", "d/.hidden.jpg", "d/sub/c.jpg",
-          "d/.git/x.jpg", "d/a2/z.webp", "top.jpg")
+    touch(
+        tmp_path,
+        "d/b.jpg",
+        "d/a.PNG",
+        "d/notes.txt",
+        "d/.hidden.jpg",
+        "d/sub/c.jpg",
+        "d/.git/x.jpg",
+        "d/a2/z.webp",
+        "top.jpg",
+    )
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -39,7 +48,11 @@ def test_directory_is_walked_recursively_sorted_images_only(tree: Path) -> None:
 
 def test_argument_order_is_kept_and_files_are_taken_whatever_their_suffix(tree: Path) -> None:
     assert sources(["top.jpg", "d/sub", "d/notes.txt", "top.jpg"]) == [
-        "top.jpg", "d/sub/c.jpg", "d/notes.txt", "top.jpg"]
+        "top.jpg",
+        "d/sub/c.jpg",
+        "d/notes.txt",
+        "top.jpg",
+    ]
 
 
 def test_globs_sorted_and_double_star_at_any_depth(tree: Path) -> None:
@@ -62,13 +75,17 @@ def test_missing_path_and_empty_glob_become_not_found_items(tree: Path) -> None:
 def test_stdin_lists_paths_mixed_with_arguments(tree: Path) -> None:
     stdin = b"d/sub/c.jpg\r\n\nd/a2\nweird [1].jpg\n"
     assert sources(["top.jpg", "-", "d/b.jpg"], stdin) == [
-        "top.jpg", "d/sub/c.jpg", "d/a2/z.webp", "weird [1].jpg", "d/b.jpg"]
+        "top.jpg",
+        "d/sub/c.jpg",
+        "d/a2/z.webp",
+        "weird [1].jpg",
+        "d/b.jpg",
+    ]
 
 
 def test_urls_become_url_items(tree: Path) -> None:
     items = list(iter_items(["https://example.org/a.jpg", "-"], io.BytesIO(b"HTTP://h/b.png\n")))
-    assert [(it.url, it.path) for it in items] == [
-        ("https://example.org/a.jpg", None), ("HTTP://h/b.png", None)]
+    assert [(it.url, it.path) for it in items] == [("https://example.org/a.jpg", None), ("HTTP://h/b.png", None)]
 
 
 def test_symlink_loops_end_and_linked_directories_are_followed(tmp_path: Path) -> None:
@@ -92,7 +109,9 @@ def test_unreadable_directory_becomes_an_error_item(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(os, "scandir", scandir)
     items = list(iter_items([str(tmp_path)]))
     assert [(Path(it.source).name, it.error and it.error.kind) for it in items] == [
-        ("locked", "permission_denied"), ("b.jpg", None)]
+        ("locked", "permission_denied"),
+        ("b.jpg", None),
+    ]
 
 
 def test_non_utf8_names_keep_their_bytes(tmp_path: Path) -> None:

@@ -19,8 +19,20 @@ from capcli.train.backbones import preprocess_for  # noqa: E402
 from capcli.train.features import cached_features, module_fingerprint  # noqa: E402
 from capcli.train.loop import TrainOptions, train  # noqa: E402
 
-TINY = dict(backbone="tiny", pretrained=False, feature_dim=32, attention_dim=32, embed_dim=32, hidden_dim=64,
-            min_count=1, workers=0, batch_size=4, lr=1e-2, warmup=0.05, patience=0)  # fmt: skip
+TINY = dict(
+    backbone="tiny",
+    pretrained=False,
+    feature_dim=32,
+    attention_dim=32,
+    embed_dim=32,
+    hidden_dim=64,
+    min_count=1,
+    workers=0,
+    batch_size=4,
+    lr=1e-2,
+    warmup=0.05,
+    patience=0,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,7 +65,9 @@ def overfit_run(tiny_data: tuple[Path, dict[str, str]], tmp_path_factory: pytest
     return root / "run", record
 
 
-def test_tiny_model_overfits_four_photos(tiny_data: tuple[Path, dict[str, str]], overfit_run: tuple[Path, dict]) -> None:
+def test_tiny_model_overfits_four_photos(
+    tiny_data: tuple[Path, dict[str, str]], overfit_run: tuple[Path, dict]
+) -> None:
     out, record = overfit_run
     captions = _read_captions(out / "best_dev_captions.jsonl")
     # Greedy decoding reproduces every training caption (the dev photos are the training photos).
@@ -85,9 +99,22 @@ def test_export_and_runtime_caption_like_training(
     runner = CliRunner()
     result = runner.invoke(main, ["export", str(out / "best.pt"), "-o", str(tmp_path / "bundle")])
     assert result.exit_code == 0, result.output
-    args = ["eval", "--model", str(tmp_path / "bundle"), "--dataset", "csv", "--data", str(tiny_data[0]),
-            "--beam", "1", "--no-meteor", "--captions-out", str(tmp_path / "captions.jsonl"),
-            "--json-out", str(tmp_path / "eval.json")]  # fmt: skip
+    args = [
+        "eval",
+        "--model",
+        str(tmp_path / "bundle"),
+        "--dataset",
+        "csv",
+        "--data",
+        str(tiny_data[0]),
+        "--beam",
+        "1",
+        "--no-meteor",
+        "--captions-out",
+        str(tmp_path / "captions.jsonl"),
+        "--json-out",
+        str(tmp_path / "eval.json"),
+    ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert _read_captions(tmp_path / "captions.jsonl") == _read_captions(out / "best_dev_captions.jsonl")

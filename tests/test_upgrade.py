@@ -61,13 +61,26 @@ def _format1_bundle(folder: Path) -> tuple[Path, object]:
     rows = {0: "batch"}
     names = ["token", "h", "features", "keys", "logprobs", "h_out", "alpha"]
     with _quiet_exporter():
-        torch.onnx.export(_EncoderV1(model).eval(), (image,), str(folder / ENCODER), input_names=["image"],
-                          output_names=["features", "keys", "h"],
-                          dynamic_axes={n: rows for n in ("image", "features", "keys", "h")},
-                          opset_version=17, dynamo=False)  # fmt: skip
-        torch.onnx.export(_StepV1(model.decoder).eval(), (torch.tensor([1, 4]), h, features, keys),
-                          str(folder / DECODER), input_names=names[:4], output_names=names[4:],
-                          dynamic_axes={n: rows for n in names}, opset_version=17, dynamo=False)  # fmt: skip
+        torch.onnx.export(
+            _EncoderV1(model).eval(),
+            (image,),
+            str(folder / ENCODER),
+            input_names=["image"],
+            output_names=["features", "keys", "h"],
+            dynamic_axes={n: rows for n in ("image", "features", "keys", "h")},
+            opset_version=17,
+            dynamo=False,
+        )
+        torch.onnx.export(
+            _StepV1(model.decoder).eval(),
+            (torch.tensor([1, 4]), h, features, keys),
+            str(folder / DECODER),
+            input_names=names[:4],
+            output_names=names[4:],
+            dynamic_axes={n: rows for n in names},
+            opset_version=17,
+            dynamo=False,
+        )
     meta = bundle_meta(model, vocab, folder, 17, {"dataset": "flickr8k"})
     meta["format_version"] = 1
     meta["files"] = {name: {"sha256": sha256_bytes((folder / name).read_bytes())} for name in (ENCODER, DECODER)}
@@ -86,7 +99,9 @@ def test_upgrade_keeps_the_captions_and_records_how(tmp_path: Path, photos: Path
 
     bundle = load_bundle(new)  # format 2: validates
     meta, before = bundle.meta, json.loads((old / "model.json").read_text())
-    assert meta["format_version"] == FORMAT_VERSION and meta["vocab"] == before["vocab"] and meta["grid"] == before["grid"]
+    assert (
+        meta["format_version"] == FORMAT_VERSION and meta["vocab"] == before["vocab"] and meta["grid"] == before["grid"]
+    )
     upgrade = meta["provenance"]["upgrade"]
     assert upgrade["from_format"] == 1 and upgrade["source"][DECODER] == before["files"][DECODER]["sha256"]
     assert upgrade["parity"]["inputs"] == "3 photo(s)" and max(upgrade["parity"]["max_abs_diff"].values()) < 1e-4
@@ -98,8 +113,9 @@ def test_upgrade_keeps_the_captions_and_records_how(tmp_path: Path, photos: Path
     captions = {}
     for name, folder in (("upgraded", new), ("fresh", fresh)):
         out = tmp_path / f"{name}.jsonl"
-        result = CliRunner().invoke(main, ["caption", str(photos), "--model", str(folder), "-o", str(out),
-                                           "--device", "cpu"])  # fmt: skip
+        result = CliRunner().invoke(
+            main, ["caption", str(photos), "--model", str(folder), "-o", str(out), "--device", "cpu"]
+        )
         assert result.exit_code == 0, result.output
         captions[name] = [json.loads(line)["caption"] for line in out.read_text().splitlines()]
     assert captions["upgraded"] == captions["fresh"] and len(captions["fresh"]) == 5

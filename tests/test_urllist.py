@@ -39,7 +39,7 @@ def test_plain_lines_keep_undecodable_bytes_for_an_error_record() -> None:
 def test_csv_with_url_and_id_columns() -> None:
     data = (
         b"\xef\xbb\xbfid,URL,title\r\n"
-        b"p1,http://a.example/1.jpg,\"A, quoted\r\ntitle\"\r\n"
+        b'p1,http://a.example/1.jpg,"A, quoted\r\ntitle"\r\n'
         b"\r\n"
         b"p2,,missing\r\n"
         b"p3,  http://b.example/2.jpg  \r\n"

@@ -21,8 +21,15 @@ def ok(index: int, source: str, caption: str = "A dog runs.", score: float = -1.
 
 
 def err(index: int, source: str, kind: str = "truncated") -> dict:
-    return {"index": index, "source": source, "status": "error", "caption": None, "score": None,
-            "error_kind": kind, "error": "image file is truncated"}
+    return {
+        "index": index,
+        "source": source,
+        "status": "error",
+        "caption": None,
+        "score": None,
+        "error_kind": kind,
+        "error": "image file is truncated",
+    }
 
 
 def write(path: Path, fmt: str, records, **kwargs) -> dict[int, str]:
@@ -33,8 +40,17 @@ def write(path: Path, fmt: str, records, **kwargs) -> dict[int, str]:
     return done
 
 
-ODD_NAMES = ["a,b.jpg", 'say "cheese".jpg', "two\nlines.jpg", "crlf\r\n.jpg", "caf\u00e9.jpg",
-             os.fsdecode(b"latin1-\xe9\xff.jpg"), "=HYPERLINK(1).jpg", "'quoted.jpg", "-5"]
+ODD_NAMES = [
+    "a,b.jpg",
+    'say "cheese".jpg',
+    "two\nlines.jpg",
+    "crlf\r\n.jpg",
+    "caf\u00e9.jpg",
+    os.fsdecode(b"latin1-\xe9\xff.jpg"),
+    "=HYPERLINK(1).jpg",
+    "'quoted.jpg",
+    "-5",
+]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -69,12 +85,16 @@ def test_jsonl_stays_valid_utf8_with_undecodable_names(tmp_path: Path) -> None:
 
 def test_csv_quoting_and_formula_guard(tmp_path: Path) -> None:
     out = tmp_path / "o.csv"
-    write(out, "csv", [
-        ok(0, "a,b.jpg", caption='He said "hi".'),
-        ok(1, "@SUM(A1).jpg", caption="+1 more", score=-0.5),
-        err(2, "\tx.jpg"),
-        ok(3, "-7.5", caption="-3"),
-    ])
+    write(
+        out,
+        "csv",
+        [
+            ok(0, "a,b.jpg", caption='He said "hi".'),
+            ok(1, "@SUM(A1).jpg", caption="+1 more", score=-0.5),
+            err(2, "\tx.jpg"),
+            ok(3, "-7.5", caption="-3"),
+        ],
+    )
     raw = out.read_bytes()
     assert raw.startswith(b"index,source,status,caption,score,error_kind,error,n_frames\r\n")
     with open(out, newline="", encoding="utf-8") as f:
@@ -84,8 +104,7 @@ def test_csv_quoting_and_formula_guard(tmp_path: Path) -> None:
     assert rows[2][1:5] == ["'@SUM(A1).jpg", "ok", "'+1 more", "-0.5"]  # numbers stay numbers
     assert rows[3][1] == "'\tx.jpg" and rows[3][5:7] == ["truncated", "image file is truncated"]
     assert rows[4][1] == "-7.5" and rows[4][3] == "-3"  # numeric text is no formula
-    assert [r["source"] for r in read_records(str(out), "csv")] == [
-        "a,b.jpg", "@SUM(A1).jpg", "\tx.jpg", "-7.5"]
+    assert [r["source"] for r in read_records(str(out), "csv")] == ["a,b.jpg", "@SUM(A1).jpg", "\tx.jpg", "-7.5"]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -94,7 +113,7 @@ def test_resume_cuts_a_truncated_last_record_and_appends(tmp_path: Path, fmt: st
     write(out, fmt, [ok(0, "a.jpg"), err(1, "b\nb.jpg"), ok(2, "c.jpg")])
     full = out.read_bytes()
     write(out, fmt, [ok(0, "a.jpg"), err(1, "b\nb.jpg")])
-    partial = full[len(out.read_bytes()):]
+    partial = full[len(out.read_bytes()) :]
     for cut in (1, len(partial) // 2, len(partial) - 1):  # anywhere inside the last record
         out.write_bytes(full[: len(full) - len(partial) + cut])
         done = write(out, fmt, [ok(2, "c.jpg", caption="Again.")], resume=True)
@@ -120,12 +139,23 @@ def test_retry_errors_reruns_the_failures_and_keeps_index_order(tmp_path: Path, 
     write(out, fmt, [ok(0, "a.jpg"), err(1, "b.jpg"), ok(2, "c.jpg"), err(3, "d.jpg"), err(4, "e.jpg")])
     os.chmod(out, 0o640)
     # b and e fixed; d still fails; f is new (an interrupted first run had not reached it).
-    done = write(out, fmt, [ok(1, "b.jpg"), err(3, "d.jpg", "decode_error"), ok(4, "e.jpg"), ok(5, "f.jpg")],
-                 resume=True, retry_errors=True)  # fmt: skip
+    done = write(
+        out,
+        fmt,
+        [ok(1, "b.jpg"), err(3, "d.jpg", "decode_error"), ok(4, "e.jpg"), ok(5, "f.jpg")],
+        resume=True,
+        retry_errors=True,
+    )
     assert done == {0: "a.jpg", 2: "c.jpg"}
     records = read_records(str(out), fmt)
     assert [(r["source"], r["status"]) for r in records] == [
-        ("a.jpg", "ok"), ("b.jpg", "ok"), ("c.jpg", "ok"), ("d.jpg", "error"), ("e.jpg", "ok"), ("f.jpg", "ok")]
+        ("a.jpg", "ok"),
+        ("b.jpg", "ok"),
+        ("c.jpg", "ok"),
+        ("d.jpg", "error"),
+        ("e.jpg", "ok"),
+        ("f.jpg", "ok"),
+    ]
     assert records[3]["error_kind"] == "decode_error"  # the new record replaced the old one
     assert out.read_bytes().count(b"index,source") == (fmt == "csv")
     assert os.stat(out).st_mode & 0o777 == 0o640
@@ -142,7 +172,11 @@ def test_an_interrupted_retry_keeps_every_record_and_a_failed_one_keeps_the_file
     # Interrupted after retrying a: b, c and d are kept as they were, in order.
     write(out, fmt, [ok(0, "a.jpg")], resume=True, retry_errors=True)
     assert [(r["source"], r["status"]) for r in read_records(str(out), fmt)] == [
-        ("a.jpg", "ok"), ("b.jpg", "ok"), ("c.jpg", "error"), ("d.jpg", "error")]
+        ("a.jpg", "ok"),
+        ("b.jpg", "ok"),
+        ("c.jpg", "error"),
+        ("d.jpg", "error"),
+    ]
     # A write that fails (a full disk) leaves the file as it was before that run.
     out.write_bytes(before)
     writer, _ = open_output(str(out), fmt, resume=True, retry_errors=True)

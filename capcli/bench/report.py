@@ -41,9 +41,13 @@ def _machine_line(report: Report) -> str:
     if m.get("gpu"):
         lines.append(f"gpu: {m['gpu']}")
     if m.get("torch"):
-        lines.append(f"tutorial: torch {m['torch']} on {m.get('torch_device', 'cpu')}, {m['torch_threads']} CPU threads")
-    lines.append(f"batch {c['batch_size']}, {c['n']} images from {c['images']}, {c['rounds']} round(s) "
-                 f"(fastest shown); load average at the end {m['load_average_end']}")  # fmt: skip
+        lines.append(
+            f"tutorial: torch {m['torch']} on {m.get('torch_device', 'cpu')}, {m['torch_threads']} CPU threads"
+        )
+    lines.append(
+        f"batch {c['batch_size']}, {c['n']} images from {c['images']}, {c['rounds']} round(s) "
+        f"(fastest shown); load average at the end {m['load_average_end']}"
+    )
     return "\n".join(lines)
 
 
@@ -74,7 +78,9 @@ def _note(r: Result) -> str:
     if "warm_up" in r.info:
         notes.append(f"untimed warm-up {r.info['warm_up']['images']} at {r.info['warm_up']['images_per_s']:.1f}/s")
     if "rates_by_arrangement" in r.info:
-        notes.append("lanes x threads: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r.info["rates_by_arrangement"].items()))
+        notes.append(
+            "lanes x threads: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r.info["rates_by_arrangement"].items())
+        )
     if r.failed:
         notes.append(f"{r.failed} error records")
     if "same_captions_as_capcli_greedy" in r.info:

@@ -41,8 +41,10 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> 
         work = Path(tmp)
         inputs = {"photos": photos}
         if cfg.big:
-            say(f"writing {min(len(photos), BIG_UNIQUE)} {cfg.big_size[0]}x{cfg.big_size[1]} JPEGs (quality "
-                f"{BIG_QUALITY}, with grain) from the photos")  # fmt: skip
+            say(
+                f"writing {min(len(photos), BIG_UNIQUE)} {cfg.big_size[0]}x{cfg.big_size[1]} JPEGs (quality "
+                f"{BIG_QUALITY}, with grain) from the photos"
+            )
             inputs["big"] = make_big_jpegs(photos[:BIG_UNIQUE], work / "big", cfg.big_size)
         skip = {s.key: _skip_reason(s, cfg) for s in todo}
         for round_no in range(cfg.rounds):
@@ -66,8 +68,9 @@ def list_photos(folder: Path, n: int) -> list[str]:
 
     if not folder.is_dir():
         raise FatalError(f"no image folder at {folder} (pass --images DIR)")
-    paths = [item.path for item in itertools.islice(
-        (i for i in iter_items([str(folder)]) if i.path and i.error is None), n)]  # fmt: skip
+    paths = [
+        item.path for item in itertools.islice((i for i in iter_items([str(folder)]) if i.path and i.error is None), n)
+    ]
     if not paths:
         raise FatalError(f"no images in {folder}")
     return paths  # type: ignore[return-value]
@@ -104,14 +107,24 @@ def run_scenario(s: Scenario, cfg: BenchConfig, paths: list[str], folder: Path) 
     with listing.open("w", encoding="utf-8", errors="surrogateescape") as f:
         for path in itertools.islice(itertools.cycle(paths), s.count):
             f.write(path + "\n")
-    spec = {"scenario": asdict(s), "listing": str(listing), "output": str(folder / "records.jsonl"),
-            "model": cfg.model, "batch_size": cfg.batch_size, "workers": cfg.workers, "device": cfg.device,
-            "precision": cfg.precision, "threads": cfg.threads, "lanes": cfg.lanes,
-            "checkpoint": cfg.checkpoint}  # fmt: skip
+    spec = {
+        "scenario": asdict(s),
+        "listing": str(listing),
+        "output": str(folder / "records.jsonl"),
+        "model": cfg.model,
+        "batch_size": cfg.batch_size,
+        "workers": cfg.workers,
+        "device": cfg.device,
+        "precision": cfg.precision,
+        "threads": cfg.threads,
+        "lanes": cfg.lanes,
+        "checkpoint": cfg.checkpoint,
+    }
     before = _cpu_seconds()
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "capcli.bench.worker", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "capcli.bench.worker", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
     wall = time.perf_counter() - started
     after = _cpu_seconds()
     lines = proc.stdout.strip().splitlines()
@@ -200,8 +213,17 @@ def machine_info(results: dict[str, Result]) -> dict[str, Any]:
     }
     # What the sessions really used, as the workers reported it; capcli's own arrangement first.
     for r in sorted(results.values(), key=lambda r: r.key != "beam3"):
-        for key in ("model", "decoder", "providers", "device", "lanes", "intra_op_threads", "torch", "torch_threads",
-                    "torch_device"):
+        for key in (
+            "model",
+            "decoder",
+            "providers",
+            "device",
+            "lanes",
+            "intra_op_threads",
+            "torch",
+            "torch_threads",
+            "torch_device",
+        ):
             if key in r.info:
                 info.setdefault(key, r.info[key])
     if any("CUDA" in p for p in info.get("providers", [])):
@@ -220,8 +242,13 @@ def _memory_gib() -> float | None:
 
 def _gpu_name() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None

@@ -77,8 +77,12 @@ class Report:
     ratios: list[Ratio]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "config": self.config,
-                "results": [asdict(r) for r in self.results], "ratios": [asdict(r) for r in self.ratios]}  # fmt: skip
+        return {
+            "machine": self.machine,
+            "config": self.config,
+            "results": [asdict(r) for r in self.results],
+            "ratios": [asdict(r) for r in self.ratios],
+        }
 
 
 def scenarios(cfg: BenchConfig) -> list[Scenario]:
@@ -97,8 +101,9 @@ def scenarios(cfg: BenchConfig) -> list[Scenario]:
     ]
     if cfg.memory:
         for count in cfg.memory_counts:
-            out.append(Scenario(f"memory_{count}", f"memory: capcli greedy, {count:,} inputs",
-                                "capcli", "photos", 1, count))  # fmt: skip
+            out.append(
+                Scenario(f"memory_{count}", f"memory: capcli greedy, {count:,} inputs", "capcli", "photos", 1, count)
+            )
     return out
 
 
@@ -133,14 +138,24 @@ def ratios(results: dict[str, Result]) -> list[Ratio]:
         ratio("capcli greedy / tutorial greedy", rate("greedy"), rate("tutorial_greedy"), ">= 3", lambda v: v >= 3),
     ]
     if "beam3_big" in results:
-        out.append(ratio("capcli beam 3: big JPEGs / photos", rate("beam3_big"), rate("beam3"), ">= 0.5",
-                         lambda v: v >= 0.5))  # fmt: skip
-    memory = sorted(((int(k.split("_")[1]), r) for k, r in results.items() if k.startswith("memory_") and not r.skipped),
-                    key=lambda pair: pair[0])  # fmt: skip
+        out.append(
+            ratio("capcli beam 3: big JPEGs / photos", rate("beam3_big"), rate("beam3"), ">= 0.5", lambda v: v >= 0.5)
+        )
+    memory = sorted(
+        ((int(k.split("_")[1]), r) for k, r in results.items() if k.startswith("memory_") and not r.skipped),
+        key=lambda pair: pair[0],
+    )
     if len(memory) == 2:
         (few, small), (many, large) = memory
-        out.append(ratio(f"peak memory: {many:,} / {few:,} inputs", large.peak_rss_mib, small.peak_rss_mib,
-                         "<= 1.10", lambda v: v <= 1.10))  # fmt: skip
+        out.append(
+            ratio(
+                f"peak memory: {many:,} / {few:,} inputs",
+                large.peak_rss_mib,
+                small.peak_rss_mib,
+                "<= 1.10",
+                lambda v: v <= 1.10,
+            )
+        )
     return out
 
 

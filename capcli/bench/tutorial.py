@@ -22,11 +22,13 @@ def run_tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
     ckpt = load_checkpoint(spec["checkpoint"])
     model, vocab = ckpt.model.eval().to(device), ckpt.vocab
     pre = model.backbone.spec.preprocess
-    transform = transforms.Compose([
-        transforms.Resize(pre.size, interpolation=transforms.InterpolationMode(pre.interpolation)),
-        transforms.ToTensor(),
-        transforms.Normalize(pre.mean, pre.std),
-    ])  # fmt: skip
+    transform = transforms.Compose(
+        [
+            transforms.Resize(pre.size, interpolation=transforms.InterpolationMode(pre.interpolation)),
+            transforms.ToTensor(),
+            transforms.Normalize(pre.mean, pre.std),
+        ]
+    )
     from capcli.decode import SearchSpec
 
     search = _torch_greedy if s.beam == 1 else _torch_beam

@@ -42,16 +42,28 @@ def _model(spec: dict[str, Any], beam: int) -> Any:
     from capcli.api import load
     from capcli.pipeline import DEFAULT_WORKERS
 
-    return load(spec["model"], device=spec["device"], beam=beam, threads=spec["threads"], lanes=spec["lanes"],
-                precision=spec["precision"], batch_size=spec["batch_size"],
-                workers=spec["workers"] or DEFAULT_WORKERS)  # fmt: skip
+    return load(
+        spec["model"],
+        device=spec["device"],
+        beam=beam,
+        threads=spec["threads"],
+        lanes=spec["lanes"],
+        precision=spec["precision"],
+        batch_size=spec["batch_size"],
+        workers=spec["workers"] or DEFAULT_WORKERS,
+    )
 
 
 def _session_info(captioner: Any) -> dict[str, Any]:
     bundle = captioner.bundle
-    return {"model": str(bundle.path), "decoder": captioner.precision,
-            "providers": captioner.providers, "device": captioner.device, "lanes": captioner.lanes,
-            "intra_op_threads": captioner.threads}  # fmt: skip
+    return {
+        "model": str(bundle.path),
+        "decoder": captioner.precision,
+        "providers": captioner.providers,
+        "device": captioner.device,
+        "lanes": captioner.lanes,
+        "intra_op_threads": captioner.threads,
+    }
 
 
 def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
@@ -66,8 +78,11 @@ def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
     captioner = _model(spec, beam=1).captioner
     arrangements = [captioner]
     if captioner.lanes > 1 and captioner.threads is not None:
-        arrangements.append(Captioner(captioner.bundle, device=spec["device"], beam=1, lanes=1,
-                                      threads=captioner.lanes * captioner.threads))  # fmt: skip
+        arrangements.append(
+            Captioner(
+                captioner.bundle, device=spec["device"], beam=1, lanes=1, threads=captioner.lanes * captioner.threads
+            )
+        )
     pre = captioner.bundle.preprocess
     arrays = [load(p, pre).array for p in read_paths(spec["listing"])]  # ready-made: not timed
     size = spec["batch_size"]
@@ -156,8 +171,12 @@ def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
         writer.close()
         result.seconds = time.perf_counter() - clock
     busy = captioner.seconds["encode"] + captioner.seconds["decode"]
-    result.stages = {"read": timed_read.seconds, **captioner.seconds, "write": write_seconds,
-                     "idle": max(0.0, captioner.lanes * result.seconds - busy)}  # fmt: skip
+    result.stages = {
+        "read": timed_read.seconds,
+        **captioner.seconds,
+        "write": write_seconds,
+        "idle": max(0.0, captioner.lanes * result.seconds - busy),
+    }
     return result
 
 

@@ -31,35 +31,96 @@ def _size(value: str) -> tuple[int, int]:
 
 
 @main.command("bench")
-@click.option("--model", metavar="PATH", default=None,
-              help="Model bundle [default: $CAPCLI_MODEL, then the packaged model].")
-@click.option("--images", "images", metavar="DIR", type=click.Path(file_okay=False), default=None,
-              help="Folder of photos [default: the repository's examples/ folder, when capcli runs from a clone].")
-@click.option("-n", "n", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",
-              help="Images per scenario (the folder's first N; cycled when it has fewer).")
-@click.option("--checkpoint", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="The model's PyTorch checkpoint, for the tutorial-way scenarios (skipped without it).")
-@runtime_options(search=False, workers=None, workers_help="Reader threads.",
-                 device_help="Where the ONNX model runs (the tutorial way runs PyTorch on the CPU).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
-              help="onnxruntime intra-op threads per lane [default: physical cores / lanes].")
-@click.option("--lanes", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Batches captioned at once [default: 2].")
-@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True, metavar="R",
-              help="Run the scenarios round-robin R times and report each one's fastest round (for busy machines).")
+@click.option(
+    "--model", metavar="PATH", default=None, help="Model bundle [default: $CAPCLI_MODEL, then the packaged model]."
+)
+@click.option(
+    "--images",
+    "images",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder of photos [default: the repository's examples/ folder, when capcli runs from a clone].",
+)
+@click.option(
+    "-n",
+    "n",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    metavar="N",
+    help="Images per scenario (the folder's first N; cycled when it has fewer).",
+)
+@click.option(
+    "--checkpoint",
+    metavar="PATH",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="The model's PyTorch checkpoint, for the tutorial-way scenarios (skipped without it).",
+)
+@runtime_options(
+    search=False,
+    workers=None,
+    workers_help="Reader threads.",
+    device_help="Where the ONNX model runs (the tutorial way runs PyTorch on the CPU).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="onnxruntime intra-op threads per lane [default: physical cores / lanes].",
+)
+@click.option(
+    "--lanes", type=click.IntRange(min=1), default=None, metavar="N", help="Batches captioned at once [default: 2]."
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="R",
+    help="Run the scenarios round-robin R times and report each one's fastest round (for busy machines).",
+)
 @click.option("--big/--no-big", default=True, show_default=True, help="The phone-size JPEG scenario.")
-@click.option("--big-size", default="4032x3024", show_default=True, metavar="WxH", callback=lambda c, p, v: _size(v),
-              help="Size of the generated phone-size JPEGs.")
-@click.option("--memory", is_flag=True,
-              help="Also measure peak memory end to end for 1,000 and 20,000 inputs (slow).")
-@click.option("--memory-counts", default="1000,20000", show_default=True, metavar="A,B",
-              help="Input counts compared by --memory.")
-@click.option("--json", "json_path", metavar="FILE", type=click.Path(dir_okay=False), default=None,
-              help="Also write every figure as JSON to FILE.")
-def bench_command(model: str | None, images: str | None, n: int, checkpoint: str | None, batch_size: int,
-                  workers: int | None, device: str, precision: str, threads: int | None, lanes: int | None,
-                  rounds: int, big: bool, big_size: tuple[int, int], memory: bool, memory_counts: str,
-                  json_path: str | None) -> None:  # fmt: skip
+@click.option(
+    "--big-size",
+    default="4032x3024",
+    show_default=True,
+    metavar="WxH",
+    callback=lambda c, p, v: _size(v),
+    help="Size of the generated phone-size JPEGs.",
+)
+@click.option("--memory", is_flag=True, help="Also measure peak memory end to end for 1,000 and 20,000 inputs (slow).")
+@click.option(
+    "--memory-counts", default="1000,20000", show_default=True, metavar="A,B", help="Input counts compared by --memory."
+)
+@click.option(
+    "--json",
+    "json_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write every figure as JSON to FILE.",
+)
+def bench_command(
+    model: str | None,
+    images: str | None,
+    n: int,
+    checkpoint: str | None,
+    batch_size: int,
+    workers: int | None,
+    device: str,
+    precision: str,
+    threads: int | None,
+    lanes: int | None,
+    rounds: int,
+    big: bool,
+    big_size: tuple[int, int],
+    memory: bool,
+    memory_counts: str,
+    json_path: str | None,
+) -> None:
     """Measure capcli against its limit and the tutorial way, in one run.
 
     \b
@@ -88,9 +149,23 @@ def bench_command(model: str | None, images: str | None, n: int, checkpoint: str
         counts = ()
     if len(counts) != 2 or min(counts) < 1:
         raise click.BadParameter("expected two positive counts, e.g. 1000,20000", param_hint="'--memory-counts'")
-    cfg = BenchConfig(model=model, images=folder, n=n, batch_size=batch_size, workers=workers, device=device,
-                      precision=precision, threads=threads, lanes=lanes, checkpoint=checkpoint, big=big,
-                      big_size=big_size, memory=memory, memory_counts=counts, rounds=rounds)  # type: ignore[arg-type]  # fmt: skip
+    cfg = BenchConfig(
+        model=model,
+        images=folder,
+        n=n,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        threads=threads,
+        lanes=lanes,
+        checkpoint=checkpoint,
+        big=big,
+        big_size=big_size,
+        memory=memory,
+        memory_counts=counts,
+        rounds=rounds,
+    )  # type: ignore[arg-type]
     report = run_bench(cfg, say=lambda line: click.echo(line, err=True))
     render(report)
     if json_path:

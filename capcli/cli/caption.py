@@ -40,5 +40,8 @@ def caption(inputs: tuple[str, ...], **options: object) -> ExitStatus:
 
 def _warn_empty(directory: str) -> None:
     """A directory input without images gives no record; say so (the exit status stays 0, as with find)."""
-    click.echo(f"Warning: {directory}: no image files in this directory (walked recursively, image suffixes "
-               "only); it adds no record", err=True)  # fmt: skip
+    click.echo(
+        f"Warning: {directory}: no image files in this directory (walked recursively, image suffixes "
+        "only); it adds no record",
+        err=True,
+    )

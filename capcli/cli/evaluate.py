@@ -14,29 +14,69 @@ from capcli.datasets import DATASETS
 
 
 @main.command("eval")
-@click.option("--model", metavar="PATH", default=None,
-              help="Bundle to evaluate [default: $CAPCLI_MODEL, then the packaged model].")
-@click.option("--captions", "captions_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Score this captions file (capcli JSONL/CSV output, or image,caption) instead of running a model.")
+@click.option(
+    "--model",
+    metavar="PATH",
+    default=None,
+    help="Bundle to evaluate [default: $CAPCLI_MODEL, then the packaged model].",
+)
+@click.option(
+    "--captions",
+    "captions_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Score this captions file (capcli JSONL/CSV output, or image,caption) instead of running a model.",
+)
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Annotation format of --data.")
 @click.option("--data", type=click.Path(exists=True), required=True, help="Data set folder (or its annotation file).")
-@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder holding the photos [default: found beside the annotations].")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder holding the photos [default: found beside the annotations].",
+)
 @click.option("--split", default="dev", show_default=True, help="train, dev (val) or test.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
 @runtime_options(workers=2, workers_help="Threads reading images ahead of the model.")
-@click.option("--length-penalty", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
-              help="Beam ranking: log-probability / length ** this.")
+@click.option(
+    "--length-penalty",
+    type=click.FloatRange(min=0.0),
+    default=0.7,
+    show_default=True,
+    help="Beam ranking: log-probability / length ** this.",
+)
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (its Java process needs 2 GB of memory).")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None,
-              help="Also write {metrics, protocol} as JSON to this file.")
-@click.option("--captions-out", type=click.Path(dir_okay=False), default=None,
-              help="With --model: also write the generated captions as JSONL (re-score with --captions).")
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write {metrics, protocol} as JSON to this file.",
+)
+@click.option(
+    "--captions-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --model: also write the generated captions as JSONL (re-score with --captions).",
+)
 def eval_command(
-    model: str | None, captions_file: str | None, dataset: str, data: str, images: str | None,
-    split: str, limit: int | None, beam: int, length_penalty: float, max_len: int | None, batch_size: int,
-    device: str, precision: str, workers: int, no_meteor: bool, json_out: str | None, captions_out: str | None,
-) -> None:  # fmt: skip
+    model: str | None,
+    captions_file: str | None,
+    dataset: str,
+    data: str,
+    images: str | None,
+    split: str,
+    limit: int | None,
+    beam: int,
+    length_penalty: float,
+    max_len: int | None,
+    batch_size: int,
+    device: str,
+    precision: str,
+    workers: int,
+    no_meteor: bool,
+    json_out: str | None,
+    captions_out: str | None,
+) -> None:
     """Caption a data set split with a bundle and score it the standard way.
 
     \b
@@ -67,10 +107,17 @@ def eval_command(
         writer = _captions_writer(captions_out)
         try:
             hypotheses, protocol = evaluation.caption_split(
-                data_split, model, beam=beam, max_len=max_len, length_penalty=length_penalty, device=device,
-                precision=precision, batch_size=batch_size, workers=workers,
+                data_split,
+                model,
+                beam=beam,
+                max_len=max_len,
+                length_penalty=length_penalty,
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                workers=workers,
                 on_record=writer.write if writer else None,
-            )  # fmt: skip
+            )
         finally:
             if writer is not None:
                 writer.close()

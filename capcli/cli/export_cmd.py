@@ -13,23 +13,53 @@ from capcli.cli import main
 
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Bundle directory to write (created; replaced only with --force).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Bundle directory to write (created; replaced only with --force).",
+)
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(13, 20), help="ONNX opset.")
-@click.option("--tolerance", default=1e-3, show_default=True, type=click.FloatRange(min=0.0),
-              help="Largest max-abs difference between onnxruntime and PyTorch that passes.")
-@click.option("--check-images", "images", multiple=True, type=click.Path(exists=True),
-              help="Photos or folders for the parity check (up to 3 images; repeatable). "
-                   "Default: the training data set's images/ recorded in the checkpoint, else random inputs.")
+@click.option(
+    "--tolerance",
+    default=1e-3,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Largest max-abs difference between onnxruntime and PyTorch that passes.",
+)
+@click.option(
+    "--check-images",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Photos or folders for the parity check (up to 3 images; repeatable). "
+    "Default: the training data set's images/ recorded in the checkpoint, else random inputs.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the output path.")
-@click.option("--quantize", is_flag=True,
-              help="Also write decoder.int8.onnx (dynamic int8 quantisation of the decoder's matrix products), "
-                   "which capcli prefers on CPUs. CHECKPOINT may then also be an existing bundle directory.")
-@click.option("--upgrade", is_flag=True,
-              help="CHECKPOINT is a bundle written by capcli 0.1 (format 1): convert it to this capcli's format, "
-                   "checked against the old graphs.")
-def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, images: tuple[str, ...],
-                   force: bool, quantize: bool, upgrade: bool) -> None:  # fmt: skip
+@click.option(
+    "--quantize",
+    is_flag=True,
+    help="Also write decoder.int8.onnx (dynamic int8 quantisation of the decoder's matrix products), "
+    "which capcli prefers on CPUs. CHECKPOINT may then also be an existing bundle directory.",
+)
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help="CHECKPOINT is a bundle written by capcli 0.1 (format 1): convert it to this capcli's format, "
+    "checked against the old graphs.",
+)
+def export_command(
+    checkpoint: str,
+    out_dir: str,
+    opset: int,
+    tolerance: float,
+    images: tuple[str, ...],
+    force: bool,
+    quantize: bool,
+    upgrade: bool,
+) -> None:
     """Export CHECKPOINT (a `capcli train` checkpoint) as a model bundle.
 
     Writes encoder.onnx, decoder.onnx (one decoding step) and model.json into a
@@ -74,13 +104,19 @@ def export_command(checkpoint: str, out_dir: str, opset: int, tolerance: float, 
 
     def export_to(where: str | Path) -> Path:
         if upgrade:
-            return upgrade_bundle(checkpoint, where, images=images, tolerance=tolerance, overwrite=force,
-                                  command=recorded)  # fmt: skip
+            return upgrade_bundle(
+                checkpoint, where, images=images, tolerance=tolerance, overwrite=force, command=recorded
+            )
         return export_checkpoint(
-            checkpoint, where, opset=opset, tolerance=tolerance, images=images, overwrite=force,
+            checkpoint,
+            where,
+            opset=opset,
+            tolerance=tolerance,
+            images=images,
+            overwrite=force,
             command=recorded,
             report=lambda r: click.echo("\n".join(r.lines()), err=True),
-        )  # fmt: skip
+        )
 
     # capcli errors become "Error: ..." and exit 1 in capcli.cli.Command
     if not quantize:
@@ -104,8 +140,11 @@ def _echo_upgrade(path: Path) -> None:
 
     parity = json.loads((path / "model.json").read_text(encoding="utf-8"))["provenance"]["upgrade"]["parity"]
     worst = max(parity["max_abs_diff"].items(), key=lambda kv: kv[1])
-    click.echo(f"upgraded from format 1; new vs old graphs on {parity['inputs']}, {parity['steps']} decoder steps: "
-               f"largest difference {worst[1]:.1e} ({worst[0]})", err=True)
+    click.echo(
+        f"upgraded from format 1; new vs old graphs on {parity['inputs']}, {parity['steps']} decoder steps: "
+        f"largest difference {worst[1]:.1e} ({worst[0]})",
+        err=True,
+    )
 
 
 def _echo_quantization(path: Path) -> None:
@@ -113,5 +152,8 @@ def _echo_quantization(path: Path) -> None:
 
     meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
     c = meta["provenance"]["quantization"]["comparison"]
-    click.echo(f"int8 vs float on {c['inputs']}: {100 * c['greedy_captions_identical']:.0f}% identical greedy "
-               f"captions, first-step log-probabilities within {c['first_step_logprobs_max_abs_diff']:.3f}", err=True)
+    click.echo(
+        f"int8 vs float on {c['inputs']}: {100 * c['greedy_captions_identical']:.0f}% identical greedy "
+        f"captions, first-step log-probabilities within {c['first_step_logprobs_max_abs_diff']:.3f}",
+        err=True,
+    )

@@ -17,8 +17,19 @@ import click
 from capcli.fetch import FetchOptions, fetch_bytes
 
 _DEFAULTS = FetchOptions()
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 class ByteSize(click.ParamType):
@@ -40,23 +51,51 @@ class ByteSize(click.ParamType):
 
 
 _OPTIONS = [
-    click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-                 default=_DEFAULTS.timeout_read, show_default=True,
-                 help="Connect timeout, and longest silence while reading a response."),
-    click.option("--deadline", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-                 default=_DEFAULTS.deadline, show_default=True,
-                 help="Wall-clock limit per URL, over all redirects, retries and waits."),
-    click.option("--max-bytes", type=ByteSize(), metavar="SIZE", default=_DEFAULTS.max_bytes,
-                 show_default="20MB",
-                 help="Refuse bodies larger than this (Content-Length and the decoded stream): too_large."),
-    click.option("--retries", type=click.IntRange(min=0), metavar="N", default=_DEFAULTS.retries,
-                 show_default=True,
-                 help="Extra attempts after a timeout, a connection error, 429 or 5xx (backoff with jitter)."),
-    click.option("--max-redirects", type=click.IntRange(min=0), metavar="N",
-                 default=_DEFAULTS.max_redirects, show_default=True,
-                 help="Redirects followed per URL; every hop passes the network guard again."),
-    click.option("--allow-private-network", is_flag=True,
-                 help="Also fetch from loopback, private, link-local and other non-public addresses."),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        default=_DEFAULTS.timeout_read,
+        show_default=True,
+        help="Connect timeout, and longest silence while reading a response.",
+    ),
+    click.option(
+        "--deadline",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        default=_DEFAULTS.deadline,
+        show_default=True,
+        help="Wall-clock limit per URL, over all redirects, retries and waits.",
+    ),
+    click.option(
+        "--max-bytes",
+        type=ByteSize(),
+        metavar="SIZE",
+        default=_DEFAULTS.max_bytes,
+        show_default="20MB",
+        help="Refuse bodies larger than this (Content-Length and the decoded stream): too_large.",
+    ),
+    click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        metavar="N",
+        default=_DEFAULTS.retries,
+        show_default=True,
+        help="Extra attempts after a timeout, a connection error, 429 or 5xx (backoff with jitter).",
+    ),
+    click.option(
+        "--max-redirects",
+        type=click.IntRange(min=0),
+        metavar="N",
+        default=_DEFAULTS.max_redirects,
+        show_default=True,
+        help="Redirects followed per URL; every hop passes the network guard again.",
+    ),
+    click.option(
+        "--allow-private-network",
+        is_flag=True,
+        help="Also fetch from loopback, private, link-local and other non-public addresses.",
+    ),
 ]
 _KEYS = ("timeout", "deadline", "max_bytes", "retries", "max_redirects", "allow_private_network")
 

@@ -15,8 +15,13 @@ from capcli.errors import CapcliError
 
 
 @main.command("info")
-@click.option("--model", "model", type=click.Path(), default=None,
-              help="Bundle directory (default: $CAPCLI_MODEL, then the packaged model).")
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(),
+    default=None,
+    help="Bundle directory (default: $CAPCLI_MODEL, then the packaged model).",
+)
 @device_option(help="The device whose providers to report.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info_command(model: str | None, device: str, as_json: bool) -> None:
@@ -30,6 +35,7 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
 
     from capcli.bundle import load_bundle, resolve_bundle_path
     from capcli.runtime import Captioner
+
     facts: dict[str, Any] = {
         "capcli": __version__,
         "onnxruntime": ort.__version__,

@@ -39,11 +39,14 @@ def check_device(ctx: click.Context | None, param: click.Parameter | None, value
     return value
 
 
-def device_option(help: str = "Where the model runs; auto uses CUDA when it works, else the CPU; "  # noqa: A002
-                  "cuda:N picks GPU N.") -> Decorator:  # fmt: skip
+def device_option(
+    help: str = "Where the model runs; auto uses CUDA when it works, else the CPU; "  # noqa: A002
+    "cuda:N picks GPU N.",
+) -> Decorator:
     """``--device auto|cpu|cuda[:N]``, checked while parsing."""
-    return click.option("--device", default="auto", show_default=True, metavar=DEVICE_METAVAR, callback=check_device,
-                        help=help)  # fmt: skip
+    return click.option(
+        "--device", default="auto", show_default=True, metavar=DEVICE_METAVAR, callback=check_device, help=help
+    )
 
 
 def _apply(options: list[Decorator], command: Callable[..., Any]) -> Callable[..., Any]:
@@ -64,25 +67,52 @@ def runtime_options(
     ``workers``: the default thread count (None: the library's, shown as such).
     """
     options: list[Decorator] = [
-        click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=DEFAULT_BATCH_SIZE,
-                     show_default=True, help="Images captioned together."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            metavar="N",
+            default=DEFAULT_BATCH_SIZE,
+            show_default=True,
+            help="Images captioned together.",
+        ),
     ]
     if search:
         options += [
-            click.option("--beam", type=click.IntRange(min=1), metavar="N", default=3, show_default=True,
-                         help="Beam width; 1 is greedy decoding."),
-            click.option("--max-len", type=click.IntRange(min=1), metavar="N", default=None,
-                         help="Longest caption in words [default: the bundle's]."),
+            click.option(
+                "--beam",
+                type=click.IntRange(min=1),
+                metavar="N",
+                default=3,
+                show_default=True,
+                help="Beam width; 1 is greedy decoding.",
+            ),
+            click.option(
+                "--max-len",
+                type=click.IntRange(min=1),
+                metavar="N",
+                default=None,
+                help="Longest caption in words [default: the bundle's].",
+            ),
         ]
     options += [
         device_option(device_help) if device_help else device_option(),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                     help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one "
-                          "(a step about 1.6x faster), float everywhere else."),
-        click.option("--workers", type=click.IntRange(min=1), metavar="N", default=workers,
-                     show_default="CPU count, at most 8" if workers == DEFAULT_WORKERS else workers is not None,
-                     help=workers_help + ("" if workers is not None else " [default: capcli's]")),
-    ]  # fmt: skip
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="auto",
+            show_default=True,
+            help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one "
+            "(a step about 1.6x faster), float everywhere else.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            metavar="N",
+            default=workers,
+            show_default="CPU count, at most 8" if workers == DEFAULT_WORKERS else workers is not None,
+            help=workers_help + ("" if workers is not None else " [default: capcli's]"),
+        ),
+    ]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         return _apply(options, command)
@@ -100,30 +130,63 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 _OUTPUT_OPTIONS: list[Decorator] = [
-    click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
-                 help="Where records go; - is stdout."),
-    click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-                 help="Output format [default: csv for a .csv output, else jsonl]."),
-    click.option("--model", metavar="PATH", default=None,
-                 help="Model bundle directory [default: $CAPCLI_MODEL, then the packaged model]."),
-    click.option("--max-pixels", type=click.IntRange(min=1), metavar="N", default=DEFAULT_MAX_PIXELS, show_default=True,
-                 help="Refuse images with more pixels (checked from the header: too_large)."),
-    click.option("--resume", is_flag=True,
-                 help="Keep an existing output file, skip inputs it already holds, append the rest."),
-    click.option("--retry-errors", is_flag=True,
-                 help="With --resume (implied): also run again the inputs that failed."),
-    click.option("--overwrite", is_flag=True,
-                 help="Replace an existing output file (without it, a non-empty one is refused)."),
-    click.option("--attention-dir", metavar="DIR", default=None,
-                 help="Also draw each caption's attention, word by word, as DIR/<index>-<name>.png "
-                      "(the record's \"attention\" field)."),
-    click.option("--tags", type=click.IntRange(min=0), metavar="K", default=0,
-                 help="Also list the model's top K ImageNet labels with their probabilities "
-                      "(the record's \"tags\" field), from the same encoder pass."),
-    click.option("--shard", metavar="K/N", default=None, callback=_parse_shard,
-                 help="Caption only shard K of N (K from 0), chosen by a stable hash of each input, "
-                      "so N jobs split the inputs without coordination; indexes stay global."),
-]  # fmt: skip
+    click.option(
+        "-o", "--output", default="-", show_default=True, metavar="FILE", help="Where records go; - is stdout."
+    ),
+    click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Output format [default: csv for a .csv output, else jsonl].",
+    ),
+    click.option(
+        "--model",
+        metavar="PATH",
+        default=None,
+        help="Model bundle directory [default: $CAPCLI_MODEL, then the packaged model].",
+    ),
+    click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        metavar="N",
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help="Refuse images with more pixels (checked from the header: too_large).",
+    ),
+    click.option(
+        "--resume", is_flag=True, help="Keep an existing output file, skip inputs it already holds, append the rest."
+    ),
+    click.option(
+        "--retry-errors", is_flag=True, help="With --resume (implied): also run again the inputs that failed."
+    ),
+    click.option(
+        "--overwrite", is_flag=True, help="Replace an existing output file (without it, a non-empty one is refused)."
+    ),
+    click.option(
+        "--attention-dir",
+        metavar="DIR",
+        default=None,
+        help="Also draw each caption's attention, word by word, as DIR/<index>-<name>.png "
+        '(the record\'s "attention" field).',
+    ),
+    click.option(
+        "--tags",
+        type=click.IntRange(min=0),
+        metavar="K",
+        default=0,
+        help="Also list the model's top K ImageNet labels with their probabilities "
+        '(the record\'s "tags" field), from the same encoder pass.',
+    ),
+    click.option(
+        "--shard",
+        metavar="K/N",
+        default=None,
+        callback=_parse_shard,
+        help="Caption only shard K of N (K from 0), chosen by a stable hash of each input, "
+        "so N jobs split the inputs without coordination; indexes stay global.",
+    ),
+]
 
 
 def caption_options(

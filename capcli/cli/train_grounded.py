@@ -22,35 +22,78 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
 
 
 @main.command("train-grounded")
-@click.option("--init", type=click.Path(exists=True, dir_okay=False), required=True,
-              help="Checkpoint whose encoder (backbone, fine-tuned stages, projection) is kept, frozen.")
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="Checkpoint whose encoder (backbone, fine-tuned stages, projection) is kept, frozen.",
+)
 @click.option("--flickr", type=click.Path(exists=True, file_okay=False), required=True, help="Flickr8k folder.")
-@click.option("--everyday", type=click.Path(exists=True, file_okay=False), required=True,
-              help="coco-everyday folder: captions.csv, images/, text-captions.csv.")
+@click.option(
+    "--everyday",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="coco-everyday folder: captions.csv, images/, text-captions.csv.",
+)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt with its saved settings.")
-@click.option("--repeat", default="flickr8k=1,everyday=6,text=1", show_default=True, callback=_repeat,
-              help="The mix: how many times each part's captions come in one epoch.")
-@click.option("--concepts", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Top tagger classes the decoder reads.")
-@click.option("--objective", type=click.Choice(["xent", "cider"]), default="xent", show_default=True,
-              help="xent: cross-entropy with teacher forcing; cider: self-critical training on CIDEr-D, "
-                   "continuing --start (use a learning rate around 5e-5).")
-@click.option("--start", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A grounded checkpoint (e.g. runs/grounded/best.pt) whose decoder and vocabulary to continue.")
-@click.option("--samples", type=click.IntRange(min=2), default=5, show_default=True,
-              help="--objective cider: captions sampled per photo (each one's baseline is the others' mean).")
+@click.option(
+    "--repeat",
+    default="flickr8k=1,everyday=6,text=1",
+    show_default=True,
+    callback=_repeat,
+    help="The mix: how many times each part's captions come in one epoch.",
+)
+@click.option(
+    "--concepts", type=click.IntRange(min=1), default=5, show_default=True, help="Top tagger classes the decoder reads."
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["xent", "cider"]),
+    default="xent",
+    show_default=True,
+    help="xent: cross-entropy with teacher forcing; cider: self-critical training on CIDEr-D, "
+    "continuing --start (use a learning rate around 5e-5).",
+)
+@click.option(
+    "--start",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A grounded checkpoint (e.g. runs/grounded/best.pt) whose decoder and vocabulary to continue.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="--objective cider: captions sampled per photo (each one's baseline is the others' mean).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True)
 @click.option("--min-count", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--visual-dropout", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
-              help="Share of photo captions trained without their regions.")
-@click.option("--concept-dropout", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
-              help="Share of photo captions trained without their concept.")
+@click.option(
+    "--visual-dropout",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.2,
+    show_default=True,
+    help="Share of photo captions trained without their regions.",
+)
+@click.option(
+    "--concept-dropout",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.1,
+    show_default=True,
+    help="Share of photo captions trained without their concept.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default="runs/cache", show_default=True,
-              help="Feature cache folder.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default="runs/cache",
+    show_default=True,
+    help="Feature cache folder.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Debug: the first N photos of each part.")
 @click.pass_context
 def train_grounded_command(ctx: click.Context, resume: bool, **options: object) -> None:

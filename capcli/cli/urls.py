@@ -22,13 +22,15 @@ URL_WORKERS = 16
 
 @main.command("url-list", epilog=EXIT_CODES_HELP)
 @click.argument("url_list", metavar="FILE|-", type=click.File("rb"))
-@click.option("--input-format", type=click.Choice(FORMATS), default="auto", show_default=True,
-              help="How FILE is laid out [auto: by suffix (.csv .tsv .jsonl), a first '{' "
-                   "means JSONL, else one URL per line].")  # fmt: skip
-@click.option("--url-col", metavar="NAME", default=None,
-              help="CSV/TSV/JSONL column holding the URL [default: url].")
-@click.option("--id-col", metavar="NAME", default=None,
-              help="Column copied into each record as \"id\".")
+@click.option(
+    "--input-format",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="How FILE is laid out [auto: by suffix (.csv .tsv .jsonl), a first '{' means JSONL, else one URL per line].",
+)
+@click.option("--url-col", metavar="NAME", default=None, help="CSV/TSV/JSONL column holding the URL [default: url].")
+@click.option("--id-col", metavar="NAME", default=None, help='Column copied into each record as "id".')
 @fetch_options
 @caption_options(workers=URL_WORKERS, workers_help="Threads downloading and decoding images ahead of the model.")
 def url_list(
@@ -62,8 +64,9 @@ def url_list(
     name = str(getattr(url_list, "name", "-"))  # stdin: "<stdin>", no suffix
     entries = UrlList(url_list, name=name, fmt=input_format, url_col=url_col, id_col=id_col)  # UrlListError: usage
     extra = ("id",) if id_col else ()
-    return run_captioning(_items(entries, with_id=bool(id_col)), CaptionSettings(**options), fetch=fetch,
-                          extra_columns=extra)  # fmt: skip
+    return run_captioning(
+        _items(entries, with_id=bool(id_col)), CaptionSettings(**options), fetch=fetch, extra_columns=extra
+    )
 
 
 def _items(entries: UrlList, *, with_id: bool) -> Iterator[Item]:

@@ -47,9 +47,16 @@ def prepare(
 ) -> TrainData:
     """Cache ``frozen``'s output for the split's images and encode its captions (cut at ``max_len`` words)."""
     cache = cached_features(
-        frozen, identity, preprocess_for(backbone), [s.image for s in split.samples],
-        cache_dir=cache_dir, device=device, workers=workers, console=console, label=f"{split.split} features",
-    )  # fmt: skip
+        frozen,
+        identity,
+        preprocess_for(backbone),
+        [s.image for s in split.samples],
+        cache_dir=cache_dir,
+        device=device,
+        workers=workers,
+        console=console,
+        label=f"{split.split} features",
+    )
     failed = set(cache.failed)
     keep = [i for i in range(len(split.samples)) if i not in failed]
     if cache.failed:
@@ -68,8 +75,9 @@ def prepare(
         captions[r, : len(ids)] = torch.tensor(ids)
     lengths = torch.tensor([len(ids) for ids in rows])
     # Batch planning stays on the CPU (no GPU syncs); only the caption ids live on the device.
-    return TrainData(samples, inputs, torch.tensor(keep, device=inputs.device), captions.to(device), lengths,
-                     torch.tensor(image_of))  # fmt: skip
+    return TrainData(
+        samples, inputs, torch.tensor(keep, device=inputs.device), captions.to(device), lengths, torch.tensor(image_of)
+    )
 
 
 def batches(data: TrainData, batch_size: int, by_image: bool, seed: int, epoch: int) -> Iterator[torch.Tensor]:

@@ -73,11 +73,17 @@ def search(
         which = torch.from_numpy(images).to(device)
         with autocast(device):
             logits, new, alpha = model.decoder.step(
-                torch.from_numpy(tokens).to(device), tuple(torch.from_numpy(st[n]).to(device) for n in names),
-                features[which], keys[which],
-            )  # fmt: skip
+                torch.from_numpy(tokens).to(device),
+                tuple(torch.from_numpy(st[n]).to(device) for n in names),
+                features[which],
+                keys[which],
+            )
         logprobs = torch.log_softmax(logits.float(), dim=1)  # (N, V)
-        return logprobs.cpu().numpy(), {n: s.float().cpu().numpy() for n, s in zip(names, new)}, alpha.float().cpu().numpy()
+        return (
+            logprobs.cpu().numpy(),
+            {n: s.float().cpu().numpy() for n, s in zip(names, new)},
+            alpha.float().cpu().numpy(),
+        )
 
     initial = {n: s.float().cpu().numpy() for n, s in zip(names, state)}
     if beam > 1:

@@ -52,8 +52,11 @@ class Ranks:
         return self.world_size > 1
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "world_size": self.world_size,
-                "nodes": -(-self.world_size // self.local_world_size)}  # fmt: skip
+        return {
+            "backend": self.backend,
+            "world_size": self.world_size,
+            "nodes": -(-self.world_size // self.local_world_size),
+        }
 
     def share(self, rows: torch.Tensor) -> tuple[torch.Tensor, float]:
         """This rank's contiguous part of a global batch, and the weight of its loss.
@@ -138,11 +141,15 @@ def _rank_device(name: str, local_rank: int) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name != "cuda":
-        raise FatalError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; "
-                         "give --device cuda, auto or cpu (choose GPUs with CUDA_VISIBLE_DEVICES)")  # fmt: skip
+        raise FatalError(
+            f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; "
+            "give --device cuda, auto or cpu (choose GPUs with CUDA_VISIBLE_DEVICES)"
+        )
     if local_rank >= torch.cuda.device_count():
-        raise FatalError(f"LOCAL_RANK {local_rank}, but torch sees {torch.cuda.device_count()} CUDA GPUs "
-                         "(start at most that many processes per node)")  # fmt: skip
+        raise FatalError(
+            f"LOCAL_RANK {local_rank}, but torch sees {torch.cuda.device_count()} CUDA GPUs "
+            "(start at most that many processes per node)"
+        )
     return torch.device("cuda", local_rank)
 
 

@@ -98,8 +98,14 @@ def cached_features(
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
     failed = _compute(module, preprocess, paths, npy, device, batch_size, workers, console, label)
-    sidecar = {"format_version": FORMAT_VERSION, "key": key, "count": len(paths), "failed": failed,
-               "module": identity, "preprocess": pre_dict}  # fmt: skip
+    sidecar = {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "count": len(paths),
+        "failed": failed,
+        "module": identity,
+        "preprocess": pre_dict,
+    }
     atomic_write_text(meta, json.dumps(sidecar, indent=1))
     found = _open(npy, meta, len(paths))
     assert found is not None
@@ -148,10 +154,12 @@ def _compute(
 ) -> list[int]:
     module = module.eval().to(device)
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=workers,
+        _ImageFiles(paths, preprocess),
+        batch_size=batch_size,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # its own seed source: a cache hit or miss leaves the global RNG alone
-    )  # fmt: skip
+    )
     failed: list[int] = []
     out = None
     columns = (TextColumn(f"{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -121,13 +121,22 @@ class DevSet:
     weights: np.ndarray  # (N, k)
 
 
-def encoder_model(init: str, concepts: int, concept_dim: int, vocab: Vocab, max_len: int, dropout: float) -> CaptionModel:
+def encoder_model(
+    init: str, concepts: int, concept_dim: int, vocab: Vocab, max_len: int, dropout: float
+) -> CaptionModel:
     """A grounded model: ``init``'s backbone and projection, a pristine tagger, a new decoder for ``vocab``."""
     source = checkpoint.load_checkpoint(init).model
     base = source.config
-    cfg = dataclasses.replace(base, vocab_size=len(vocab), concepts=concepts, concept_dim=concept_dim,
-                              classes=len(labels_for(base.backbone)), tagger_stages=base.finetune_blocks,
-                              max_len=max_len, dropout=dropout)  # fmt: skip
+    cfg = dataclasses.replace(
+        base,
+        vocab_size=len(vocab),
+        concepts=concepts,
+        concept_dim=concept_dim,
+        classes=len(labels_for(base.backbone)),
+        tagger_stages=base.finetune_blocks,
+        max_len=max_len,
+        dropout=dropout,
+    )
     model = CaptionModel(dataclasses.replace(cfg, pretrained=False))
     model.config = cfg
     model.backbone.load_state_dict(source.backbone.state_dict())
@@ -142,13 +151,23 @@ def encoder_model(init: str, concepts: int, concept_dim: int, vocab: Vocab, max_
 
 
 @torch.inference_mode()
-def encode_split(model: CaptionModel, split: Split, cache_dir: Path, console: Console) -> tuple[torch.Tensor, np.ndarray]:
+def encode_split(
+    model: CaptionModel, split: Split, cache_dir: Path, console: Console
+) -> tuple[torch.Tensor, np.ndarray]:
     """Projected region features (N, L, D) float16 and tagger probabilities (N, K) of a split's photos."""
     shared, top = model.backbone.split(model.config.tagger_stages)
     identity = {"backbone": model.config.backbone, "frozen_stages": len(shared), "weights": module_fingerprint(shared)}
-    cache = cached_features(shared, identity, preprocess_for(model.config.backbone), [s.image for s in split.samples],
-                            cache_dir=cache_dir, device=torch.device("cpu"), workers=1, console=console,
-                            label=f"{split.dataset} {split.split}")  # fmt: skip
+    cache = cached_features(
+        shared,
+        identity,
+        preprocess_for(model.config.backbone),
+        [s.image for s in split.samples],
+        cache_dir=cache_dir,
+        device=torch.device("cpu"),
+        workers=1,
+        console=console,
+        label=f"{split.dataset} {split.split}",
+    )
     if cache.failed:
         raise FatalError(f"{split.dataset} {split.split}: {len(cache.failed)} photos could not be read")
     model.eval()
@@ -205,8 +224,10 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     if start:
         model.load_state_dict(start["model"])
     labels = labels_for(model.config.backbone)
-    console.print(f"vocabulary: {len(vocab):,} words (seen >= {options.min_count} times); "
-                  f"concepts: top {options.concepts} of {len(labels)} tagger classes")  # fmt: skip
+    console.print(
+        f"vocabulary: {len(vocab):,} words (seen >= {options.min_count} times); "
+        f"concepts: top {options.concepts} of {len(labels)} tagger classes"
+    )
 
     t0 = time.time()
     encoded = {name: encode_split(model, split, Path(options.cache_dir), console) for name, split in splits.items()}
@@ -214,8 +235,9 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     concept_model = ConceptModel.fit(
         np.concatenate([encoded["flickr8k"][1], encoded["everyday"][1]]),
         [[tokenize(c) for c in s.captions] for name in ("flickr8k", "everyday") for s in splits[name].samples],
-        labels, options.concepts,
-    )  # fmt: skip
+        labels,
+        options.concepts,
+    )
 
     # One feature table for the training photos; the parts point into it.
     features = torch.cat([encoded["flickr8k"][0], encoded["everyday"][0]])  # (N, L, D) float16
@@ -229,8 +251,9 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
                 caps.append(_ids(vocab, c, options.max_len))
                 image.append(offset + i)
         image_arr = np.asarray(image)
-        parts.append(Part(name, caps, image_arr, classes[image_arr - offset], weights[image_arr - offset],
-                          image_arr - offset))  # fmt: skip
+        parts.append(
+            Part(name, caps, image_arr, classes[image_arr - offset], weights[image_arr - offset], image_arr - offset)
+        )
         offset += len(splits[name].samples)
     caps, classes_t, weights_t, unit = [], [], [], []
     concept_rng = np.random.default_rng(options.seed + 1)
@@ -243,8 +266,10 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
             unit.append(g)
     parts.append(Part("text", caps, np.full(len(caps), -1), np.stack(classes_t), np.stack(weights_t), np.asarray(unit)))
 
-    dev = [DevSet(name, splits[name], encoded[name][0], *top_concepts(encoded[name][1], options.concepts))
-           for name in ("flickr8k dev", "everyday dev")]  # fmt: skip
+    dev = [
+        DevSet(name, splits[name], encoded[name][0], *top_concepts(encoded[name][1], options.concepts))
+        for name in ("flickr8k dev", "everyday dev")
+    ]
     mix = ", ".join(f"{p.name} {len(p.captions):,} x{options.repeat.get(p.name, 1)}" for p in parts)
     console.print(f"mix per epoch: {mix}")
 
@@ -259,8 +284,10 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     trainable = [p for p in model.decoder.parameters()]
     decay = [p for p in trainable if p.dim() >= 2]
     no_decay = [p for p in trainable if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=options.lr)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=options.lr,
+    )
     scheduler = one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "metrics": {}}
@@ -270,15 +297,17 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
         scheduler.load_state_dict(state["scheduler"])
         history, best, first = state["history"], state["best"], state["epoch"] + 1
         console.print(f"resuming after epoch {state['epoch']}")
-    spec = decode.SearchSpec.for_vocab(vocab, options.max_len, no_repeat_ngram=NO_REPEAT_NGRAM,
-                                       no_end_after=dangling_ids(vocab))  # fmt: skip
+    spec = decode.SearchSpec.for_vocab(
+        vocab, options.max_len, no_repeat_ngram=NO_REPEAT_NGRAM, no_end_after=dangling_ids(vocab)
+    )
     seconds_before = state["provenance"]["training_seconds"] if state else 0.0
     for epoch in range(first, options.epochs + 1):
         t_epoch = time.time()
         torch.manual_seed(options.seed * 1_009 + epoch)
         if self_critical:
-            train_stats = _scst_epoch(model, features, units, reward, vocab, options, optimizer, scheduler, epoch,
-                                      console)  # fmt: skip
+            train_stats = _scst_epoch(
+                model, features, units, reward, vocab, options, optimizer, scheduler, epoch, console
+            )
         else:
             train_stats = _epoch(model, features, parts, options, optimizer, scheduler, epoch, console)
         dev_stats, dev_captions = evaluate(model, dev, vocab, spec)
@@ -289,22 +318,45 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
         if improved:
             best = {"epoch": epoch, "metrics": dev_stats}
         provenance = {
-            "recipe": "grounded", "command": options_command(options), "init": options.init,
-            **({"started_from": {k: start["provenance"].get(k) for k in ("command", "training_seconds", "epochs",
-                "best_epoch", "dev_metrics")}} if options.start and start else {}),
-            "data": {p.name: len(p.captions) for p in parts}, "repeat": options.repeat,
-            "training_seconds": seconds_before + time.time() - started, "feature_seconds": feature_seconds,
-            "hardware": hardware(torch.device("cpu")), "epochs": epoch, "best_epoch": best["epoch"],
+            "recipe": "grounded",
+            "command": options_command(options),
+            "init": options.init,
+            **(
+                {
+                    "started_from": {
+                        k: start["provenance"].get(k)
+                        for k in ("command", "training_seconds", "epochs", "best_epoch", "dev_metrics")
+                    }
+                }
+                if options.start and start
+                else {}
+            ),
+            "data": {p.name: len(p.captions) for p in parts},
+            "repeat": options.repeat,
+            "training_seconds": seconds_before + time.time() - started,
+            "feature_seconds": feature_seconds,
+            "hardware": hardware(torch.device("cpu")),
+            "epochs": epoch,
+            "best_epoch": best["epoch"],
             "dev_metrics": best["metrics"],
             "dev_protocol": "greedy, runtime search rules; CIDEr-D/BLEU-4 on capcli.text tokens (no PTB tokenizer); "
-                            "flickr8k dev 1,000 photos, everyday dev 194 photos",
-        }  # fmt: skip
+            "flickr8k dev 1,000 photos, everyday dev 194 photos",
+        }
         payload = {
-            "config": model.config.to_dict(), "vocab": list(vocab.tokens), "model": model.state_dict(),
-            "tag_labels": list(labels), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "step": epoch * steps_per_epoch, "finished": epoch == options.epochs,
-            "options": dataclasses.asdict(options), "history": history, "best": best, "provenance": provenance,
-        }  # fmt: skip
+            "config": model.config.to_dict(),
+            "vocab": list(vocab.tokens),
+            "model": model.state_dict(),
+            "tag_labels": list(labels),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "step": epoch * steps_per_epoch,
+            "finished": epoch == options.epochs,
+            "options": dataclasses.asdict(options),
+            "history": history,
+            "best": best,
+            "provenance": provenance,
+        }
         if improved:
             checkpoint.save(out / "best.pt", payload)
             atomic_write_text(out / "best_dev_captions.json", json.dumps(dev_captions, indent=1))
@@ -321,7 +373,9 @@ def options_command(options: GroundedOptions) -> str:
     args = ["capcli", "train-grounded"]
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
-        if f.name in ("threads",) or (value == getattr(defaults, f.name) and f.name not in ("init", "flickr", "everyday", "out")):
+        if f.name in ("threads",) or (
+            value == getattr(defaults, f.name) and f.name not in ("init", "flickr", "everyday", "out")
+        ):
             continue
         if isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
@@ -350,10 +404,15 @@ def _epoch(
         _update(xent + options.attention_penalty * attention, optimizer, scheduler, params, options.clip)
         totals += [float(xent.detach()), float(attention.detach())]
         if n % 100 == 0:
-            console.print(f"  epoch {epoch} step {n}/{len(plan)} loss {totals[0] / n:.3f} ({time.time() - t0:.0f} s)",
-                          highlight=False)  # fmt: skip
-    return {"lr": optimizer.param_groups[0]["lr"], "train_loss": float(totals[0]) / len(plan),
-            "train_attention": float(totals[1]) / len(plan)}  # fmt: skip
+            console.print(
+                f"  epoch {epoch} step {n}/{len(plan)} loss {totals[0] / n:.3f} ({time.time() - t0:.0f} s)",
+                highlight=False,
+            )
+    return {
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": float(totals[0]) / len(plan),
+        "train_attention": float(totals[1]) / len(plan),
+    }
 
 
 def _update(
@@ -377,11 +436,18 @@ def _plan(parts: list[Part], options: GroundedOptions, rng: np.random.Generator)
     size = options.batch_size
     plan = []
     for photos in (True, False):
-        rows = [(p, i) for p in parts if bool((p.image >= 0).all()) == photos
-                for i in range(len(p.captions)) for _ in range(options.repeat.get(p.name, 1))]  # fmt: skip
+        rows = [
+            (p, i)
+            for p in parts
+            if bool((p.image >= 0).all()) == photos
+            for i in range(len(p.captions))
+            for _ in range(options.repeat.get(p.name, 1))
+        ]
         order = rng.permutation(len(rows))
         for start in range(0, len(order), 50 * size):  # sort by length within blocks of 50 batches
-            block = sorted(order[start : start + 50 * size].tolist(), key=lambda j: len(rows[j][0].captions[rows[j][1]]))
+            block = sorted(
+                order[start : start + 50 * size].tolist(), key=lambda j: len(rows[j][0].captions[rows[j][1]])
+            )
             plan += [[rows[j] for j in block[b : b + size]] for b in range(0, len(block), size)]
     return [plan[j] for j in rng.permutation(len(plan))]
 
@@ -391,7 +457,10 @@ def _steps_per_epoch(parts: list[Part], options: GroundedOptions) -> int:
 
 
 def _batch_loss(
-    model: CaptionModel, features: torch.Tensor, batch: list[tuple[Part, int]], options: GroundedOptions,
+    model: CaptionModel,
+    features: torch.Tensor,
+    batch: list[tuple[Part, int]],
+    options: GroundedOptions,
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean token cross-entropy and mean attention penalty of a batch of (part, caption) rows."""
@@ -441,8 +510,12 @@ def _unit_plan(units: list[Unit], options: GroundedOptions, rng: np.random.Gener
     """Batches of unit indices, each all photos or all caption-only; paired parts repeated per the mix."""
     plan = []
     for photos in (True, False):
-        rows = [i for i, u in enumerate(units) if (u.image >= 0) == photos
-                for _ in range(options.repeat.get(u.part, 1) if photos else 1)]  # fmt: skip
+        rows = [
+            i
+            for i, u in enumerate(units)
+            if (u.image >= 0) == photos
+            for _ in range(options.repeat.get(u.part, 1) if photos else 1)
+        ]
         order = [rows[j] for j in rng.permutation(len(rows))]
         plan += [order[b : b + options.batch_size] for b in range(0, len(order), options.batch_size)]
     return [plan[j] for j in rng.permutation(len(plan))]
@@ -472,8 +545,10 @@ def _scst_epoch(
         chosen = [units[i] for i in batch]
         image = np.array([u.image for u in chosen])
         feats = features[torch.from_numpy(image)].float() if image[0] >= 0 else None  # (B, L, D) or None
-        concept = model.decoder.concept(torch.from_numpy(np.stack([u.classes for u in chosen])),
-                                        torch.from_numpy(np.stack([u.weights for u in chosen])))  # (B, C)
+        concept = model.decoder.concept(
+            torch.from_numpy(np.stack([u.classes for u in chosen])),
+            torch.from_numpy(np.stack([u.weights for u in chosen])),
+        )  # (B, C)
 
         def sampler(_: None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             return scst.sample(model.decoder, spec, allowed, feats, k, concept)
@@ -482,10 +557,15 @@ def _scst_epoch(
         _update(loss / (len(batch) * options.samples), optimizer, scheduler, params, options.clip)
         total_reward += rewards / (len(batch) * options.samples)
         if n % 50 == 0:
-            console.print(f"  epoch {epoch} step {n}/{len(plan)} reward {total_reward / n:.3f} "
-                          f"({time.time() - t0:.0f} s)", highlight=False)  # fmt: skip
-    return {"lr": optimizer.param_groups[0]["lr"], "train_loss": -total_reward / len(plan),
-            "train_reward": total_reward / len(plan)}  # fmt: skip
+            console.print(
+                f"  epoch {epoch} step {n}/{len(plan)} reward {total_reward / n:.3f} ({time.time() - t0:.0f} s)",
+                highlight=False,
+            )
+    return {
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": -total_reward / len(plan),
+        "train_reward": total_reward / len(plan),
+    }
 
 
 @torch.no_grad()
@@ -497,14 +577,18 @@ def caption_dev(
     out: dict[str, str] = {}
     for start in range(0, len(dev.split.samples), batch):
         feats = dev.features[start : start + batch].float()  # (b, L, D)
-        concept = model.decoder.concept(torch.from_numpy(dev.classes[start : start + batch]),
-                                        torch.from_numpy(dev.weights[start : start + batch]))  # fmt: skip
+        concept = model.decoder.concept(
+            torch.from_numpy(dev.classes[start : start + batch]), torch.from_numpy(dev.weights[start : start + batch])
+        )
         keys, state = model.decoder.init(feats, concept)
 
-        def step(tokens: np.ndarray, st: decode.State, images: np.ndarray) -> tuple[np.ndarray, decode.State, np.ndarray]:
+        def step(
+            tokens: np.ndarray, st: decode.State, images: np.ndarray
+        ) -> tuple[np.ndarray, decode.State, np.ndarray]:
             which = torch.from_numpy(images)
-            logits, new, alpha = model.decoder.step(torch.from_numpy(tokens), (torch.from_numpy(st["h"]),),
-                                                    feats[which], keys[which], concept[which])  # fmt: skip
+            logits, new, alpha = model.decoder.step(
+                torch.from_numpy(tokens), (torch.from_numpy(st["h"]),), feats[which], keys[which], concept[which]
+            )
             return torch.log_softmax(logits, dim=1).numpy(), {"h": new[0].numpy()}, alpha.numpy()
 
         initial = {"h": state[0].numpy()}
@@ -514,7 +598,9 @@ def caption_dev(
     return out
 
 
-def evaluate(model: CaptionModel, dev: list[DevSet], vocab: Vocab, spec: decode.SearchSpec) -> tuple[dict[str, float], dict[str, dict[str, str]]]:
+def evaluate(
+    model: CaptionModel, dev: list[DevSet], vocab: Vocab, spec: decode.SearchSpec
+) -> tuple[dict[str, float], dict[str, dict[str, str]]]:
     stats: dict[str, float] = {}
     captions: dict[str, dict[str, str]] = {}
     for d in dev:

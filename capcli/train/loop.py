@@ -62,6 +62,7 @@ from capcli.train.options import ARCHITECTURE, LOCAL_OPTIONS, TrainOptions
 from capcli.train.record import RunInfo
 from capcli.train.reward import CiderD
 
+
 def train(
     options: TrainOptions,
     *,
@@ -103,8 +104,9 @@ def _train(
         steps = list(batches(run.train_data, options.batch_size, run.by_image, options.seed, epoch))
         # Dropout masks depend only on (seed, epoch, rank), like the batches: a resumed run repeats them.
         torch.manual_seed((options.seed * 100_003 + epoch) * 1_009 + ranks.rank)
-        train_stats = _train_epoch(run.model, run.step_loss, steps, options, run.optimizer, run.scheduler, epoch,
-                                   console, ranks)  # fmt: skip
+        train_stats = _train_epoch(
+            run.model, run.step_loss, steps, options, run.optimizer, run.scheduler, epoch, console, ranks
+        )
         run.step += run.steps_per_epoch
         run.check_replicas(epoch)
         # Rank 0 evaluates, saves and decides whether to stop; the others hear the outcome.
@@ -146,32 +148,49 @@ class _Run:
             return
         self.fingerprints = self.ranks.gather(module_fingerprint(self.model))
         if len(set(self.fingerprints)) > 1:
-            raise FatalError(f"epoch {epoch}: the processes' model parameters differ; the checkpoint would be "
-                             "rank 0's alone")  # fmt: skip
+            raise FatalError(
+                f"epoch {epoch}: the processes' model parameters differ; the checkpoint would be rank 0's alone"
+            )
 
     def end_epoch(self, epoch: int, train_stats: dict[str, float], t_epoch: float) -> tuple[dict[str, Any], bool]:
         """Rank 0: evaluate on the dev split, save the checkpoints, say whether the run is finished."""
         options, model, config = self.options, self.model, self.model.config
         assert self.dev_data is not None
-        dev_stats, dev_captions = evaluate(model, self.dev_data, self.vocab, config, options.dev_beam,
-                                           options.label_smoothing)  # fmt: skip
-        record = {"epoch": epoch, "step": self.step, **train_stats, **dev_stats,
-                  "seconds": round(time.time() - t_epoch, 1)}  # fmt: skip
+        dev_stats, dev_captions = evaluate(
+            model, self.dev_data, self.vocab, config, options.dev_beam, options.label_smoothing
+        )
+        record = {
+            "epoch": epoch,
+            "step": self.step,
+            **train_stats,
+            **dev_stats,
+            "seconds": round(time.time() - t_epoch, 1),
+        }
         self.history.append(record)
         improved = dev_stats["dev_CIDEr"] > self.best["metrics"].get("dev_CIDEr", -1.0)
         if improved:
             self.best = {"epoch": epoch, "metrics": dev_stats}
         finished = epoch == options.epochs or (options.patience > 0 and epoch - self.best["epoch"] >= options.patience)
         payload = {
-            "config": config.to_dict(), "vocab": list(self.vocab.tokens), "model": model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch, "step": self.step, "finished": finished, "options": dataclasses.asdict(options),
-            "history": self.history, "best": self.best, "provenance": self.info.provenance(self.history, self.best),
-        }  # fmt: skip
+            "config": config.to_dict(),
+            "vocab": list(self.vocab.tokens),
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "step": self.step,
+            "finished": finished,
+            "options": dataclasses.asdict(options),
+            "history": self.history,
+            "best": self.best,
+            "provenance": self.info.provenance(self.history, self.best),
+        }
         if improved:
             checkpoint.save(self.out / "best.pt", payload)
-            _write_jsonl(self.out / "best_dev_captions.jsonl",
-                         [{"source": source, "caption": text} for source, text in dev_captions.items()])  # fmt: skip
+            _write_jsonl(
+                self.out / "best_dev_captions.jsonl",
+                [{"source": source, "caption": text} for source, text in dev_captions.items()],
+            )
         checkpoint.save(self.out / "last.pt", payload)
         _write_jsonl(self.out / "metrics.jsonl", self.history)
         self.console.print(_epoch_line(record, options.epochs, improved), markup=False, highlight=False)
@@ -184,8 +203,9 @@ class _Run:
             self.console.print(f"early stop: no better dev CIDEr for {options.patience} epochs")
         from capcli.train.plot import plot_history
 
-        plot_history(self.history, self.out / "curves.png",
-                     title=f"{options.dataset} · {config.backbone} · {config.decoder}")  # fmt: skip
+        plot_history(
+            self.history, self.out / "curves.png", title=f"{options.dataset} · {config.backbone} · {config.decoder}"
+        )
         record = self.info.record(self.history, best, time.time() - started, len(self.vocab))
         if self.fingerprints:
             record["distributed"] = {**self.ranks.describe(), "parameters_sha256": self.fingerprints}
@@ -204,8 +224,9 @@ def _start(
     """Splits, model and vocabulary, cached features, optimiser and objective: a run ready for its first epoch
     (or, with ``state``, for the epoch after the checkpoint's)."""
     train_split, dev_split = (
-        load_split(options.dataset, Path(options.data), split, Path(options.images) if options.images else None)
-        .limited(options.limit)
+        load_split(
+            options.dataset, Path(options.data), split, Path(options.images) if options.images else None
+        ).limited(options.limit)
         for split in ("train", "dev")
     )
     for split in (train_split, dev_split):
@@ -229,8 +250,18 @@ def _start(
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
 
     def data(split: Split) -> TrainData:
-        return prepare(split, vocab, config.backbone, config.max_len, frozen, identity, cache_dir=cache_dir,
-                       workers=options.workers, device=device, console=console)  # fmt: skip
+        return prepare(
+            split,
+            vocab,
+            config.backbone,
+            config.max_len,
+            frozen,
+            identity,
+            cache_dir=cache_dir,
+            workers=options.workers,
+            device=device,
+            console=console,
+        )
 
     # Rank 0 fills the feature cache, the others then read it; only rank 0 evaluates on the dev split.
     train_data, dev_data = ranks.in_turns(lambda: (data(train_split), data(dev_split) if ranks.main else None))
@@ -238,12 +269,17 @@ def _start(
 
     self_critical = options.objective == "cider"
     # Self-critical steps sample per image; fine-tuning runs the tuned stages once per image.
-    by_image = self_critical or options.batch_by == "image" or (options.batch_by == "auto" and config.finetune_blocks > 0)
+    by_image = (
+        self_critical or options.batch_by == "image" or (options.batch_by == "auto" and config.finetune_blocks > 0)
+    )
     steps_per_epoch = len(list(batches(train_data, options.batch_size, by_image, options.seed, epoch=1)))
     optimizer = _optimizer(model, tuned, options)
     scheduler = one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
-    forward: nn.Module = scst.Sampler(model, tuned, search_spec(vocab, config), len(vocab)).to(device) \
-        if self_critical else Forward(model, tuned)  # fmt: skip
+    forward: nn.Module = (
+        scst.Sampler(model, tuned, search_spec(vocab, config), len(vocab)).to(device)
+        if self_critical
+        else Forward(model, tuned)
+    )
     if ranks.distributed:
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
     if self_critical:
@@ -252,10 +288,32 @@ def _start(
     else:
         step_loss = cross_entropy_step(forward, train_data, options, ranks)
 
-    info = RunInfo(dataclasses.asdict(options), options.command(), train_split, dev_split, device, feature_seconds,
-                   ranks.describe() if ranks.distributed else None, init_provenance)  # fmt: skip
-    run = _Run(options, ranks, console, Path(options.out), model, vocab, info, train_data, dev_data, by_image,
-               steps_per_epoch, optimizer, scheduler, step_loss)  # fmt: skip
+    info = RunInfo(
+        dataclasses.asdict(options),
+        options.command(),
+        train_split,
+        dev_split,
+        device,
+        feature_seconds,
+        ranks.describe() if ranks.distributed else None,
+        init_provenance,
+    )
+    run = _Run(
+        options,
+        ranks,
+        console,
+        Path(options.out),
+        model,
+        vocab,
+        info,
+        train_data,
+        dev_data,
+        by_image,
+        steps_per_epoch,
+        optimizer,
+        scheduler,
+        step_loss,
+    )
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -278,8 +336,10 @@ def _model(
     if options.init:
         return _initialise(options)
     if options.objective == "cider":
-        raise FatalError("self-critical training (--objective cider) starts from a trained model: "
-                         "pass --init with a checkpoint of a cross-entropy run, e.g. --init runs/f8k/best.pt")
+        raise FatalError(
+            "self-critical training (--objective cider) starts from a trained model: "
+            "pass --init with a checkpoint of a cross-entropy run, e.g. --init runs/f8k/best.pt"
+        )
     vocab = Vocab.build((tokenize(c) for s in train_split.samples for c in s.captions), options.min_count)
     return CaptionModel(options.model_config(len(vocab))), vocab, options, None
 
@@ -303,12 +363,29 @@ def _initialise(options: TrainOptions) -> tuple[CaptionModel, Vocab, TrainOption
     model, vocab = checkpoint.model_from_checkpoint(payload, source=str(options.init))
     model.config = dataclasses.replace(model.config, finetune_blocks=options.finetune_blocks)
     saved = payload.get("options", {})
-    options = dataclasses.replace(options, **{name: getattr(model.config, name) for name in ARCHITECTURE},
-                                  min_count=saved.get("min_count", options.min_count))  # fmt: skip
+    options = dataclasses.replace(
+        options,
+        **{name: getattr(model.config, name) for name in ARCHITECTURE},
+        min_count=saved.get("min_count", options.min_count),
+    )
     provenance = payload.get("provenance", {})
-    summary = {"checkpoint": str(options.init), **{key: provenance[key] for key in (
-        "command", "training_seconds", "hardware", "epochs", "best_epoch", "dev_metrics", "dev_protocol",
-        "initialised_from") if key in provenance}}  # fmt: skip
+    summary = {
+        "checkpoint": str(options.init),
+        **{
+            key: provenance[key]
+            for key in (
+                "command",
+                "training_seconds",
+                "hardware",
+                "epochs",
+                "best_epoch",
+                "dev_metrics",
+                "dev_protocol",
+                "initialised_from",
+            )
+            if key in provenance
+        },
+    }
     return model, vocab, options, summary
 
 
@@ -328,12 +405,16 @@ def _optimizer(model: CaptionModel, tuned: nn.Module, options: TrainOptions) -> 
     tuned_ids = {id(p) for p in tuned.parameters()}
     head = [p for p in model.parameters() if id(p) not in backbone_ids]
     groups = []
-    for params, lr in ((head, options.lr), ([p for p in model.backbone.parameters() if id(p) in tuned_ids],
-                                             options.backbone_lr)):  # fmt: skip
+    for params, lr in (
+        (head, options.lr),
+        ([p for p in model.backbone.parameters() if id(p) in tuned_ids], options.backbone_lr),
+    ):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        groups += [{"params": decay, "lr": lr, "weight_decay": options.weight_decay},
-                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]  # fmt: skip
+        groups += [
+            {"params": decay, "lr": lr, "weight_decay": options.weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+        ]
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
@@ -364,8 +445,13 @@ def _train_epoch(
     _freeze_batchnorm(model.backbone)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     totals: torch.Tensor | float = 0.0  # this rank's part of the per-step stats, summed
-    columns = (TextColumn(f"epoch {epoch}/{options.epochs}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[stat]}"))  # fmt: skip
+    columns = (
+        TextColumn(f"epoch {epoch}/{options.epochs}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stat]}"),
+    )
     label = step_loss.stats[0].removeprefix("train_")
     lr = 0.0
     show = console.is_terminal and not console.quiet

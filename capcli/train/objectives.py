@@ -68,8 +68,9 @@ def losses(
     with autocast(device):
         logits, alphas = forward(data.inputs(images), local.to(device), captions)  # (B, T-1, V), (B, T-1, L)
     targets = captions[:, 1:]  # (B, T-1)
-    xent = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing,
-                           reduction="sum")  # fmt: skip
+    xent = F.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=0, label_smoothing=label_smoothing, reduction="sum"
+    )
     mask = (targets != 0).unsqueeze(2)  # (B, T-1, 1): padding steps attend to nothing
     coverage = (alphas.float() * mask).sum(dim=1)  # (B, L)
     return xent, ((1.0 - coverage) ** 2).mean(dim=1).sum()
@@ -108,8 +109,9 @@ def self_critical_step(
         images = torch.unique(data.image_of[batch])  # (N,) the step's images; each rank samples for its share
         mine, weight = ranks.share(images)
         with autocast(device):
-            total, rewards = scst.self_critical_loss(forward, data.inputs(mine), mine.tolist(), options.samples,
-                                                     reward, vocab)  # fmt: skip
+            total, rewards = scst.self_critical_loss(
+                forward, data.inputs(mine), mine.tolist(), options.samples, reward, vocab
+            )
         n = len(images) * options.samples  # sampled captions in the whole step
         mean_reward = torch.tensor([weight * rewards / n], device=device)
         return ranks.world_size * weight * total / n, mean_reward

@@ -11,8 +11,17 @@ from capcli.train.model import ModelConfig
 # Options that describe the machine, not the run: --resume takes them from the new command line.
 LOCAL_OPTIONS = ("out", "device", "workers", "threads", "cache_dir")
 # Options that --init takes from the checkpoint it starts from: they describe its model.
-ARCHITECTURE = ("backbone", "pretrained", "decoder", "feature_dim", "attention_dim", "embed_dim", "hidden_dim", "dropout",
-                "max_len")  # fmt: skip
+ARCHITECTURE = (
+    "backbone",
+    "pretrained",
+    "decoder",
+    "feature_dim",
+    "attention_dim",
+    "embed_dim",
+    "hidden_dim",
+    "dropout",
+    "max_len",
+)
 OBJECTIVES = ("xent", "cider")
 
 
@@ -81,8 +90,15 @@ class TrainOptions:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
-            vocab_size=vocab_size, backbone=self.backbone, pretrained=self.pretrained, decoder=self.decoder,
-            feature_dim=self.feature_dim, attention_dim=self.attention_dim, embed_dim=self.embed_dim,
-            hidden_dim=self.hidden_dim, dropout=self.dropout, max_len=self.max_len,
+            vocab_size=vocab_size,
+            backbone=self.backbone,
+            pretrained=self.pretrained,
+            decoder=self.decoder,
+            feature_dim=self.feature_dim,
+            attention_dim=self.attention_dim,
+            embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim,
+            dropout=self.dropout,
+            max_len=self.max_len,
             finetune_blocks=self.finetune_blocks,
-        )  # fmt: skip
+        )

@@ -18,14 +18,19 @@ LICENCES = {
     "flickr30k": "Flickr30k: research use only; photos from Flickr",
     "coco": "COCO captions: CC BY 4.0; photos from Flickr under their own licences",
     "coco-everyday": "COCO captions: CC BY 4.0 (Lin et al. 2014, Chen et al. 2015); photos from Flickr under their "
-                     "own licences (COCO terms of use)",
+    "own licences (COCO terms of use)",
 }
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
     """The machine a run trains on: CPU, cores, device (and GPU), torch and Python versions."""
-    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "device": str(device),
-                            "torch": str(torch.__version__), "python": platform.python_version()}  # fmt: skip
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "device": str(device),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -41,9 +46,17 @@ class RunInfo:
     the provenance summary of the ``--init`` checkpoint the run started from.
     """
 
-    def __init__(self, options: dict[str, Any], command: str, train: Split, dev: Split, device: torch.device,
-                 feature_seconds: float, distributed: dict[str, Any] | None = None,
-                 initialised_from: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        options: dict[str, Any],
+        command: str,
+        train: Split,
+        dev: Split,
+        device: torch.device,
+        feature_seconds: float,
+        distributed: dict[str, Any] | None = None,
+        initialised_from: dict[str, Any] | None = None,
+    ) -> None:
         self.options, self.command, self.train, self.dev, self.device = options, command, train, dev, device
         self.feature_seconds, self.distributed, self.initialised_from = feature_seconds, distributed, initialised_from
 
@@ -55,9 +68,14 @@ class RunInfo:
 
     def data(self) -> dict[str, Any]:
         return {
-            split.split: {"source": split.source, "images": len(split.samples), "captions": split.n_captions,
-                          "missing_images": split.missing_images, "bad_rows": split.bad_rows,
-                          "uncaptioned": split.uncaptioned}  # fmt: skip
+            split.split: {
+                "source": split.source,
+                "images": len(split.samples),
+                "captions": split.n_captions,
+                "missing_images": split.missing_images,
+                "bad_rows": split.bad_rows,
+                "uncaptioned": split.uncaptioned,
+            }
             for split in (self.train, self.dev)
         }
 
@@ -68,26 +86,40 @@ class RunInfo:
     def provenance(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         beam = self.options["dev_beam"]
         return {
-            "dataset": self.options["dataset"], "trained_on": "train", "selected_on": "dev",
-            "data": self.data(), "data_dir": self.options["data"], "command": self.command,
+            "dataset": self.options["dataset"],
+            "trained_on": "train",
+            "selected_on": "dev",
+            "data": self.data(),
+            "data_dir": self.options["data"],
+            "command": self.command,
             "training_seconds": round(self.feature_seconds + sum(h["seconds"] for h in history), 1),
             "feature_seconds": round(self.feature_seconds, 1),
-            "hardware": self.hardware(), "epochs": len(history), "best_epoch": best["epoch"],
+            "hardware": self.hardware(),
+            "epochs": len(history),
+            "best_epoch": best["epoch"],
             "dev_metrics": best["metrics"],
             "dev_protocol": f"{QUICK_PROTOCOL}; {'greedy' if beam == 1 else f'beam {beam}'}",
-            "licence": LICENCES.get(self.options["dataset"], "see the data set's terms"), **self.lineage(),
-        }  # fmt: skip
+            "licence": LICENCES.get(self.options["dataset"], "see the data set's terms"),
+            **self.lineage(),
+        }
 
     def record(self, history: list[dict[str, Any]], best: dict[str, Any], seconds: float, vocab_size: int) -> dict:
         """The ``train.json`` document."""
         return {
-            "capcli": __version__, "command": self.command, "options": self.options,
-            "data": self.data(), "vocab_size": vocab_size, "epochs_run": len(history), "best": best,
-            "seconds": {"features": round(self.feature_seconds, 1),
-                        "epochs": round(sum(h["seconds"] for h in history), 1),
-                        "this_session": round(seconds, 1)},
-            "hardware": self.hardware(), "dev_protocol": QUICK_PROTOCOL, "history": history,
+            "capcli": __version__,
+            "command": self.command,
+            "options": self.options,
+            "data": self.data(),
+            "vocab_size": vocab_size,
+            "epochs_run": len(history),
+            "best": best,
+            "seconds": {
+                "features": round(self.feature_seconds, 1),
+                "epochs": round(sum(h["seconds"] for h in history), 1),
+                "this_session": round(seconds, 1),
+            },
+            "hardware": self.hardware(),
+            "dev_protocol": QUICK_PROTOCOL,
+            "history": history,
             **self.lineage(),
-        }  # fmt: skip
-
-
+        }

