@@ -38,7 +38,7 @@ from torch import nn
 
 from capcli.bundle import DECODER, ENCODER, Bundle, load_bundle
 from capcli.train.model import CaptionModel, ModelConfig
-from export.parity import check_parity
+from capcli.export.parity import check_parity
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO / "examples"

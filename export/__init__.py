@@ -14,8 +14,8 @@ from typing import Any
 
 from capcli.bundle import sha256_bytes
 from capcli.train.checkpoint import Checkpoint, load_checkpoint
-from export.onnx_export import DEFAULT_OPSET, base_provenance, export_bundle
-from export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity, find_images
+from capcli.export.onnx_export import DEFAULT_OPSET, base_provenance, export_bundle
+from capcli.export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity, find_images
 
 __all__ = [
     "DEFAULT_OPSET",

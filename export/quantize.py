@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 
 from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle, sha256_bytes
-from export import _training_photos
-from export.onnx_export import _check_target, _move_into_place, _temp_dir_beside, write_meta
-from export.parity import check_pixels
+from capcli.export import _training_photos
+from capcli.export.onnx_export import _check_target, _move_into_place, _temp_dir_beside, write_meta
+from capcli.export.parity import check_pixels
 
 OP_TYPES = ["MatMul", "Gemm"]
 ACTIVATION_SCALE = "per-row"  # provenance.quantization.activation_scale; the runtime's auto precision needs it

@@ -41,7 +41,7 @@ from capcli.bundle import (
 )
 from capcli.errors import FatalError
 from capcli.train.model import Decoder, ModelConfig
-from export.onnx_export import (
+from capcli.export.onnx_export import (
     DEFAULT_OPSET,
     _check_target,
     _fix_context_sizes,
@@ -50,7 +50,7 @@ from export.onnx_export import (
     export_decoder,
     write_meta,
 )
-from export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
+from capcli.export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
 
 OLD_VERSION = 1
 STEPS = 5  # decoder steps compared

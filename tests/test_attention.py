@@ -329,7 +329,7 @@ def test_a_model_trained_to_look_at_the_square_puts_its_attention_there(tmp_path
     from capcli.bundle import load_bundle
     from capcli.runtime import Captioner
     from capcli.text import Vocab, tokenize
-    from export import export_bundle
+    from capcli.export import export_bundle
     from tiny_bundle import make_tiny_model
 
     texts = [f"{c} square" for c in COLOURS] + ["no square"]

@@ -278,7 +278,7 @@ def small_torchvision_vit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     "backbone", ["torchvision:mobilenet_v3_small", "torchvision:vit_b_32", "timm:resnet18", "timm:vit_tiny_patch16_224"]
 )
 def test_export_parity(tmp_path: Path, request: pytest.FixtureRequest, backbone: str) -> None:
-    from export import check_parity, export_bundle
+    from capcli.export import check_parity, export_bundle
 
     if backbone.startswith("timm:"):
         pytest.importorskip("timm")

@@ -15,7 +15,7 @@ from tiny_bundle import make_tiny_checkpoint, make_tiny_model, tiny_vocab  # noq
 
 from capcli.bundle import load_bundle, sha256_bytes  # noqa: E402
 from capcli.cli import main  # noqa: E402
-from export import check_parity, export_bundle, load_checkpoint  # noqa: E402
+from capcli.export import check_parity, export_bundle, load_checkpoint  # noqa: E402
 
 REAL = [EXAMPLES]  # the example photos shipped in the repository
 

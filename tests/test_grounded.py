@@ -116,7 +116,7 @@ def _options(data: dict[str, Path], out: Path, **kw):
 
 def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_path: Path) -> None:
     from capcli.train import grounded
-    from export import export_bundle
+    from capcli.export import export_bundle
 
     straight = grounded.train_grounded(_options(data, tmp_path / "straight"))
     history = straight["history"]
@@ -174,7 +174,7 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     ck = checkpoint.load_checkpoint(tmp_path / "straight" / "best.pt")
     bundle_dir = export_bundle(ck.model, ck.vocab, tmp_path / "bundle", provenance={"dataset": "test"})
     from capcli.bundle import load_bundle
-    from export.parity import check_parity
+    from capcli.export.parity import check_parity
 
     bundle = load_bundle(bundle_dir)
     assert bundle.context_names == ("features", "keys", "concept") and len(bundle.tag_labels) == 10
@@ -185,7 +185,7 @@ def test_tags_in_records_and_csv(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from capcli.cli import main
-    from export import export_bundle
+    from capcli.export import export_bundle
 
     vocab = tiny_vocab()
     bundle = export_bundle(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,26 @@ def test_each_platform_gets_exactly_one_onnxruntime(platform: str, machine: str)
 
 def test_both_packages_have_the_same_minimum_version() -> None:
     assert {str(r.specifier) for r in _onnxruntime_requirements()} == {">=1.20"}
+
+
+def test_every_package_is_installed_and_export_lives_under_capcli() -> None:
+    """The package list is explicit (export/ maps to capcli.export): a new subpackage must be added to it."""
+    tool = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["setuptools"]
+    root = PYPROJECT.parent
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "capcli").rglob("__init__.py")} | {
+        "capcli.export"
+    }
+    assert on_disk <= set(tool["packages"])
+    assert tool["package-dir"] == {"capcli.export": "export"}
+    assert not any(p == "export" or p.startswith("export.") for p in tool["packages"])
+
+
+def test_capcli_export_is_importable_and_no_top_level_export_is_installed(tmp_path: Path) -> None:
+    # Outside the checkout, so that only what is installed can be imported.
+    probe = (
+        "import importlib.util, capcli.export;print(capcli.export.__file__); print(importlib.util.find_spec('export'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    where, export_spec = done.stdout.splitlines()
+    assert Path(where) == PYPROJECT.parent / "export" / "__init__.py"
+    assert export_spec == "None"

@@ -162,7 +162,7 @@ def test_quantized_export_from_a_checkpoint(tmp_path: Path) -> None:
     assert meta["provenance"]["checkpoint"]["file"] == "tiny.pt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8", "tiny.pt"]  # no float bundle left behind
     # The parity check compares PyTorch with the float graphs, also in a bundle whose CPU default is int8.
-    from export import check_parity, load_checkpoint
+    from capcli.export import check_parity, load_checkpoint
 
     assert check_parity(load_checkpoint(checkpoint).model, out).ok
 

@@ -130,7 +130,7 @@ def test_greedy_equals_greedy_decoding_in_pytorch(tmp_path: Path, images: np.nda
     torch = pytest.importorskip("torch")
     from tiny_bundle import make_tiny_model, tiny_vocab
 
-    from export import export_bundle
+    from capcli.export import export_bundle
 
     vocab = tiny_vocab()
     model = make_tiny_model(vocab, "lstm", seed=3)

@@ -50,7 +50,7 @@ def _format1_bundle(folder: Path) -> tuple[Path, object]:
     from tiny_bundle import make_tiny_model, tiny_vocab
 
     from capcli.bundle import sha256_bytes
-    from export.onnx_export import _quiet_exporter, bundle_meta, write_meta
+    from capcli.export.onnx_export import _quiet_exporter, bundle_meta, write_meta
 
     vocab = tiny_vocab()
     model = make_tiny_model(vocab, "gru")
@@ -107,7 +107,7 @@ def test_upgrade_keeps_the_captions_and_records_how(tmp_path: Path, photos: Path
     assert upgrade["parity"]["inputs"] == "3 photo(s)" and max(upgrade["parity"]["max_abs_diff"].values()) < 1e-4
 
     # The same captions as a fresh export of the same model (which is format 2 from the start).
-    from export import export_bundle
+    from capcli.export import export_bundle
 
     fresh = export_bundle(model, bundle.vocab, tmp_path / "fresh")
     captions = {}

@@ -52,7 +52,7 @@ def make_tiny_checkpoint(path: Path, decoder: str = "gru", backbone: str = "tiny
 
 def make_tiny_bundle(out_dir: Path, decoder: str = "gru", backbone: str = "tiny") -> Path:
     """Export a tiny random model (vocabulary from real captions) as a bundle at ``out_dir``."""
-    from export import export_bundle
+    from capcli.export import export_bundle
 
     vocab = tiny_vocab()
     model = make_tiny_model(vocab, decoder, backbone)

@@ -83,9 +83,9 @@ def export_command(
     old graphs on the check images, and written only within --tolerance.
     """
     try:
-        from export import export_checkpoint
-        from export.quantize import quantize_bundle
-        from export.upgrade import upgrade_bundle
+        from capcli.export import export_checkpoint
+        from capcli.export.quantize import quantize_bundle
+        from capcli.export.upgrade import upgrade_bundle
     except ModuleNotFoundError as exc:
         raise click.ClickException(
             f"export needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
