@@ -158,7 +158,13 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     # Self-critical training continues the cross-entropy run's decoder and vocabulary.
     scst = grounded.train_grounded(
         _options(
-            data, tmp_path / "scst", objective="cider", start=str(tmp_path / "straight" / "best.pt"), epochs=1, lr=1e-3
+            data,
+            tmp_path / "scst",
+            objective="cider",
+            start=str(tmp_path / "straight" / "best.pt"),
+            epochs=1,
+            lr=1e-3,
+            hallucination_penalty=0.5,
         )
     )
     assert 0 <= scst["history"][0]["train_reward"] and "train_reward" in scst["history"][0]
@@ -241,3 +247,21 @@ def test_tagger_names_what_real_photos_show() -> None:
     assert {"tabby", "tiger cat", "Egyptian cat"} & set(top[0]), top[0]
     assert {"espresso", "cup", "coffee mug"} & set(top[1]), top[1]
     assert float(probs[0].max()) > 0.2  # confident, not the near-uniform output of random weights
+
+
+def test_hallucination_penalty_counts_objects_no_reference_mentions() -> None:
+    from capcli.train.grounded import Unit, hallucination_penalty
+
+    five = [["a", "dog", "on", "a", "couch"]] + [["a", "puppy", "sleeps"]] * 4
+    units = [
+        Unit("flickr8k", 0, np.zeros(1), np.zeros(1), five),
+        Unit("everyday", 1, np.zeros(1), np.zeros(1), [["a", "kitchen"]]),  # one reference: never penalised
+    ]
+    penalty = hallucination_penalty(units, 0.5)
+    words = [
+        "a puppy on a sofa".split(),  # dog and couch, both in the references (as synonyms)
+        "a man and a cat on a couch".split(),  # person and cat are not
+        "a man and a men with a cat".split(),  # each object counts once
+        "a man with a pizza".split(),  # unit 1: unpenalised
+    ]
+    assert penalty(np.array([0, 0, 0, 1]), words).tolist() == [0.0, 1.0, 1.0, 0.0]

@@ -41,7 +41,7 @@ from rich.console import Console
 
 from capcli import decode
 from capcli.errors import FatalError
-from capcli.hallucination import hallucination
+from capcli.hallucination import hallucination, objects_in
 from capcli.metrics import quick_scores
 from capcli.decode import NO_REPEAT_NGRAM, dangling_ids
 from capcli.text import Vocab, detokenize, tokenize
@@ -83,6 +83,7 @@ class GroundedOptions:
     objective: str = "xent"  # "xent" (teacher forcing) | "cider" (self-critical, from --start)
     start: str | None = None  # a grounded checkpoint whose decoder and vocabulary training continues from
     samples: int = 5  # captions sampled per photo by the cider objective
+    hallucination_penalty: float = 0.0  # cider objective: reward taken off per object no reference mentions
     seed: int = 0
     threads: int | None = None
     cache_dir: str = "runs/cache"
@@ -277,6 +278,7 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     if self_critical:
         units = _units(parts, vocab)
         reward = CiderD([u.references for u in units], mark_end=True)
+        penalty = hallucination_penalty(units, options.hallucination_penalty) if options.hallucination_penalty else None
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
         console.print(f"self-critical: {len(units):,} photos a epoch, {options.samples} samples each")
     else:
@@ -306,7 +308,7 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
         torch.manual_seed(options.seed * 1_009 + epoch)
         if self_critical:
             train_stats = _scst_epoch(
-                model, features, units, reward, vocab, options, optimizer, scheduler, epoch, console
+                model, features, units, (reward, penalty), vocab, options, optimizer, scheduler, epoch, console
             )
         else:
             train_stats = _epoch(model, features, parts, options, optimizer, scheduler, epoch, console)
@@ -521,11 +523,33 @@ def _unit_plan(units: list[Unit], options: GroundedOptions, rng: np.random.Gener
     return [plan[j] for j in rng.permutation(len(plan))]
 
 
+def hallucination_penalty(units: list[Unit], weight: float, min_references: int = 5) -> scst.Penalty:
+    """``weight`` per object (capcli.hallucination's list) a sampled caption names and no reference of its photo
+    does; photos with fewer than ``min_references`` references (the everyday train photos have one) go unpenalised,
+    since one caption leaves most of what is in a photo unsaid."""
+    known = [
+        frozenset(o for r in u.references for o in objects_in(" ".join(r)))
+        if len(u.references) >= min_references
+        else None
+        for u in units
+    ]
+
+    def penalty(rows: np.ndarray, words: list[list[str]]) -> np.ndarray:
+        return np.array(
+            [
+                0.0 if known[r] is None else weight * len(set(objects_in(" ".join(w))) - known[r])
+                for r, w in zip(rows, words)
+            ]
+        )
+
+    return penalty
+
+
 def _scst_epoch(
     model: CaptionModel,
     features: torch.Tensor,
     units: list[Unit],
-    reward: CiderD,
+    rewards: tuple[CiderD, scst.Penalty | None],
     vocab: Vocab,
     options: GroundedOptions,
     optimizer: torch.optim.Optimizer,
@@ -533,7 +557,9 @@ def _scst_epoch(
     epoch: int,
     console: Console,
 ) -> dict[str, float]:
-    """One self-critical pass: ``samples`` captions per photo, each pushed by how much its CIDEr-D beats the others'."""
+    """One self-critical pass: ``samples`` captions per photo, each pushed by how much its CIDEr-D (less the
+    penalty, if any) beats the others'."""
+    reward, penalty = rewards
     rng = np.random.default_rng(options.seed * 100_003 + epoch)
     plan = _unit_plan(units, options, rng)
     spec = decode.SearchSpec.for_vocab(vocab, options.max_len)
@@ -553,7 +579,7 @@ def _scst_epoch(
         def sampler(_: None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             return scst.sample(model.decoder, spec, allowed, feats, k, concept)
 
-        loss, rewards = scst.self_critical_loss(sampler, None, batch, options.samples, reward, vocab)
+        loss, rewards = scst.self_critical_loss(sampler, None, batch, options.samples, reward, vocab, penalty)
         _update(loss / (len(batch) * options.samples), optimizer, scheduler, params, options.clip)
         total_reward += rewards / (len(batch) * options.samples)
         if n % 50 == 0:

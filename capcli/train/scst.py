@@ -15,7 +15,7 @@ never drawn, the first word is not <end>, and <end> is forced after
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,15 +109,29 @@ def advantages(rewards: np.ndarray, k: int) -> np.ndarray:
     return (r - others).reshape(-1)
 
 
+# A reward term subtracted from CIDEr-D: (reference rows, sampled words) -> (N*k,) penalties.
+Penalty = Callable[[np.ndarray, list[list[str]]], np.ndarray]
+
+
 def self_critical_loss(
-    sampler: nn.Module, inputs: torch.Tensor, images: Sequence[int], k: int, reward: CiderD, vocab: Vocab
+    sampler: nn.Module,
+    inputs: torch.Tensor,
+    images: Sequence[int],
+    k: int,
+    reward: CiderD,
+    vocab: Vocab,
+    penalty: Penalty | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Summed policy-gradient loss of ``k`` samples for each of ``images``, and their summed reward.
 
     ``images`` are the rows of ``reward``'s references; a sum, like the
-    cross-entropy path, so a batch split across processes adds up.
+    cross-entropy path, so a batch split across processes adds up.  ``penalty``
+    (e.g. for objects no reference mentions) is taken off each sample's CIDEr-D.
     """
     tokens, logps = sampler(inputs, k)  # (N*k, T) each
-    rewards = reward.scores(np.repeat(np.asarray(images), k), words_of(tokens.cpu().numpy(), vocab))  # (N*k,)
+    rows, words = np.repeat(np.asarray(images), k), words_of(tokens.cpu().numpy(), vocab)
+    rewards = reward.scores(rows, words)  # (N*k,)
+    if penalty is not None:
+        rewards = rewards - penalty(rows, words)
     adv = torch.from_numpy(advantages(rewards, k)).to(logps.device)  # (N*k,)
     return -(adv * logps.sum(dim=1)).sum(), float(rewards.sum())
