@@ -16,8 +16,10 @@ the batch: their rows are not computed again.  The search writes into the
 Rules shared by both searches (so that beam 1 is exactly greedy):
 
 - ``banned`` ids (the specials <pad>, <start>, <unk>) are never produced;
-- the first token cannot be <end> (a caption has at least one word), and after
-  ``max_len`` words only <end> may follow;
+- <end> cannot come before ``min_len`` words (at least one: a caption has a
+  word), and after ``max_len`` words only <end> may follow;
+- the ``prefix`` words, when given, are forced first (no other rule blocks
+  them), then the search goes on; their log-probabilities count in the score;
 - <end> cannot follow a word of ``no_end_after`` (the runtime passes articles,
   prepositions and the like: "a dog runs in the" is not a caption), except
   after ``max_len`` words;
@@ -27,15 +29,26 @@ Rules shared by both searches (so that beam 1 is exactly greedy):
   ``length_penalty=0`` ranks by the raw sum;
 - a hypothesis that can never end (its <end> probability is 0) is returned
   as the best *partial* caption, marked ``finished=False``, instead of failing.
+
+:func:`sample` draws each word instead (``SearchSpec.sampling``), under the
+same rules, one row per image; image ``i`` draws from its own random stream,
+seeded by ``(seed, keys[i])``, so a caption depends on its key (the runtime
+passes the input's index) and never on the batch.  :func:`search` picks
+greedy, beam or sampling for a spec; :class:`Decoding` holds the user's
+options without a vocabulary (the CLI, ``capcli.load`` and ``capcli eval``
+build one) and turns into a model's :class:`SearchSpec`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from capcli.errors import UsageError
+from capcli.text import tokenize
 
 if TYPE_CHECKING:
     from capcli.text import Vocab
@@ -92,6 +105,15 @@ class Hypothesis:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """Draw each word from the model's distribution instead of searching for the likeliest caption."""
+
+    temperature: float = 1.0  # > 0: log-probabilities are divided by it before the softmax
+    top_p: float = 1.0  # nucleus: draw among the likeliest words whose probabilities sum to top_p
+    seed: int = 0  # >= 0: with an image's key, the seed of that image's own random stream
+
+
+@dataclass(frozen=True)
 class SearchSpec:
     start_id: int
     end_id: int
@@ -100,6 +122,10 @@ class SearchSpec:
     length_penalty: float = 0.7
     no_repeat_ngram: int = 0  # n > 0: a caption never holds the same n words twice
     no_end_after: Sequence[int] = ()  # word ids a caption may not end on
+    min_len: int = 1  # words before <end> may come (at least 1)
+    prefix: tuple[int, ...] = ()  # word ids every caption starts with (at most max_len)
+    n_best: int = 1  # hypotheses beam search returns per image (at most the beam width)
+    sampling: Sampling | None = None  # draw words (see :func:`sample`) instead of searching
 
     @classmethod
     def for_vocab(cls, vocab: "Vocab", max_len: int, **rules: Any) -> "SearchSpec":
@@ -122,11 +148,15 @@ class SearchSpec:
         return logprob / np.maximum(length, 1) ** self.length_penalty
 
     def allowed(self, t: int, vocab_size: int) -> np.ndarray:
-        """(V,) bool: the tokens step ``t`` may produce (no banned id; no <end> first; only <end> after max_len)."""
+        """(V,) bool: the tokens step ``t`` may produce (no banned id; no <end> before min_len words; the
+        prefix's word while in the prefix; only <end> after max_len)."""
         ok = np.ones(vocab_size, dtype=bool)
         ok[list(self.banned)] = False
-        if t == 0:
+        if t < self.min_len:
             ok[self.end_id] = False
+        if t < len(self.prefix):
+            ok[:] = False
+            ok[self.prefix[t]] = True
         if t >= self.max_len:
             ok[:] = False
             ok[self.end_id] = True
@@ -140,6 +170,88 @@ class SearchSpec:
         """Set the tokens forbidden at step ``t`` to -inf in ``scores`` (N, V); returns it."""
         scores[:, ~self.allowed(t, scores.shape[1])] = -np.inf
         return scores
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How captions are searched for, without a vocabulary: the decoding options of ``capcli caption``,
+    ``url-list`` and ``eval`` and of ``capcli.load``; :meth:`spec` makes a model's :class:`SearchSpec`.
+
+    Bad values raise :class:`~capcli.errors.UsageError` (named by their command-line option).
+    """
+
+    beam: int = 3  # 1: greedy
+    max_len: int | None = None  # None: the model's
+    length_penalty: float = 0.7
+    min_len: int = 1  # no <end> before this many words
+    no_repeat_ngram: int = NO_REPEAT_NGRAM  # 0: off
+    allow_dangling_end: bool = False  # let a caption end on one of DANGLING_WORDS
+    num_captions: int = 1  # the beam's n best, each image
+    sampling: Sampling | None = None
+    prefix: str = ""  # words every caption starts with
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.beam < 1, "--beam must be at least 1"),
+            (self.max_len is not None and self.max_len < 1, "--max-len must be at least 1"),
+            (self.length_penalty < 0, "--length-penalty must be at least 0"),
+            (self.min_len < 1, "--min-len must be at least 1"),
+            (self.max_len is not None and self.min_len > self.max_len, "--min-len cannot exceed --max-len"),
+            (self.no_repeat_ngram < 0, "--no-repeat-ngram must be at least 0 (0: off)"),
+            (self.num_captions < 1, "--num-captions must be at least 1"),
+            (
+                self.num_captions > self.beam,
+                (
+                    f"--num-captions {self.num_captions} is more than the beam holds (--beam {self.beam}): "
+                    f"the captions are the beam's best, add --beam {self.num_captions} or more"
+                ),
+            ),
+        ]
+        if self.sampling is not None:
+            problems += [
+                (self.num_captions > 1, "--num-captions takes the beam's best captions: it does not go with --sample"),
+                (not self.sampling.temperature > 0, "--temperature must be above 0"),
+                (not 0 < self.sampling.top_p <= 1, "--top-p must be above 0 and at most 1"),
+                (self.sampling.seed < 0, "--seed must be at least 0"),
+            ]
+        for wrong, message in problems:
+            if wrong:
+                raise UsageError(message)
+
+    @property
+    def graph_compatible(self) -> bool:
+        """Whether only ``beam``, ``max_len`` and ``length_penalty`` differ from the defaults: capcli's standard
+        rules (:meth:`SearchSpec.runtime`: trigram blocking, no dangling end, one best caption, no prefix, no
+        sampling), the ones a search built into the decoder graph implements."""
+        return self == replace(Decoding(), beam=self.beam, max_len=self.max_len, length_penalty=self.length_penalty)
+
+    def spec(self, vocab: Vocab, max_len: int) -> SearchSpec:
+        """The search rules for ``vocab``; ``max_len``: the model's, used unless this decoding sets one.
+
+        Raises :class:`~capcli.errors.UsageError` for prefix words outside the vocabulary, and for a
+        prefix or ``min_len`` longer than the captions may be.
+        """
+        longest = self.max_len or max_len
+        words = tokenize(self.prefix)
+        unknown = [w for w, i in zip(words, vocab.encode(words)) if i == vocab.unk_id]
+        if unknown:
+            raise UsageError(
+                f"--prefix: not in the model's vocabulary: {', '.join(map(repr, unknown))} (every prefix "
+                "word must be one the model knows)"
+            )
+        if len(words) > longest or self.min_len > longest:
+            raise UsageError(f"--prefix and --min-len must fit in the longest caption ({longest} words; see --max-len)")
+        return SearchSpec.for_vocab(
+            vocab,
+            longest,
+            length_penalty=self.length_penalty,
+            no_repeat_ngram=self.no_repeat_ngram,
+            no_end_after=() if self.allow_dangling_end else dangling_ids(vocab),
+            min_len=self.min_len,
+            prefix=tuple(vocab.encode(words)),
+            n_best=self.num_captions,
+            sampling=self.sampling,
+        )
 
 
 def block_repeats(scores: np.ndarray, history: np.ndarray, n: int) -> None:
@@ -159,6 +271,15 @@ def block_dangling_end(scores: np.ndarray, history: np.ndarray, spec: SearchSpec
     if 0 < t < spec.max_len and len(spec.no_end_after):
         dangling = (history[:, -1:] == np.asarray(spec.no_end_after)).any(axis=1)  # (N,); np.isin sorts: slower here
         scores[dangling, spec.end_id] = -np.inf
+
+
+def apply_rules(scores: np.ndarray, history: np.ndarray, t: int, spec: SearchSpec) -> np.ndarray:
+    """Every rule of ``spec`` at step ``t`` on ``scores`` (N, V), given each row's ``history`` (N, t); returns it."""
+    spec.mask_inplace(scores, t)
+    if t >= len(spec.prefix):  # the prefix is forced, even when it repeats itself
+        block_repeats(scores, history, spec.no_repeat_ngram)
+    block_dangling_end(scores, history, spec)
+    return scores
 
 
 def _repeat_state(state: State, k: int) -> State:
@@ -189,6 +310,50 @@ def greedy(step: StepFn, state: State, spec: SearchSpec) -> list[Hypothesis]:
 
     Images whose caption has ended leave the batch.
     """
+    return _one_row_search(step, state, spec, lambda scores, rows: scores.argmax(axis=1))
+
+
+def sample(step: StepFn, state: State, spec: SearchSpec, keys: Sequence[int]) -> list[Hypothesis]:
+    """Draw each word of all B images at once (one row each), under ``spec.sampling``.
+
+    ``keys`` (B,) name the images: image ``i`` draws one number a step from its own
+    stream, seeded by ``(spec.sampling.seed, keys[i])``, so its caption depends on
+    neither the batch nor its position there.  The score is the caption's
+    log-probability under the model (not the temperature's), normalised as in a search.
+    """
+    assert spec.sampling is not None and len(keys) == next(iter(state.values())).shape[0]
+    sampling = spec.sampling
+    streams = [np.random.default_rng([sampling.seed, int(key)]) for key in keys]
+
+    def draw(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        uniform = np.array([streams[i].random() for i in rows])
+        return draw_tokens(scores, uniform, sampling.temperature, sampling.top_p)
+
+    return _one_row_search(step, state, spec, draw)
+
+
+def draw_tokens(scores: np.ndarray, uniform: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """One token per row of ``scores`` (N, V) (log-probabilities, forbidden at -inf), by inverse CDF from
+    ``uniform`` (N,) in [0, 1): softmax(scores / temperature) cut to its top-p nucleus, likeliest first
+    (ties by lower id).  A row with no allowed token gets one of its -inf tokens (the caller sees it stuck)."""
+    logits = scores.astype(np.float64) / temperature
+    top = logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits - np.where(np.isfinite(top), top, 0.0))  # -inf -> 0
+    order = np.argsort(-probs, axis=1, kind="stable")
+    ranked = np.take_along_axis(probs, order, axis=1)
+    before = np.cumsum(ranked, axis=1) - ranked  # mass of the likelier words
+    nucleus = before < top_p * ranked.sum(axis=1, keepdims=True)  # always the likeliest word
+    cumulative = np.cumsum(np.where(nucleus, ranked, 0.0), axis=1)
+    pick = (cumulative <= uniform[:, None] * cumulative[:, -1:]).sum(axis=1)
+    pick = np.clip(pick, 0, np.maximum(nucleus.sum(axis=1) - 1, 0))  # u * total may round up to total
+    return order[np.arange(len(order)), pick]
+
+
+Choose = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (scores (n, V), images (n,)) -> tokens (n,)
+
+
+def _one_row_search(step: StepFn, state: State, spec: SearchSpec, choose: Choose) -> list[Hypothesis]:
+    """Greedy and sampling: one row per image, its next word picked by ``choose``; ended images leave."""
     n = next(iter(state.values())).shape[0]
     rows = np.arange(n)  # images still decoding, ascending: one row each
     tokens = np.full(n, spec.start_id, dtype=np.int64)
@@ -201,10 +366,8 @@ def greedy(step: StepFn, state: State, spec: SearchSpec) -> list[Hypothesis]:
         if alphas is None:
             alphas = np.zeros((n, spec.max_len + 1, alpha.shape[1]), dtype=alpha.dtype)
         alphas[rows, t] = alpha
-        masked = spec.mask_inplace(logprobs, t)  # (n_live, V) (logprobs is ours to change)
-        block_repeats(masked, ids[rows, :t], spec.no_repeat_ngram)
-        block_dangling_end(masked, ids[rows, :t], spec)
-        tokens = masked.argmax(axis=1).astype(np.int64)  # (n_live,)
+        masked = apply_rules(logprobs, ids[rows, :t], t, spec)  # (n_live, V) (logprobs is ours to change)
+        tokens = choose(masked, rows).astype(np.int64)  # (n_live,)
         chosen = masked[np.arange(len(rows)), tokens]  # (n_live,)
         stuck = ~np.isfinite(chosen)  # nothing allowed: stays a partial caption
         ends = ~stuck & (tokens == spec.end_id)
@@ -232,7 +395,22 @@ def greedy(step: StepFn, state: State, spec: SearchSpec) -> list[Hypothesis]:
     return out
 
 
+def search(step: StepFn, state: State, spec: SearchSpec, beam: int, keys: Sequence[int]) -> list[list[Hypothesis]]:
+    """The search ``spec`` asks for, per image: :func:`sample` with ``spec.sampling`` (``keys``: see there),
+    else :func:`greedy` for ``beam`` 1, else :func:`beam_search_n_best`; each image's hypotheses, best first."""
+    if spec.sampling is not None:
+        return [[h] for h in sample(step, state, spec, keys)]
+    if beam == 1:
+        return [[h] for h in greedy(step, state, spec)]
+    return beam_search_n_best(step, state, spec, beam)
+
+
 def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> list[Hypothesis]:
+    """The best hypothesis of each image by :func:`beam_search_n_best`."""
+    return [found[0] for found in beam_search_n_best(step, state, spec, beam)]
+
+
+def beam_search_n_best(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> list[list[Hypothesis]]:
     """Beam search for B images at once; ``step`` is called with up to N = B * beam rows.
 
     ``state`` holds the initial state per image, (B, ...); it is repeated here.
@@ -241,21 +419,24 @@ def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> 
     ``beam`` are set aside as finished (the best one per image is kept; as in
     fairseq, so beam 1 is exactly greedy), the best ``beam`` word extensions
     live on.  An image is done once it holds ``beam`` finished hypotheses and its
-    best live one, normalised at its current length, no longer beats the best
-    finished one; it then leaves the batch.  Each image returns its best
-    finished hypothesis, or its best partial one when none could end.
+    best live one, normalised at its current length, no longer beats the
+    ``spec.n_best``-th best finished one; it then leaves the batch.  Each image
+    returns its ``spec.n_best`` best finished hypotheses, best first (distinct:
+    each is its own path of the beam; fewer when the search ran out of
+    hypotheses), or its best partial one when none could end.
 
     Each step, in order: :func:`_advance` (run the decoder step),
     :func:`_extensions` (rank the candidate extensions),
     :meth:`_Beams.set_aside_ended`, :func:`_next_rows` (the beams that live on),
     :meth:`_Beams.finish_done` and :meth:`_Beams.keep`.
     """
-    beams = _Beams.start(next(iter(state.values())).shape[0], beam, spec.start_id)
+    if not 1 <= spec.n_best <= beam:
+        raise ValueError(f"n_best must be between 1 and the beam width {beam}")
+    beams = _Beams.start(next(iter(state.values())).shape[0], beam, spec.start_id, spec.n_best)
     for t in range(spec.max_len + 1):
         logprobs, state, steps_alpha = _advance(step, state, beams, t)
-        allowed = spec.mask_inplace(logprobs, t)  # (n, V), forbidden words at -inf (logprobs is ours to change)
-        block_repeats(allowed, beams.history, spec.no_repeat_ngram)
-        block_dangling_end(allowed, beams.history, spec)
+        # (n, V), forbidden words at -inf (logprobs is ours to change)
+        allowed = apply_rules(logprobs, beams.history, t, spec)
         ext = _extensions(allowed, beams.scores, beam, spec.end_id)
         beams.set_aside_ended(ext, steps_alpha, t, spec)
         new_rows, new_tokens, new_scores = _next_rows(ext, beam, spec.end_id)
@@ -263,7 +444,7 @@ def beam_search(step: StepFn, state: State, spec: SearchSpec, beam: int = 3) -> 
         if not beams.keep(new_rows, new_tokens, new_scores, steps_alpha):
             break
         state = {name: value[beams.kept_rows] for name, value in state.items()}
-    return beams.best  # type: ignore[return-value]  # every image ends done, with a hypothesis
+    return beams.found  # every image ends done, with at least one hypothesis
 
 
 @dataclass
@@ -283,63 +464,77 @@ class _Beams:
     """The search's own state between steps (rows are image-major, K per image)."""
 
     k: int
+    n: int  # finished hypotheses kept per image
     images: np.ndarray  # (m,) images still searching, ascending
     tokens: np.ndarray  # (m*K,) the word each row feeds the next step
     scores: np.ndarray  # (m, K) raw log-probability of each row's hypothesis
     history: np.ndarray  # (m*K, t) word ids of each live row
     alpha_history: np.ndarray | None  # (m*K, t, L)
-    best: list[Hypothesis | None]
-    best_score: np.ndarray  # (B,) best[i].score; nan: none yet (every comparison with it is False)
+    found: list[list[Hypothesis]]  # (B,) each image's n best finished hypotheses so far, best first
+    bar: np.ndarray  # (B,) found[i][n-1].score; nan: fewer than n yet (every comparison with it is False)
     n_finished: np.ndarray  # (B,) finished hypotheses seen per image
     done: np.ndarray | None = None  # (m,) bool, this step's images that leave
     kept_rows: np.ndarray | None = None  # back-pointers of the rows that go on
 
     @classmethod
-    def start(cls, b: int, k: int, start_id: int) -> _Beams:
+    def start(cls, b: int, k: int, start_id: int, n: int = 1) -> _Beams:
         scores = np.full((b, k), -np.inf)
         scores[:, 0] = 0.0  # only the first row of each image is live at the start: all K rows are identical
         return cls(
             k,
+            n,
             np.arange(b),
             np.full(b * k, start_id, dtype=np.int64),
             scores,
             np.zeros((b * k, 0), dtype=np.int64),
             None,
-            [None] * b,
+            [[] for _ in range(b)],
             np.full(b, np.nan),
             np.zeros(b, dtype=int),
         )
 
     def set_aside_ended(self, ext: _Extensions, steps_alpha: np.ndarray, t: int, spec: SearchSpec) -> None:
-        """Count each image's finished hypotheses; keep the best one (normalised by length)."""
+        """Count each image's finished hypotheses; keep the ``n`` best (normalised by length)."""
         self.n_finished[self.images] += ext.ended.sum(axis=1)
         norm = np.where(ext.ended, ext.scores, -np.inf) / float((t + 1) ** spec.length_penalty)
-        first = norm.argmax(axis=1)  # the best <end> of each image (the first one on ties)
         for j in np.flatnonzero(ext.ended.any(axis=1)):
-            i, score = self.images[j], float(norm[j, first[j]])
-            if self.best[i] is None or score > self.best_score[i]:
-                row = ext.src[j, first[j]]
-                self.best[i] = Hypothesis(self.history[row].tolist(), score, steps_alpha[row, :t], True)
-                self.best_score[i] = score
+            i = self.images[j]
+            for c in np.flatnonzero(ext.ended[j])[: self.n]:  # best first (the first one on ties)
+                score = float(norm[j, c])
+                if len(self.found[i]) == self.n and not score > self.bar[i]:
+                    break  # neither can the worse ones of this step
+                row = ext.src[j, c]
+                self._add(i, Hypothesis(self.history[row].tolist(), score, steps_alpha[row, :t], True))
+
+    def _add(self, i: int, hyp: Hypothesis) -> None:
+        """Insert ``hyp`` among image ``i``'s best, after those that score as well (earlier ones win ties)."""
+        found = self.found[i]
+        at = next((p for p, h in enumerate(found) if hyp.score > h.score), len(found))
+        found.insert(at, hyp)
+        del found[self.n :]
+        if len(found) == self.n:
+            self.bar[i] = found[-1].score
 
     def finish_done(
         self, ext: _Extensions, new_scores: np.ndarray, steps_alpha: np.ndarray, t: int, spec: SearchSpec
     ) -> None:
         """Mark the images that are done; one that never ended keeps its best partial caption."""
         k = self.k
-        beaten = new_scores[:, 0] / float((t + 1) ** spec.length_penalty) <= self.best_score[self.images]
+        beaten = new_scores[:, 0] / float((t + 1) ** spec.length_penalty) <= self.bar[self.images]
         self.done = (ext.live.sum(axis=1) == 0) | ((self.n_finished[self.images] >= k) & beaten)
         for j in np.flatnonzero(self.done):
             i = self.images[j]
-            if self.best[i] is None:  # never ended: keep its best partial caption, as it was before this step
+            if not self.found[i]:  # never ended: keep its best partial caption, as it was before this step
                 jj = int(np.argmax(self.scores[j]))
                 row = j * k + jj
-                self.best[i] = Hypothesis(
-                    self.history[row].tolist(),
-                    float(spec.normalise(self.scores[j, jj], t)),
-                    steps_alpha[row, :t],
-                    False,
-                )
+                self.found[i] = [
+                    Hypothesis(
+                        self.history[row].tolist(),
+                        float(spec.normalise(self.scores[j, jj], t)),
+                        steps_alpha[row, :t],
+                        False,
+                    )
+                ]
 
     def keep(
         self, new_rows: np.ndarray, new_tokens: np.ndarray, new_scores: np.ndarray, steps_alpha: np.ndarray

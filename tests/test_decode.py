@@ -6,11 +6,24 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from capcli.decode import SearchSpec, beam_search, greedy
+from capcli.decode import (
+    Decoding,
+    Sampling,
+    SearchSpec,
+    beam_search,
+    beam_search_n_best,
+    draw_tokens,
+    greedy,
+    sample,
+    search,
+)
+from capcli.errors import UsageError
+from capcli.text import Vocab
 
 V = 7  # 4 specials + 3 words
 WORDS = (4, 5, 6)
@@ -243,3 +256,123 @@ def test_ties_go_to_the_lower_row_then_the_lower_word(beam: int) -> None:
     state = {"h": np.zeros((3, 1))}
     hyps = greedy(step, state, spec) if beam == 1 else beam_search(step, state, spec, beam=beam)
     assert [h.ids for h in hyps] == [[4, 4]] * 3
+
+
+# --- issue 21: decoding controls -------------------------------------------------------------------
+
+
+def all_finished(image: int, spec: SearchSpec) -> list[tuple[list[int], float]]:
+    """Every allowed finished caption with its score, best first (ties: shorter, then lower ids)."""
+    out = []
+    for n in range(spec.min_len, spec.max_len + 1):
+        for words in itertools.product(WORDS, repeat=n):
+            total = sum(_table(image, tuple(words[:t]), True)[0][words[t]] for t in range(n))
+            total += _table(image, words, True)[0][2]
+            out.append((list(words), float(total) / (n + 1) ** spec.length_penalty))
+    return sorted(out, key=lambda c: -c[1])
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_min_len_holds_back_the_end_token(beam: int) -> None:
+    for min_len in (1, 3, 5):
+        spec = SearchSpec(1, 2, (0, 1, 3), max_len=5, min_len=min_len)
+        for hyp in search(make_step(), initial_state(list(range(8))), spec, beam, keys=range(8)):
+            assert hyp[0].finished and len(hyp[0].ids) >= min_len
+
+
+@pytest.mark.parametrize("image", range(4))
+def test_n_best_of_a_wide_beam_are_the_exhaustive_top_n(image: int) -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=3, n_best=5)
+    found = beam_search_n_best(make_step(), initial_state([image]), spec, beam=30)[0]  # 30 > 3**3 prefixes
+    expected = all_finished(image, spec)[:5]
+    assert [h.ids for h in found] == [words for words, _ in expected]
+    assert [h.score for h in found] == pytest.approx([score for _, score in expected], rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_n_best_are_distinct_ordered_and_led_by_the_best(n: int) -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=5, n_best=n)
+    best = beam_search(make_step(), initial_state(list(range(10))), replace(spec, n_best=1), beam=3)
+    for one, found in zip(best, beam_search_n_best(make_step(), initial_state(list(range(10))), spec, beam=3)):
+        assert len(found) == n and len({tuple(h.ids) for h in found}) == n
+        assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
+        assert (found[0].ids, found[0].score) == (one.ids, one.score)
+    with pytest.raises(ValueError):
+        beam_search_n_best(make_step(), initial_state([0]), replace(spec, n_best=4), beam=3)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_prefix_words_come_first_even_when_they_repeat(beam: int) -> None:
+    # No word twice (1-grams), yet the prefix repeats 5; min_len makes the search go on after it.
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=6, no_repeat_ngram=1, prefix=(5, 5), min_len=4)
+    for [hyp] in search(make_step(), initial_state(list(range(6))), spec, beam, keys=range(6)):
+        assert hyp.finished and hyp.ids[:2] == [5, 5] and sorted(hyp.ids[2:]) == [4, 6]  # the rule holds after it
+    sampled = sample(make_step(), initial_state([0, 1]), replace(spec, sampling=Sampling(seed=3)), keys=[0, 1])
+    assert all(h.ids[:2] == [5, 5] for h in sampled)
+
+
+def test_sampling_depends_on_the_key_not_the_batch() -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=6, sampling=Sampling(temperature=1.5, seed=7))
+    images = [0, 7, 3, 3, 9, 2, 5, 1]
+    together = sample(make_step(), initial_state(images), spec, keys=range(100, 108))
+    for i, image in enumerate(images):
+        alone = sample(make_step(), initial_state([image]), spec, keys=[100 + i])[0]
+        assert (alone.ids, alone.score) == (together[i].ids, together[i].score)
+    reordered = sample(make_step(), initial_state(images[::-1]), spec, keys=range(107, 99, -1))
+    assert [h.ids for h in reordered[::-1]] == [h.ids for h in together]
+    other_seed = sample(make_step(), initial_state(images), replace(spec, sampling=Sampling(1.5, seed=8)), range(8))
+    assert [h.ids for h in other_seed] != [h.ids for h in together]
+
+
+def test_a_tiny_nucleus_is_greedy() -> None:
+    spec = SearchSpec(1, 2, (0, 1, 3), max_len=5)
+    greedy_hyps = greedy(make_step(), initial_state(list(range(6))), spec)
+    nucleus = replace(spec, sampling=Sampling(temperature=2.0, top_p=1e-9, seed=1))
+    for g, s in zip(greedy_hyps, sample(make_step(), initial_state(list(range(6))), nucleus, keys=range(6))):
+        assert (g.ids, g.score) == (s.ids, s.score)
+
+
+def test_draw_tokens_follows_the_distribution_and_its_nucleus() -> None:
+    probs = np.array([0.1, 0.0, 0.6, 0.3])
+    with np.errstate(divide="ignore"):
+        scores = np.log(np.tile(probs, (4000, 1)))  # log(0) = -inf: forbidden
+    uniform = (np.arange(4000) + 0.5) / 4000
+    counts = np.bincount(draw_tokens(scores, uniform, 1.0, 1.0), minlength=4) / 4000
+    np.testing.assert_allclose(counts, probs, atol=1e-3)
+    nucleus = np.bincount(draw_tokens(scores, uniform, 1.0, 0.8), minlength=4) / 4000  # 0.6 + 0.3 reach 0.8
+    np.testing.assert_allclose(nucleus, [0.0, 0.0, 2 / 3, 1 / 3], atol=1e-3)
+    stuck = draw_tokens(np.full((1, 4), -np.inf), np.array([0.5]), 1.0, 1.0)
+    assert stuck.shape == (1,)
+
+
+def test_decoding_checks_its_options_and_knows_the_standard_rules() -> None:
+    assert Decoding().graph_compatible and Decoding(beam=5, max_len=9, length_penalty=1.0).graph_compatible
+    for changed in (
+        Decoding(min_len=3),
+        Decoding(no_repeat_ngram=0),
+        Decoding(allow_dangling_end=True),
+        Decoding(num_captions=2),
+        Decoding(sampling=Sampling()),
+        Decoding(prefix="a dog"),
+    ):
+        assert not changed.graph_compatible
+    for wrong, words in (
+        (dict(num_captions=4), "--num-captions 4 is more than the beam"),
+        (dict(num_captions=2, beam=2, sampling=Sampling()), "does not go with --sample"),
+        (dict(sampling=Sampling(temperature=0)), "--temperature"),
+        (dict(sampling=Sampling(top_p=1.5)), "--top-p"),
+        (dict(min_len=5, max_len=4), "--min-len"),
+    ):
+        with pytest.raises(UsageError, match=words):
+            Decoding(**wrong)
+
+
+def test_decoding_spec_names_prefix_words_outside_the_vocabulary() -> None:
+    vocab = Vocab.build([["a", "photo", "of", "dog"]] * 2, min_count=1)
+    spec = Decoding(prefix="A photo of", min_len=2).spec(vocab, max_len=9)
+    assert vocab.decode(spec.prefix) == ["a", "photo", "of"] and spec.min_len == 2 and spec.max_len == 9
+    assert Decoding().spec(vocab, 9) == SearchSpec.runtime(vocab, 9)
+    with pytest.raises(UsageError, match="'zebra', 'xylophone'"):
+        Decoding(prefix="a zebra of xylophone").spec(vocab, 9)
+    with pytest.raises(UsageError, match="longest caption"):
+        Decoding(prefix="a photo of a dog").spec(vocab, 4)
