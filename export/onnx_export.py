@@ -22,8 +22,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +31,10 @@ import torch
 from torch import nn
 
 from capcli import __version__
+
+# quantize, upgrade and weights import the directory swap from here under its old private names
+from capcli.atomic import move_into_place as _move_into_place
+from capcli.atomic import temp_dir_beside as _temp_dir_beside
 from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, sha256_bytes
 from capcli.decode import STATE_NAMES
 from capcli.errors import FatalError
@@ -263,34 +265,6 @@ def _check_target(target: Path, overwrite: bool) -> None:
             raise FatalError(f"{target}: exists, is not empty and is not a capcli bundle; refusing to replace it")
         if not overwrite:
             raise FatalError(f"{target}: a bundle is already there (pass --force to replace it)")
-
-
-@contextlib.contextmanager
-def _temp_dir_beside(target: Path) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the bundle's mode
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished bundle onto ``target``; an old bundle is renamed aside first, then removed."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, old)  # onto an empty directory: allowed
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
