@@ -44,16 +44,31 @@ class Item:
     image: Any = None  # an image already in memory (PIL image or numpy array), from the Python API
 
 
+@dataclass(frozen=True)
+class Walk:
+    """How directory inputs are walked: into subdirectories or not, and the names left out."""
+
+    recursive: bool = True
+    exclude: tuple[str, ...] = ()  # globs matched against each entry's name and its path under the input
+
+    def excluded(self, name: str, relative: str) -> bool:
+        return any(fnmatchcase(name, p) or fnmatchcase(relative, p) for p in self.exclude)
+
+
 def iter_items(
-    specs: Iterable[str], stdin: BinaryIO | None = None, on_empty: Callable[[str], None] | None = None
+    specs: Iterable[str],
+    stdin: BinaryIO | None = None,
+    on_empty: Callable[[str], None] | None = None,
+    walk: Walk = Walk(),
 ) -> Iterator[Item]:
     """Items for ``specs`` in order, numbered from 0; ``-`` reads paths from ``stdin``.
 
     ``on_empty(directory)`` is called for a directory input that holds no image (it yields no item).
+    ``walk`` applies to directory inputs only: files and globs named explicitly are taken as given.
     """
     index = 0
     for spec in specs:
-        for source, path, url, error in _expand_spec(spec, stdin, on_empty):
+        for source, path, url, error in _expand_spec(spec, stdin, on_empty, walk):
             yield Item(index, source, path, url, error)
             index += 1
 
@@ -61,25 +76,29 @@ def iter_items(
 _Entry = tuple[str, str | None, str | None, ItemError | None]  # source, path, url, error
 
 
-def _expand_spec(spec: str, stdin: BinaryIO | None, on_empty: Callable[[str], None] | None) -> Iterator[_Entry]:
+def _expand_spec(
+    spec: str, stdin: BinaryIO | None, on_empty: Callable[[str], None] | None, walk: Walk
+) -> Iterator[_Entry]:
     if spec == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
         for line in stream:  # bytes: file names need not be UTF-8
             name = os.fsdecode(line.rstrip(b"\r\n"))
             if name:
-                yield from _expand_path(name, glob=False, on_empty=on_empty)
+                yield from _expand_path(name, glob=False, on_empty=on_empty, walk=walk)
     else:
-        yield from _expand_path(spec, glob=True, on_empty=on_empty)
+        yield from _expand_path(spec, glob=True, on_empty=on_empty, walk=walk)
 
 
-def _expand_path(spec: str, glob: bool, on_empty: Callable[[str], None] | None = None) -> Iterator[_Entry]:
+def _expand_path(
+    spec: str, glob: bool, on_empty: Callable[[str], None] | None = None, walk: Walk = Walk()
+) -> Iterator[_Entry]:
     if "\0" in spec:  # only a stdin list can hold one; no file name can
         yield spec, None, None, ItemError("invalid_input", "the path contains a NUL byte")
     elif _URL.match(spec):
         yield spec, None, spec, None
     elif os.path.isdir(spec):
         empty = True
-        for entry in _walk(spec, visited=set()):
+        for entry in _walk(spec, visited=set(), walk=walk):
             empty = False
             yield entry
         if empty and on_empty is not None:
@@ -109,8 +128,11 @@ def _dir_key(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
-def _walk(directory: str, visited: set[tuple[int, int]]) -> Iterator[_Entry]:
-    """Image files under ``directory``; symlinked directories are followed once each."""
+def _walk(directory: str, visited: set[tuple[int, int]], walk: Walk, relative: str = "") -> Iterator[_Entry]:
+    """Image files under ``directory``; symlinked directories are followed once each.
+
+    ``relative``: ``directory``'s path under the input directory, with ``/`` separators (for ``walk.exclude``).
+    """
     key = _dir_key(directory)
     if key is None or key in visited:  # a symlink loop, or a directory reached twice
         return
@@ -124,8 +146,12 @@ def _walk(directory: str, visited: set[tuple[int, int]]) -> Iterator[_Entry]:
         if entry.name.startswith("."):  # hidden files, .DS_Store, ._AppleDouble
             continue
         path = os.path.join(directory, entry.name)
+        rel = relative + entry.name
+        if walk.excluded(entry.name, rel):  # an excluded directory is not entered
+            continue
         if _is_dir(entry):
-            yield from _walk(path, visited)
+            if walk.recursive:
+                yield from _walk(path, visited, walk, rel + "/")
         elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
             yield path, path, None, None  # a dangling symlink too: reading reports not_found
 

@@ -9,21 +9,30 @@ from capcli.cli import main
 from capcli.cli.fetchopts import fetch_from, fetch_options
 from capcli.cli.options import EXIT_CODES_HELP, caption_options
 from capcli.errors import ExitStatus
-from capcli.sources import iter_items
+from capcli.sources import Walk, iter_items
 
 
 @main.command("caption", epilog=EXIT_CODES_HELP)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @caption_options()
+@click.option("--no-recursive", is_flag=True, help="Take only the images directly in each directory input.")
+@click.option(
+    "--exclude",
+    metavar="GLOB",
+    multiple=True,
+    help="Leave out files and subdirectories of directory inputs whose name, or path under the input, "
+    "matches GLOB (repeatable).",
+)
 @fetch_options
-def caption(inputs: tuple[str, ...], **options: object) -> ExitStatus:
+def caption(inputs: tuple[str, ...], no_recursive: bool, exclude: tuple[str, ...], **options: object) -> ExitStatus:
     """Caption images; one JSONL/CSV record per input, in input order.
 
     \b
-    INPUT is an image file, a directory (walked recursively, sorted, image
-    suffixes only), a quoted glob ('shots/**/*.png'), an http(s) URL, or -
-    for newline-separated paths read from stdin. Inputs that cannot be
-    read become error records and the run goes on.
+    INPUT is an image file, a directory (walked recursively unless
+    --no-recursive, sorted, image suffixes only, less --exclude), a quoted
+    glob ('shots/**/*.png'), an http(s) URL, or - for newline-separated
+    paths read from stdin. Inputs that cannot be read become error records
+    and the run goes on.
 
     \b
     Examples:
@@ -31,17 +40,19 @@ def caption(inputs: tuple[str, ...], **options: object) -> ExitStatus:
       capcli caption 'shots/**/*.png' --format csv > captions.csv
       find . -name '*.jpg' | capcli caption - | jq -r .caption
       capcli caption ./photos -o out.csv --resume
+      capcli caption ./photos --no-recursive --exclude '*_mask.png'
     """
     if inputs.count("-") > 1:
         raise click.UsageError("- (stdin) can be given only once")
     fetch = fetch_from(options)  # removes the download options from ``options``
-    return run_captioning(iter_items(inputs, on_empty=_warn_empty), CaptionSettings(**options), fetch=fetch)
+    items = iter_items(inputs, on_empty=_warn_empty, walk=Walk(not no_recursive, exclude))
+    return run_captioning(items, CaptionSettings(**options), fetch=fetch)
 
 
 def _warn_empty(directory: str) -> None:
     """A directory input without images gives no record; say so (the exit status stays 0, as with find)."""
     click.echo(
-        f"Warning: {directory}: no image files in this directory (walked recursively, image suffixes "
-        "only); it adds no record",
+        f"Warning: {directory}: no image files in this directory (image suffixes only, "
+        "after --exclude and --no-recursive); it adds no record",
         err=True,
     )
