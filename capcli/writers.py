@@ -1,4 +1,4 @@
-"""Record writers (JSONL, CSV) and reading back a previous run's output for ``--resume``.
+"""Record writers (JSONL, CSV, a JSON array) and reading back a previous run's output for ``--resume``.
 
 Each record is encoded whole and written straight to the file (no buffer), so
 ``tail -f`` and pipes see it at once. A record is written whole or not at
@@ -36,7 +36,8 @@ from typing import Any, BinaryIO, Protocol
 
 from capcli.errors import FatalError
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "json")
+RESUMABLE_FORMATS = ("jsonl", "csv")  # a JSON array is closed at the end: nothing can be appended
 COLUMNS = ("index", "source", "status", "caption", "score", "error_kind", "error", "n_frames")
 
 # A spreadsheet reads a cell starting with one of these as a formula; "'" is
@@ -106,6 +107,28 @@ class JsonlWriter:
 
     def close(self) -> None:
         _close(self._stream, self._close_stream)
+
+
+class JsonArrayWriter:
+    """One JSON array, a record a line: ``[`` at once, ``]`` on ``close()``.
+
+    The caption run closes its writer however it ends (errors, Ctrl-C), so the output is valid JSON then too.
+    """
+
+    def __init__(self, stream: BinaryIO, *, close_stream: bool = True) -> None:
+        self._stream, self._close_stream = stream, close_stream
+        self._separator = b"\n"
+        write_whole(stream, b"[")
+
+    def write(self, record: Record) -> None:
+        write_whole(self._stream, self._separator + encode_jsonl(record).rstrip(b"\n"))
+        self._separator = b",\n"
+
+    def close(self) -> None:
+        try:
+            write_whole(self._stream, b"\n]\n")
+        finally:
+            _close(self._stream, self._close_stream)
 
 
 class CsvWriter:
@@ -208,6 +231,8 @@ def _writer(
 ) -> RecordWriter:
     if fmt == "csv":
         return CsvWriter(stream, header=header, columns=columns, close_stream=close_stream)
+    if fmt == "json":
+        return JsonArrayWriter(stream, close_stream=close_stream)
     return JsonlWriter(stream, close_stream=close_stream)
 
 

@@ -3,10 +3,13 @@ caption sidecar files (--sidecar, --skip-existing), with the fake captioner of t
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from pathlib import Path
 
 from PIL import Image
-from test_cli_caption import fake, jsonl, run  # noqa: F401 (fake: the fixture)
+from test_cli_caption import fake, jsonl, make_pngs, run  # noqa: F401 (fake: the fixture)
 
 
 def make_tree(root: Path) -> None:
@@ -43,3 +46,45 @@ def test_exclude_leaves_explicit_files_alone_and_an_emptied_directory_is_named(t
     assert result.exit_code == 0, result.output
     assert [r["source"] for r in jsonl(result.stdout)] == [explicit]
     assert "thumbs: no image files" in result.stderr
+
+
+# --- --format json -----------------------------------------------------------------------------------
+
+
+def test_json_is_one_array_with_error_records_as_in_jsonl(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 2)
+    missing = str(tmp_path / "missing.png")
+    result = run(*paths, missing, "--format", "json")
+    assert result.exit_code == 3, result.output
+    records = json.loads(result.stdout)
+    assert records == jsonl(run(*paths, missing).stdout)  # the same records as JSONL, in one array
+    assert [r["status"] for r in records] == ["ok", "ok", "error"] and records[2]["error_kind"] == "not_found"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert json.loads(run(str(empty), "--format", "json").stdout) == []
+
+
+def test_an_interrupted_json_run_is_still_valid_json(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 6)
+    out = tmp_path / "out.json"
+    fake.on_batch = lambda n: n == 2 and os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during batch 2
+    result = run(*paths, "-o", str(out), "--format", "json", "--batch-size", "2", "--workers", "1")
+    assert result.exit_code == 130, result.output
+    assert [r["source"] for r in json.loads(out.read_text())] == paths[:4]
+
+    def interrupt(n: int) -> None:  # a second Ctrl-C: the batch is abandoned
+        if n == 2:
+            raise KeyboardInterrupt
+
+    fake.calls, fake.on_batch = 0, interrupt
+    result = run(*paths, "-o", str(out), "--format", "json", "--batch-size", "2", "--overwrite")
+    assert result.exit_code == 130
+    assert [r["source"] for r in json.loads(out.read_text())] == paths[:2]
+
+
+def test_json_cannot_be_resumed(tmp_path: Path, fake) -> None:
+    paths = make_pngs(tmp_path / "in", 1)
+    out = tmp_path / "out.json"
+    assert run(*paths, "-o", str(out), "--format", "json").exit_code == 0
+    result = run(*paths, "-o", str(out), "--format", "json", "--resume")
+    assert result.exit_code == 2 and "need --format jsonl or csv" in result.stderr
