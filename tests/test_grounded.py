@@ -187,6 +187,24 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     assert check_parity(ck.model, bundle_dir, [data["flickr"] / "images"]).ok
 
 
+def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+    from capcli.train import grounded
+
+    def interrupted(options: grounded.GroundedOptions, resume: bool = False) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grounded, "train_grounded", interrupted)
+    (tmp_path / "init.pt").write_bytes(b"")
+    args = ["train-grounded", "--init", str(tmp_path / "init.pt"), "--flickr", str(tmp_path)]
+    args += ["--everyday", str(tmp_path), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    assert result.stderr == f"interrupted; continue with the same command plus --resume (--out {tmp_path / 'run'})\n"
+
+
 def test_tags_in_records_and_csv(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

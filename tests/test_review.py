@@ -290,6 +290,23 @@ def test_unreadable_records_file_is_one_clear_error(tmp_path: Path, monkeypatch:
     assert not [name for name in os.listdir(".") if name.endswith(".part")]
 
 
+def test_ctrl_c_exits_130_and_writes_no_page(run: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    from capcli import review
+
+    render_card = review.render_card
+
+    def interrupt_at_third(card: review.Card) -> str:
+        if card.position == 2:
+            raise KeyboardInterrupt
+        return render_card(card)
+
+    monkeypatch.setattr(review, "render_card", interrupt_at_third)
+    result = CliRunner().invoke(main, ["review", "out.jsonl", "-o", "r.html"])
+    assert result.exit_code == 130
+    assert result.stderr == "interrupted; r.html not written\n"
+    assert not Path("r.html").exists() and not [name for name in os.listdir(".") if name.endswith(".part")]
+
+
 def test_undecodable_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     raw = b"caf\xe9.jpg"  # Latin-1, not UTF-8

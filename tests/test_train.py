@@ -149,6 +149,47 @@ def test_resume_continues_bit_for_bit(tiny_data: tuple[Path, dict[str, str]], tm
     assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_ctrl_c_after_an_epoch_exits_130_and_says_how_to_resume(
+    tiny_data: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+
+    save = checkpoint.save
+
+    def save_then_interrupt(path: Path, payload: dict) -> None:
+        save(path, payload)
+        if path.name == "last.pt":  # Ctrl-C once epoch 1 is safely on disk
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "csv", "--data", str(tiny_data[0]), "--out", str(out), "--epochs", "3"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--backbone", "tiny", "--no-pretrained", "--workers", "0"]
+    args += ["--feature-dim", "32", "--attention-dim", "32", "--embed-dim", "32", "--hidden-dim", "64"]
+    args += ["--min-count", "1", "--batch-size", "4"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130, result.output
+    assert result.stderr.endswith(f"interrupted; continue with the same command plus --resume (--out {out})\n")
+    assert checkpoint.load(out / "last.pt")["epoch"] == 1
+
+
+def test_ctrl_c_under_torchrun_is_said_by_rank_0_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+    from capcli.train import loop
+
+    def interrupted(options: TrainOptions, resume: bool = False) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(main, ["train", "--dataset", "csv", "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert result.exit_code == 130 and result.stderr == ""
+
+
 def test_feature_cache_is_keyed_and_reused(tiny_data: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     from capcli.train.backbones import build_backbone
 

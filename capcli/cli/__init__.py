@@ -6,7 +6,8 @@ for every command in one place (as httpie's ``main()`` around ``program()``):
 
 - :class:`~capcli.errors.UsageError` -> ``Error: ...``, exit 2
 - any other :class:`~capcli.errors.CapcliError` -> ``Error: ...``, exit 1
-- ``KeyboardInterrupt`` -> ``interrupted``, exit 130
+- ``KeyboardInterrupt`` -> ``interrupted`` (or the command's own words, see
+  :func:`on_interrupt`), exit 130
 - a command that returns an :class:`~capcli.errors.ExitStatus` exits with it.
 
 Commands import heavy libraries (onnxruntime, torch) inside their bodies so
@@ -22,6 +23,17 @@ import click
 from capcli import __version__
 from capcli.errors import CapcliError, ExitStatus, UsageError
 
+_ON_INTERRUPT = "capcli.on_interrupt"  # ctx.meta key: what the exit mapper says on Ctrl-C
+
+
+def on_interrupt(message: str) -> None:
+    """Have the exit mapper say ``message`` instead of ``interrupted`` if Ctrl-C stops this command ("": nothing).
+
+    For commands whose interruption leaves something to tell: how to resume the
+    run from its saved checkpoint, which file was not written.
+    """
+    click.get_current_context().meta[_ON_INTERRUPT] = message
+
 
 class Command(click.Command):
     """A click command whose capcli errors, interrupts and returned statuses become exit codes."""
@@ -36,7 +48,9 @@ class Command(click.Command):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(int(ExitStatus.FATAL))
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            message = ctx.meta.get(_ON_INTERRUPT, "interrupted")
+            if message:
+                click.echo(message, err=True)
             ctx.exit(int(ExitStatus.INTERRUPTED))
         if isinstance(result, ExitStatus):
             ctx.exit(int(result))

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from capcli.cli import main
+from capcli.cli import main, on_interrupt
 
 
 @main.command("review")
@@ -96,42 +96,36 @@ def review_command(
         TimeRemainingColumn,
     )
 
-    from capcli.errors import ExitStatus, FatalError
     from capcli.review import DEFAULT_WORKERS, read_output, write_review
 
     if output is None:
         output = os.path.splitext(records)[0] + ".html"
     if os.path.abspath(output) == os.path.abspath(records):
         raise click.BadParameter("the page would replace the records file", param_hint="'-o'")
+    on_interrupt(f"interrupted; {output} not written")  # the page is written whole or not at all
     console = Console(stderr=True)
-    try:
-        rows = read_output(records, fmt)
-        progress = Progress(
-            TextColumn("links" if link else "thumbnails"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
+    rows = read_output(records, fmt)
+    progress = Progress(
+        TextColumn("links" if link else "thumbnails"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("", total=len(rows))
+        summary = write_review(
+            rows,
+            output,
+            link=link,
+            size=thumb_size,
+            quality=quality,
+            workers=workers or DEFAULT_WORKERS,
+            root=root,
+            title=title or f"capcli review: {os.path.basename(records)}",
+            progress=lambda done: progress.update(task, completed=done),
         )
-        with progress:
-            task = progress.add_task("", total=len(rows))
-            summary = write_review(
-                rows,
-                output,
-                link=link,
-                size=thumb_size,
-                quality=quality,
-                workers=workers or DEFAULT_WORKERS,
-                root=root,
-                title=title or f"capcli review: {os.path.basename(records)}",
-                progress=lambda done: progress.update(task, completed=done),
-            )
-    except FatalError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        console.print(f"interrupted; {output} not written", style="yellow", highlight=False)
-        raise SystemExit(int(ExitStatus.INTERRUPTED)) from None
     console.print(summary.line(output), highlight=False, soft_wrap=True)

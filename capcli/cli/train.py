@@ -6,9 +6,8 @@ import os
 
 import click
 
-from capcli.cli import main
+from capcli.cli import main, on_interrupt
 from capcli.cli.options import device_option
-from capcli.errors import ExitStatus
 from capcli.datasets import DATASETS
 
 
@@ -17,6 +16,11 @@ def training_extra_missing(exc: ModuleNotFoundError) -> click.ClickException:
     return click.ClickException(
         f"training needs the training extra ({exc.name} is missing): pip install 'capcli[train]'"
     )
+
+
+def resume_hint(out: str) -> str:
+    """What a training command says when Ctrl-C stops it: last.pt in the run folder holds the last whole epoch."""
+    return f"interrupted; continue with the same command plus --resume (--out {out})"
 
 
 def _list_backbones(ctx: click.Context, param: click.Parameter, pattern: str | None) -> None:
@@ -233,8 +237,7 @@ def _check_backbone(ctx: click.Context, param: click.Parameter, name: str) -> st
     default=None,
     help="Feature cache folder [default: ~/.cache/capcli/features].",
 )
-@click.pass_context
-def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **options: object) -> None:
+def train_command(resume: bool, no_pretrained: bool, **options: object) -> None:
     """Train a captioning model on a data set's train split, selecting on its dev split.
 
     \b
@@ -262,9 +265,6 @@ def train_command(ctx: click.Context, resume: bool, no_pretrained: bool, **optio
         from capcli.train.loop import TrainOptions, train
     except ModuleNotFoundError as exc:
         raise training_extra_missing(exc) from None
-    try:  # capcli's errors reach the command's exit mapper; only the interrupt says more here
-        train(TrainOptions(pretrained=not no_pretrained, **options), resume=resume)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not from every process
-            click.echo(f"interrupted; continue with the same command plus --resume (--out {options['out']})", err=True)
-        ctx.exit(int(ExitStatus.INTERRUPTED))
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun: said once, not by every process
+    on_interrupt(resume_hint(str(options["out"])) if first else "")
+    train(TrainOptions(pretrained=not no_pretrained, **options), resume=resume)  # type: ignore[arg-type]

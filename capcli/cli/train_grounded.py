@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from capcli.cli import main
-from capcli.cli.train import training_extra_missing
-from capcli.errors import ExitStatus
+from capcli.cli import main, on_interrupt
+from capcli.cli.train import resume_hint, training_extra_missing
 
 
 def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, int]:
@@ -103,8 +102,7 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
     help="Feature cache folder.",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Debug: the first N photos of each part.")
-@click.pass_context
-def train_grounded_command(ctx: click.Context, resume: bool, **options: object) -> None:
+def train_grounded_command(resume: bool, **options: object) -> None:
     """Train a grounded decoder: it reads the photo's regions and the backbone's own ImageNet classes.
 
     \b
@@ -126,8 +124,5 @@ def train_grounded_command(ctx: click.Context, resume: bool, **options: object) 
         from capcli.train.grounded import GroundedOptions, train_grounded
     except ModuleNotFoundError as exc:
         raise training_extra_missing(exc) from None
-    try:  # capcli's errors reach the command's exit mapper; only the interrupt says more here
-        train_grounded(GroundedOptions(**options), resume=resume)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; continue with the same command plus --resume (--out {options['out']})", err=True)
-        ctx.exit(int(ExitStatus.INTERRUPTED))
+    on_interrupt(resume_hint(str(options["out"])))
+    train_grounded(GroundedOptions(**options), resume=resume)  # type: ignore[arg-type]
