@@ -71,7 +71,8 @@ def load(
     """Load a model bundle and return a :class:`Model` ready to caption.
 
     Args:
-        model: bundle directory; ``None`` means ``$CAPCLI_MODEL``, then the packaged model.
+        model: bundle directory or model name (``capcli models``; an existing directory wins); ``None`` means
+            ``$CAPCLI_MODEL``, then the packaged model.
         device: ``"auto"`` (CUDA when it really works, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         beam: beam width; 1 is greedy decoding.
         max_len: longest caption in words (``None``: the bundle's).

@@ -22,8 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from capcli import store
 from capcli.decode import STATE_NAMES
-from capcli.errors import BundleError
+from capcli.errors import BundleError, UsageError
 from capcli.onnxinfo import Shape, Signature, read_signature
 from capcli.text import SPECIALS, Vocab
 
@@ -107,19 +108,42 @@ def default_bundle_path() -> Path | None:
     return None
 
 
+def named_bundles() -> dict[str, Path]:
+    """Every model a name can choose: ``default`` (the packaged one, when there is one), then the store's."""
+    default = default_bundle_path()
+    return {**({store.DEFAULT: default} if default is not None else {}), **store.installed()}
+
+
 def resolve_bundle_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
-    """(bundle directory, where it came from): argument, $CAPCLI_MODEL, or the packaged default."""
+    """(bundle directory, where it came from): argument, $CAPCLI_MODEL, or the packaged default.
+
+    The argument and $CAPCLI_MODEL are a directory or a model name (:func:`named_bundles`).
+    """
     if path is not None and str(path) != "":
-        return Path(path), "--model"
+        return _directory_or_name(str(path), "--model")
     env = os.environ.get(ENV_VAR, "")
     if env:
-        return Path(env), f"${ENV_VAR}"
+        return _directory_or_name(env, f"${ENV_VAR}")
     default = default_bundle_path()
     if default is not None:
         return default, "packaged default"
     raise BundleError(
         f"no model: pass --model PATH or set {ENV_VAR} to a bundle directory "
         "(this installation ships no default model; `capcli export` makes one from a checkpoint)"
+    )
+
+
+def _directory_or_name(value: str, origin: str) -> tuple[Path, str]:
+    """A path that exists wins over a name; a single word that is neither is an unknown name (UsageError)."""
+    path = Path(value)
+    if path.exists() or not store.could_be_name(value):
+        return path, origin
+    named = named_bundles()
+    if value in named:
+        return named[value], f"{origin} {value!r}"
+    raise UsageError(
+        f"{origin}: {value!r} is neither a directory nor a model name; "
+        f"the names are: {', '.join(named) or 'none'} (`capcli models add NAME BUNDLE` installs one)"
     )
 
 

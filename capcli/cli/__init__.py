@@ -89,4 +89,4 @@ def main() -> None:
 
 
 # Each module adds its command(s) to ``main`` on import.
-from capcli.cli import bench, caption, evaluate, export_cmd, info, review, train, train_grounded, urls  # noqa: E402,F401
+from capcli.cli import bench, caption, evaluate, export_cmd, info, models, review, train, train_grounded, urls  # noqa: E402,F401

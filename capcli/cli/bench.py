@@ -32,7 +32,10 @@ def _size(value: str) -> tuple[int, int]:
 
 @main.command("bench")
 @click.option(
-    "--model", metavar="PATH", default=None, help="Model bundle [default: $CAPCLI_MODEL, then the packaged model]."
+    "--model",
+    metavar="PATH|NAME",
+    default=None,
+    help="Model bundle directory or model name [default: $CAPCLI_MODEL, then the packaged model].",
 )
 @click.option(
     "--images",

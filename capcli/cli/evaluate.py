@@ -16,9 +16,9 @@ from capcli.datasets import DATASETS
 @main.command("eval")
 @click.option(
     "--model",
-    metavar="PATH",
+    metavar="PATH|NAME",
     default=None,
-    help="Bundle to evaluate [default: $CAPCLI_MODEL, then the packaged model].",
+    help="Bundle directory or model name to evaluate [default: $CAPCLI_MODEL, then the packaged model].",
 )
 @click.option(
     "--captions",

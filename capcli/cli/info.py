@@ -11,7 +11,7 @@ import click
 from capcli import __version__
 from capcli.cli import main
 from capcli.cli.options import device_option
-from capcli.errors import CapcliError
+from capcli.errors import BundleError, CapcliError
 
 
 @main.command("info")
@@ -20,7 +20,7 @@ from capcli.errors import CapcliError
     "model",
     type=click.Path(),
     default=None,
-    help="Bundle directory (default: $CAPCLI_MODEL, then the packaged model).",
+    help="Bundle directory or model name (default: $CAPCLI_MODEL, then the packaged model).",
 )
 @device_option(help="The device whose providers to report.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -45,7 +45,7 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
     }
     try:
         where, origin = resolve_bundle_path(model)
-    except CapcliError as exc:
+    except BundleError as exc:  # no model at all; an unknown model name is a usage error (exit 2)
         facts["model"] = None
         facts["model_note"] = str(exc)
         _show(facts, as_json)

@@ -142,9 +142,9 @@ _OUTPUT_OPTIONS: list[Decorator] = [
     ),
     click.option(
         "--model",
-        metavar="PATH",
+        metavar="PATH|NAME",
         default=None,
-        help="Model bundle directory [default: $CAPCLI_MODEL, then the packaged model].",
+        help="Model bundle directory or model name (`capcli models`) [default: $CAPCLI_MODEL, then the packaged model].",
     ),
     click.option(
         "--max-pixels",
