@@ -32,6 +32,7 @@ from capcli.images import DEFAULT_MAX_PIXELS
 from capcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Fetch, Summary
 from capcli.progress import ProgressLine
 from capcli.shard import take_shard
+from capcli.sidecars import Sidecars
 from capcli.sources import Item
 from capcli.writers import RESUMABLE_FORMATS, RecordWriter, infer_format, open_output
 
@@ -54,6 +55,8 @@ class CaptionSettings:
     attention_dir: str | None = None  # write an attention figure per captioned input here
     shard: tuple[int, int] | None = None  # (K, N): only the inputs of shard K of N
     tags: int = 0  # add the tagger's top-K classes to each record
+    sidecar: str | None = None  # also write each caption to a file with this suffix beside its image
+    skip_existing: bool = False  # with sidecar: leave the images that already have one
 
 
 def load_model(settings: CaptionSettings) -> Model:
@@ -100,6 +103,9 @@ def run_captioning(
         extra_columns += ("tags",)
     if settings.shard:
         items = take_shard(items, *settings.shard)
+    sidecars = Sidecars(settings.sidecar, skip_existing=settings.skip_existing) if settings.sidecar else None
+    if sidecars:
+        items = sidecars.select(items, summary)  # before the reader pool: a skipped image is never decoded
     try:
         model = load_model(settings)
         model.batch_size, model.workers, model.max_pixels = settings.batch_size, settings.workers, settings.max_pixels
@@ -121,6 +127,8 @@ def run_captioning(
         live = console.is_terminal and not (settings.output == "-" and _isatty(sys.stdout))
         with contextlib.closing(records), _first_sigint_sets(stop), ProgressLine(console, live=live) as progress:
             for record in records:
+                if sidecars:
+                    sidecars.write(record)
                 _write(writer, record, settings.output)
                 summary.add(record)
                 progress.update(summary)

@@ -86,6 +86,7 @@ class Summary:
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     skipped: int = 0  # already in the output (--resume)
+    kept: int = 0  # already captioned in a sidecar file (--skip-existing)
     elapsed: float = 0.0
 
     def add(self, record: Record) -> None:
@@ -108,6 +109,8 @@ class Summary:
             text += " (" + ", ".join(f"{kind} {n}" for kind, n in sorted(self.failed.items())) + ")"
         if self.skipped:
             text += f", {self.skipped} skipped (already in the output)"
+        if self.kept:
+            text += f", {self.kept} skipped (sidecar exists)"
         return text + f" in {self.elapsed:.1f} s, {self.images_per_s:.1f} images/s"
 
 

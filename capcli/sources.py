@@ -55,6 +55,11 @@ class Walk:
         return any(fnmatchcase(name, p) or fnmatchcase(relative, p) for p in self.exclude)
 
 
+def is_url(spec: str) -> bool:
+    """An http(s) URL input (any case)."""
+    return bool(_URL.match(spec))
+
+
 def iter_items(
     specs: Iterable[str],
     stdin: BinaryIO | None = None,
@@ -94,7 +99,7 @@ def _expand_path(
 ) -> Iterator[_Entry]:
     if "\0" in spec:  # only a stdin list can hold one; no file name can
         yield spec, None, None, ItemError("invalid_input", "the path contains a NUL byte")
-    elif _URL.match(spec):
+    elif is_url(spec):
         yield spec, None, spec, None
     elif os.path.isdir(spec):
         empty = True

@@ -132,3 +132,23 @@ def test_the_store_lives_in_the_platforms_user_data_directory(tmp_path: Path, mo
     assert store.models_dir() == store.user_data_dir(store.sys.platform) / "capcli" / "models"
     monkeypatch.setenv(store.HOME_VAR, str(tmp_path / "elsewhere"))
     assert store.models_dir() == tmp_path / "elsewhere" / "models"
+
+
+def test_export_install_adds_the_exported_bundle(home: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="export needs the train extra")
+    from tiny_bundle import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "best.pt", provenance={"dataset": "flickr8k"})
+    out = tmp_path / "bundle"
+    bad = cli("export", str(ckpt), "-o", str(out), "--install", "Bad Name")
+    assert bad.exit_code == 2 and not out.exists()  # refused before exporting
+
+    result = cli("export", str(ckpt), "-o", str(out), "--install", "fresh")
+    assert result.exit_code == 0, result.output
+    installed = home / "models" / "fresh"
+    assert "installed as 'fresh'" in result.stderr
+    assert (installed / "model.json").read_bytes() == (out / "model.json").read_bytes()
+    assert resolve_bundle_path("fresh")[0] == installed
+
+    again = cli("export", str(ckpt), "-o", str(tmp_path / "second"), "--install", "fresh")
+    assert again.exit_code == 1 and "already installed" in again.stderr and not (tmp_path / "second").exists()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from capcli.captioning import CaptionSettings, run_captioning
 from capcli.cli import main
 from capcli.cli.fetchopts import fetch_from, fetch_options
 from capcli.cli.options import EXIT_CODES_HELP, caption_options
-from capcli.errors import ExitStatus
-from capcli.sources import Walk, iter_items
+from capcli.errors import ExitStatus, UsageError
+from capcli.sources import Walk, is_url, iter_items
 
 
 @main.command("caption", epilog=EXIT_CODES_HELP)
@@ -22,6 +24,16 @@ from capcli.sources import Walk, iter_items
     multiple=True,
     help="Leave out files and subdirectories of directory inputs whose name, or path under the input, "
     "matches GLOB (repeatable).",
+)
+@click.option(
+    "--sidecar",
+    metavar="SUFFIX",
+    default=None,
+    help="Also write each caption to a text file beside its image (.txt: photo.jpg -> photo.txt). "
+    "Without -o, no records are written (-o - asks for them on stdout).",
+)
+@click.option(
+    "--skip-existing", is_flag=True, help="With --sidecar: leave the images that already have one (not even read)."
 )
 @fetch_options
 def caption(inputs: tuple[str, ...], no_recursive: bool, exclude: tuple[str, ...], **options: object) -> ExitStatus:
@@ -41,12 +53,26 @@ def caption(inputs: tuple[str, ...], no_recursive: bool, exclude: tuple[str, ...
       find . -name '*.jpg' | capcli caption - | jq -r .caption
       capcli caption ./photos -o out.csv --resume
       capcli caption ./photos --no-recursive --exclude '*_mask.png'
+      capcli caption ./dataset --sidecar .txt --skip-existing
     """
     if inputs.count("-") > 1:
         raise click.UsageError("- (stdin) can be given only once")
+    _check_sidecar(inputs, options)
     fetch = fetch_from(options)  # removes the download options from ``options``
     items = iter_items(inputs, on_empty=_warn_empty, walk=Walk(not no_recursive, exclude))
     return run_captioning(items, CaptionSettings(**options), fetch=fetch)
+
+
+def _check_sidecar(inputs: tuple[str, ...], options: dict[str, object]) -> None:
+    """Refuse what cannot have a sidecar; with --sidecar and no -o, records go nowhere (the files are the output)."""
+    if not options["sidecar"]:
+        if options["skip_existing"]:
+            raise UsageError("--skip-existing needs --sidecar SUFFIX")
+        return
+    if any(is_url(spec) for spec in inputs):
+        raise UsageError("--sidecar writes beside image files: URL inputs cannot have one (use -o for their records)")
+    if click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT:
+        options["output"] = os.devnull
 
 
 def _warn_empty(directory: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from capcli import store
 from capcli.cli import main
 
 
@@ -45,6 +46,13 @@ from capcli.cli import main
     "which capcli prefers on CPUs. CHECKPOINT may then also be an existing bundle directory.",
 )
 @click.option(
+    "--install",
+    metavar="NAME",
+    default=None,
+    help="Then add the bundle to the model store as NAME (as `capcli models add` does), so that `--model NAME` "
+    "chooses it; with --force an installed NAME is replaced.",
+)
+@click.option(
     "--upgrade",
     is_flag=True,
     help="CHECKPOINT is a bundle written by capcli 0.1 (format 1): convert it to this capcli's format, "
@@ -59,6 +67,7 @@ def export_command(
     force: bool,
     quantize: bool,
     upgrade: bool,
+    install: str | None,
 ) -> None:
     """Export CHECKPOINT (a `capcli train` checkpoint) as a model bundle.
 
@@ -101,6 +110,8 @@ def export_command(
         raise click.UsageError("CHECKPOINT is a directory: only --quantize or --upgrade make a bundle from a bundle")
     if upgrade and not is_bundle:
         raise click.UsageError("--upgrade converts a bundle directory, not a checkpoint (export it anew instead)")
+    if install is not None:  # refused before the export's minutes, not after
+        store.refuse_existing(store.check_name(install), force)
 
     def export_to(where: str | Path) -> Path:
         if upgrade:
@@ -133,6 +144,8 @@ def export_command(
     if quantize:
         _echo_quantization(path)
     click.echo(f"bundle written to {path}", err=True)
+    if install is not None:
+        click.echo(f"installed as {install!r} at {store.add(install, path, force=force)}", err=True)
 
 
 def _echo_upgrade(path: Path) -> None:
