@@ -95,6 +95,18 @@ def test_bad_names_are_usage_errors(home: Path, tiny_bundle: Path, name: str) ->
     assert result.stderr.startswith("Error: ") and not (home / "models").exists()
 
 
+@pytest.mark.parametrize("command", [["caption", "x.jpg"], ["url-list", "urls.txt"], ["info"], ["bench"]])
+def test_an_unknown_name_exits_2_listing_the_names(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    for how in (["--model", "nothing"], []):
+        result = cli(*command, *how, env={} if how else {ENV_VAR: "nothing"})
+        assert result.exit_code == 2, result.output
+        assert "'nothing' is neither a directory nor a model name; the names are:" in result.stderr
+
+
 def test_removing_the_packaged_or_an_unknown_model_is_a_usage_error(home: Path) -> None:
     for name in ("default", "nothing"):
         result = cli("models", "remove", name)

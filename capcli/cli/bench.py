@@ -142,6 +142,7 @@ def bench_command(
     """
     from capcli.bench import BenchConfig, run_bench
     from capcli.bench.report import render
+    from capcli.bundle import resolve_bundle_path
 
     folder = Path(images) if images else default_images()
     if folder is None:
@@ -153,7 +154,7 @@ def bench_command(
     if len(counts) != 2 or min(counts) < 1:
         raise click.BadParameter("expected two positive counts, e.g. 1000,20000", param_hint="'--memory-counts'")
     cfg = BenchConfig(
-        model=model,
+        model=str(resolve_bundle_path(model)[0]),  # a name resolved here: an unknown one exits 2 before any worker
         images=folder,
         n=n,
         batch_size=batch_size,
