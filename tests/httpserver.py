@@ -96,11 +96,16 @@ class LocalServer:
         self._server.server_close()
 
 
-def drip(handler: Handler, data: bytes, interval: float, server: LocalServer) -> None:
-    """Write ``data`` one byte at a time, ``interval`` seconds apart."""
-    for byte in data:
+def drip(handler: Handler, data: bytes, interval: float, server: LocalServer) -> int:
+    """Write ``data`` one byte at a time, ``interval`` seconds apart; return how many bytes went out
+    before the client hung up (or the server stopped), so a test can tell where the client gave up."""
+    for sent, byte in enumerate(data):
         if server.stopping.is_set():
-            return
-        handler.wfile.write(bytes([byte]))
-        handler.wfile.flush()
+            return sent
+        try:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+        except OSError:  # the client closed the connection
+            return sent
         time.sleep(interval)
+    return len(data)

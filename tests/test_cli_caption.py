@@ -295,20 +295,29 @@ def test_a_directory_without_images_is_named_on_stderr_and_exits_0(tmp_path: Pat
 # --- a real process: pipes, kill -9, SIGINT --------------------------------------------------------
 
 FAKE_MAIN = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {tests!r})
     from test_cli_caption import fake_captioner, PRE
     from capcli import Model, captioning
     from capcli.cli import main
-    delay = float({delay!r})
-    captioning.load_model = lambda settings: Model(fake_captioner(on_batch=lambda n: time.sleep(delay)), PRE)
+    delay, hold, gate = float({delay!r}), {hold!r}, {gate!r}
+
+    def on_batch(n):
+        time.sleep(delay)
+        while n == hold and not os.path.exists(gate):
+            time.sleep(0.01)
+
+    captioning.load_model = lambda settings: Model(fake_captioner(on_batch=on_batch), PRE)
     main(prog_name="capcli")
 """)
 
 
-def fake_capcli(tmp_path: Path, delay: float = 0.0) -> list[str]:
+def fake_capcli(tmp_path: Path, delay: float = 0.0, hold: int | None = None) -> list[str]:
+    """A capcli with the fake captioner, ``delay`` seconds per batch. Batch number ``hold`` waits until
+    the file ``tmp_path / "go"`` exists, so the run cannot end before the test has acted, however slow it is."""
     script = tmp_path / "fake_capcli.py"
-    script.write_text(FAKE_MAIN.format(tests=str(Path(__file__).parent), delay=delay))
+    gate = str(tmp_path / "go")
+    script.write_text(FAKE_MAIN.format(tests=str(Path(__file__).parent), delay=delay, hold=hold, gate=gate))
     return [sys.executable, str(script)]
 
 
@@ -349,8 +358,8 @@ def test_a_full_disk_leaves_whole_records_and_one_error_line(tmp_path: Path) -> 
 def test_kill_9_mid_run_then_resume_gives_exactly_one_record_per_input(tmp_path: Path) -> None:
     paths = make_pngs(tmp_path / "in", 60)
     out = tmp_path / "out.jsonl"
-    cmd = fake_capcli(tmp_path, delay=0.03) + ["caption", str(tmp_path / "in"), "-o", str(out), "--batch-size", "3"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=REPO)
+    args = ["caption", str(tmp_path / "in"), "-o", str(out), "--batch-size", "3"]
+    proc = subprocess.Popen(fake_capcli(tmp_path, delay=0.03, hold=5) + args, stderr=subprocess.DEVNULL, cwd=REPO)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 10):
         time.sleep(0.01)
@@ -360,7 +369,7 @@ def test_kill_9_mid_run_then_resume_gives_exactly_one_record_per_input(tmp_path:
     assert 10 <= written < 60
     with open(out, "ab") as f:
         f.write(b'{"index": 99, "source": "half a rec')  # what a kill mid-write could leave
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, timeout=60, cwd=REPO)
+    done = subprocess.run(fake_capcli(tmp_path) + args + ["--resume"], capture_output=True, timeout=60, cwd=REPO)
     assert done.returncode == 0, done.stderr.decode()
     records = jsonl(out.read_bytes())  # every line parses: the partial one was cut
     assert [r["source"] for r in records] == paths
@@ -370,11 +379,12 @@ def test_kill_9_mid_run_then_resume_gives_exactly_one_record_per_input(tmp_path:
 def test_sigint_to_a_real_process(tmp_path: Path) -> None:
     make_pngs(tmp_path / "in", 60)
     out = tmp_path / "out.csv"
-    cmd = fake_capcli(tmp_path, delay=0.05) + ["caption", str(tmp_path / "in"), "-o", str(out), "--batch-size", "2"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, cwd=REPO)
+    cmd = fake_capcli(tmp_path, delay=0.05, hold=3) + ["caption", str(tmp_path / "in"), "-o", str(out)]
+    proc = subprocess.Popen(cmd + ["--batch-size", "2"], stderr=subprocess.PIPE, cwd=REPO)
     while not out.exists() or out.read_bytes().count(b"\n") < 4:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
+    (tmp_path / "go").touch()  # batch 3 ends after the Ctrl-C: it is the last
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr.decode()
     assert b"interrupted:" in stderr and b"Traceback" not in stderr
@@ -384,7 +394,8 @@ def test_sigint_to_a_real_process(tmp_path: Path) -> None:
 
 def test_a_second_ctrl_c_stops_a_big_batch_at_once(tmp_path: Path) -> None:
     """The shipped model on batches of 128: the first Ctrl-C waits for the batches being captioned (seconds on
-    a small CPU), the second ends them within about a second, leaving only whole records."""
+    a small CPU), the second abandons them, leaving only whole records. (It ends them within one encoder run of
+    ENCODE_CHUNK images: test_runtime counts the runs.)"""
     from example_photos import example_paths
 
     out = tmp_path / "out.jsonl"
@@ -399,15 +410,15 @@ def test_a_second_ctrl_c_stops_a_big_batch_at_once(tmp_path: Path) -> None:
     time.sleep(1.5)  # the first batches are read and being captioned
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
+    written = out.read_bytes().count(b"\n")  # records of the batches finished before the second Ctrl-C
     proc.send_signal(signal.SIGINT)
-    second = time.monotonic()
     _, stderr = proc.communicate(timeout=60)
-    took = time.monotonic() - second
     assert proc.returncode == 130, stderr.decode()
-    assert took < 1.5, f"{took:.1f} s after the second Ctrl-C"
     assert b"Traceback" not in stderr and b"interrupted:" in stderr
     data = out.read_bytes()
     assert data == b"" or data.endswith(b"\n")
+    # No batch being captioned at the second Ctrl-C was finished (the one being written then may complete).
+    assert len(data.splitlines()) <= -(-written // 128) * 128
     assert all(json.loads(line)["status"] == "ok" for line in data.splitlines())
 
 

@@ -20,7 +20,7 @@ from capcli.decode import block_dangling_end, block_repeats
 from capcli.errors import FatalError
 from capcli.images import load
 from capcli.decode import DANGLING_WORDS
-from capcli.runtime import CPU, CUDA, Captioner, parse_device
+from capcli.runtime import CPU, CUDA, ENCODE_CHUNK, Captioner, parse_device
 from capcli.text import SPECIALS, detokenize
 
 
@@ -171,6 +171,25 @@ def test_empty_batch_and_bad_arguments(bundle) -> None:
         Captioner(bundle, beam=0)
     with pytest.raises(ValueError, match="device must be"):
         Captioner(bundle, device="tpu")
+
+
+def test_a_big_batch_is_encoded_in_chunks_on_the_cpu(bundle, images: np.ndarray) -> None:
+    """Ctrl-C is seen only when onnxruntime returns to Python: on the CPU a big batch is encoded
+    ENCODE_CHUNK images per run (counted here), so a second Ctrl-C ends it within one small run."""
+    captioner = Captioner(bundle, device="cpu")
+    session, runs = captioner._encoder, []
+
+    class CountingSession:
+        def run(self, names: list[str], feeds: dict[str, np.ndarray], options: ort.RunOptions) -> list[np.ndarray]:
+            runs.append(len(feeds["image"]))
+            return session.run(names, feeds, options)
+
+    captioner._encoder = CountingSession()
+    encoded = captioner.encode(np.concatenate([images] * 9))  # 36 images
+    assert runs == [ENCODE_CHUNK, ENCODE_CHUNK, 36 - 2 * ENCODE_CHUNK]
+    alone = captioner.encode(images)
+    for name, value in encoded.items():
+        np.testing.assert_allclose(value, np.concatenate([alone[name]] * 9), rtol=1e-5, atol=1e-6)
 
 
 def test_parse_device() -> None:
