@@ -34,6 +34,7 @@ from capcli.pipeline import (
     Annotate,
     BatchCaptioner,
     Fetch,
+    Keep,
     Reader,
     Record,
     caption_items,
@@ -162,15 +163,17 @@ class Model:
         stop: threading.Event | None = None,
         annotate: Annotate | None = None,
         thumbnail: int | None = None,
+        keep: Keep | None = None,
     ) -> Iterator[Record]:
         """Caption ``inputs`` lazily: one record per input, in input order.
 
         ``inputs`` may be any iterable, endless included; only a bounded
         window is read ahead. Setting ``stop`` ends the run after the batch
         being captioned. ``annotate(item, caption, loaded)`` and ``thumbnail``
-        add fields to captioned records (the CLI's attention figures use them).
+        add fields to captioned records (the CLI's attention figures use them); ``keep(item, data)``
+        gets each downloaded image's bytes (``url-list --save-images``).
         """
-        read = self.reader(thumbnail)
+        read = self.reader(thumbnail, keep)
         items = (_item(index, value) for index, value in enumerate(inputs))
         return caption_items(
             items, self.captioner, read, batch_size=self.batch_size, workers=self.workers, stop=stop, annotate=annotate
@@ -187,9 +190,11 @@ class Model:
             raise ItemError(record["error_kind"], record["error"])
         return record
 
-    def reader(self, thumbnail: int | None = None) -> Reader:
+    def reader(self, thumbnail: int | None = None, keep: Keep | None = None) -> Reader:
         """The function that reads one :class:`~capcli.sources.Item` into the model's input array."""
-        return make_reader(self.preprocess, max_pixels=self.max_pixels, fetch=self._fetch(), thumbnail=thumbnail)
+        return make_reader(
+            self.preprocess, max_pixels=self.max_pixels, fetch=self._fetch(), thumbnail=thumbnail, keep=keep
+        )
 
     def _fetch(self) -> Fetch:
         if self.fetch is None:

@@ -106,8 +106,8 @@ def _fit(text: str, font: Any, width: int) -> str:
     return text + "..."
 
 
-def figure_name(index: int, source: str) -> str:
-    """A safe, unique file name for an input's figure: ``000042-dog_on_beach.png``.
+def figure_name(index: int, source: str, suffix: str = ".png") -> str:
+    """A safe, unique file name for an input's figure: ``000042-dog_on_beach.png`` (or another ``suffix``).
 
     Only ASCII letters, digits, ``.``, ``_`` and ``-`` from the source's last
     path segment (a URL's path, unquoted) survive, without leading dots, so no
@@ -122,7 +122,7 @@ def figure_name(index: int, source: str) -> str:
         name = stem
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name).strip("._-")[:STEM_CHARS].strip("._-")
-    return f"{index:06d}-{safe or 'image'}.png"
+    return f"{index:06d}-{safe or 'image'}{suffix}"
 
 
 class AttentionFigures:

@@ -29,8 +29,9 @@ from capcli.api import Model, load
 from capcli.attention import AttentionFigures
 from capcli.errors import ExitStatus, FatalError, UsageError
 from capcli.images import DEFAULT_MAX_PIXELS
-from capcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Fetch, Summary
+from capcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Annotate, Fetch, Summary
 from capcli.progress import ProgressLine
+from capcli.saved import SavedImages
 from capcli.shard import take_shard
 from capcli.sidecars import Sidecars
 from capcli.sources import Item
@@ -57,6 +58,7 @@ class CaptionSettings:
     tags: int = 0  # add the tagger's top-K classes to each record
     sidecar: str | None = None  # also write each caption to a file with this suffix beside its image
     skip_existing: bool = False  # with sidecar: leave the images that already have one
+    save_images: str | None = None  # url-list: keep each downloaded image in this directory
 
 
 def load_model(settings: CaptionSettings) -> Model:
@@ -97,6 +99,8 @@ def run_captioning(
     writer: RecordWriter | None = None
     failed = False  # a fatal error is on its way to the one Error: line of the run
     device = ""
+    if settings.save_images:
+        extra_columns += ("saved",)
     if settings.attention_dir:
         extra_columns += ("attention",)
     if settings.tags:
@@ -113,6 +117,7 @@ def run_captioning(
         device = model.device
         started = time.monotonic()  # the rate counts captioning, not loading the model
         figures = AttentionFigures(settings.attention_dir) if settings.attention_dir else None
+        saved = SavedImages(settings.save_images) if settings.save_images else None
         writer, done = open_output(
             settings.output, fmt, resume=resume, retry_errors=settings.retry_errors, extra_columns=extra_columns
         )
@@ -120,8 +125,9 @@ def run_captioning(
         records = model.caption(
             todo,
             stop=stop,
-            annotate=figures.annotate if figures else None,
+            annotate=_annotate(saved.annotate if saved else None, figures.annotate if figures else None),
             thumbnail=figures.thumbnail if figures else None,
+            keep=saved.keep if saved else None,
         )
         # A live line only on a terminal, and not when records scroll past on that terminal too.
         live = console.is_terminal and not (settings.output == "-" and _isatty(sys.stdout))
@@ -151,6 +157,16 @@ def run_captioning(
     if stop.is_set():
         return ExitStatus.INTERRUPTED
     return ExitStatus.ITEMS_FAILED if summary.failed else ExitStatus.OK
+
+
+def _annotate(*annotators: Annotate | None) -> Annotate | None:
+    """One annotate function giving the fields of all of ``annotators`` (None: no extra field)."""
+    chosen = [annotate for annotate in annotators if annotate is not None]
+    if not chosen:
+        return None
+    return lambda item, caption, loaded: {
+        k: v for annotate in chosen for k, v in annotate(item, caption, loaded).items()
+    }
 
 
 def _holds_something(output: str) -> bool:

@@ -30,6 +30,7 @@ Record = dict[str, Any]
 Reader = Callable[[Item], images.Loaded]  # raises ItemError
 Fetch = Callable[[str], bytes]  # URL -> encoded image bytes; raises ItemError
 Annotate = Callable[[Item, Any, images.Loaded], Record]  # more fields for a captioned item's record
+Keep = Callable[[Item, bytes], None]  # given a URL item's downloaded bytes once they decoded
 Batch = list[tuple[Item, "images.Loaded | ItemError"]]
 
 DEFAULT_BATCH_SIZE = 16
@@ -58,10 +59,12 @@ def make_reader(
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     fetch: Fetch | None = None,
     thumbnail: int | None = None,
+    keep: Keep | None = None,
 ) -> Reader:
     """The standard reader: files through capcli.images, URLs through ``fetch`` first.
 
     ``thumbnail``: keep a small RGB copy of each image (see :func:`capcli.images.load`).
+    ``keep(item, data)``: called with a download's bytes once they decoded (``url-list --save-images``).
     """
 
     def read(item: Item) -> images.Loaded:
@@ -72,7 +75,11 @@ def make_reader(
         if item.url is not None:
             if fetch is None:
                 raise ItemError("unsupported_source", "URL inputs are not supported here")
-            return images.load(fetch(item.url), pre, max_pixels, thumbnail)
+            data = fetch(item.url)
+            loaded = images.load(data, pre, max_pixels, thumbnail)
+            if keep is not None:
+                keep(item, data)
+            return loaded
         assert item.path is not None
         return images.load(item.path, pre, max_pixels, thumbnail)
 

@@ -14,6 +14,7 @@ import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -228,3 +229,39 @@ def test_resume_with_repeated_urls_restores_one_record_per_line(server: LocalSer
     got = records(out.read_text())
     assert [r["index"] for r in got] == list(range(12)) and [r["source"] for r in got] == urls
     assert [r["caption"] for r in got] == [f"Level {v}." for v in [10, 20, 30] * 4]
+
+
+def test_save_images_keeps_the_bytes_the_server_sent_under_safe_names(server: LocalServer, tmp_path) -> None:
+    photo = (Path(__file__).resolve().parents[1] / "examples" / "cat.jpg").read_bytes()
+    level = png(70)
+    server.routes["/pets/My%20Cat%20%C3%A9t%C3%A9.jpeg"] = lambda h: h.send_body(200, photo, "image/jpeg")
+    server.routes["/raw"] = lambda h: h.send_body(200, level, "application/octet-stream")  # no suffix, no label
+    server.routes["/a/..%2F..%2Fescape.gif"] = lambda h: h.send_body(200, level, "image/png")  # PNG bytes
+    server.routes["/broken.jpg"] = lambda h: h.send_body(200, photo[:200], "image/jpeg")
+    urls = [
+        server.url("/pets/My%20Cat%20%C3%A9t%C3%A9.jpeg?size=large"),
+        server.url("/raw"),
+        server.url("/a/..%2F..%2Fescape.gif"),
+        server.url("/missing.png"),
+        server.url("/broken.jpg"),
+        server.url("/raw"),  # the same URL twice: two inputs, two files
+    ]
+    saved_dir = tmp_path / "saved"
+    out = tmp_path / "out.csv"
+    args = ("-", "--allow-private-network", "--retries", "0", "--save-images", str(saved_dir))
+    result = url_list(*args, "-o", str(out), input="\n".join(urls).encode())
+    assert result.exit_code == 3, result.output
+    expected = {
+        0: "000000-My_Cat_ete.jpg",
+        1: "000001-raw.png",
+        2: "000002-escape.png",  # named by the bytes' format, never outside DIR
+        5: "000005-raw.png",
+    }
+    assert sorted(p.name for p in saved_dir.iterdir()) == sorted(expected.values())  # failed ones: no file
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["saved"] for r in rows] == [str(saved_dir / expected[i]) if i in expected else "" for i in range(6)]
+    assert (saved_dir / expected[0]).read_bytes() == photo  # byte-identical, EXIF and all
+    assert all((saved_dir / expected[i]).read_bytes() == level for i in (1, 2, 5))
+    result = url_list(*args, input=urls[0].encode())  # JSONL: the same field
+    assert records(result.stdout)[0]["saved"] == str(saved_dir / expected[0])

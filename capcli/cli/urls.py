@@ -31,6 +31,13 @@ URL_WORKERS = 16
 )
 @click.option("--url-col", metavar="NAME", default=None, help="CSV/TSV/JSONL column holding the URL [default: url].")
 @click.option("--id-col", metavar="NAME", default=None, help='Column copied into each record as "id".')
+@click.option(
+    "--save-images",
+    metavar="DIR",
+    default=None,
+    help="Also keep each downloaded image, byte for byte, as DIR/<index>-<name>.<format> "
+    '(the record\'s "saved" field).',
+)
 @fetch_options
 @caption_options(workers=URL_WORKERS, workers_help="Threads downloading and decoding images ahead of the model.")
 def url_list(
@@ -59,6 +66,7 @@ def url_list(
       capcli url-list urls.txt -o captions.jsonl
       capcli url-list photos.csv --url-col image_url --id-col sku -o out.csv
       psql -Atc 'select url from photos' | capcli url-list - --workers 32
+      capcli url-list urls.txt --save-images images/ -o captions.jsonl
     """
     fetch = fetch_from(options)
     name = str(getattr(url_list, "name", "-"))  # stdin: "<stdin>", no suffix
