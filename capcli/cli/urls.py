@@ -20,6 +20,15 @@ from capcli.urllist import FORMATS, UrlList
 URL_WORKERS = 16
 
 
+def _no_sidecar(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``caption --sidecar`` is a likely guess here: say why it cannot be, rather than click's "no such option"."""
+    if value is not None:
+        raise click.UsageError(
+            "url-list cannot write --sidecar files: a URL has no folder to hold one "
+            "(--save-images DIR keeps the images, -o the records)"
+        )
+
+
 @main.command("url-list", epilog=EXIT_CODES_HELP)
 @click.argument("url_list", metavar="FILE|-", type=click.File("rb"))
 @click.option(
@@ -38,6 +47,7 @@ URL_WORKERS = 16
     help="Also keep each downloaded image, byte for byte, as DIR/<index>-<name>.<format> "
     '(the record\'s "saved" field).',
 )
+@click.option("--sidecar", hidden=True, expose_value=False, callback=_no_sidecar)
 @fetch_options
 @caption_options(workers=URL_WORKERS, workers_help="Threads downloading and decoding images ahead of the model.")
 def url_list(
