@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 from PIL import Image
 
+from capcli.decode import NO_REPEAT_NGRAM, Decoding
 from capcli.errors import ItemError
 from capcli.images import DEFAULT_MAX_PIXELS
 from capcli.pipeline import (
@@ -68,6 +69,15 @@ def load(
     fetch: Fetch | None = None,
     threads: int | None = None,
     lanes: int | None = None,
+    min_len: int = 1,
+    no_repeat_ngram: int = NO_REPEAT_NGRAM,
+    allow_dangling_end: bool = False,
+    num_captions: int = 1,
+    sample: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    prefix: str = "",
 ) -> Model:
     """Load a model bundle and return a :class:`Model` ready to caption.
 
@@ -88,27 +98,46 @@ def load(
             default timeouts, size cap and private-network guard).
         threads: onnxruntime threads per lane on the CPU (default: physical cores / lanes).
         lanes: batches captioned at once (default 2, or 1 on a one-core machine).
+        min_len: no caption shorter than this many words.
+        no_repeat_ngram: a caption never holds the same n words twice (0: off).
+        allow_dangling_end: let a caption end on "a", "the", "of" and the like.
+        num_captions: also give each record the beam's ``num_captions`` best captions, best first
+            (``"captions"``: ``[{"caption", "score"}, ...]``); at most ``beam``.
+        sample: draw each word instead of searching, with ``temperature`` (default 1), nucleus ``top_p``
+            (default 1) and ``seed`` (default 0): an input's caption depends only on the seed and its
+            index in ``inputs``, not on the batch.
+        prefix: words every caption starts with ("a photo of"); each must be in the model's vocabulary.
 
     Raises:
-        capcli.errors.UsageError: a bad ``device``, ``beam`` or ``max_len``.
+        capcli.errors.UsageError: a bad ``device`` or decoding option (named as its command-line option),
+            a prefix word the model does not know.
         capcli.errors.FatalError: no model, a broken bundle, CUDA asked for but not usable.
     """
     from capcli.bundle import load_bundle
     from capcli.device import parse_device
-    from capcli.errors import UsageError
 
     parse_device(device)
-    if beam < 1 or (max_len is not None and max_len < 1):
-        raise UsageError("beam and max_len must be at least 1")
+    decoding = Decoding.from_options(
+        beam=beam,
+        max_len=max_len,
+        length_penalty=length_penalty,
+        min_len=min_len,
+        no_repeat_ngram=no_repeat_ngram,
+        allow_dangling_end=allow_dangling_end,
+        num_captions=num_captions,
+        sample=sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        prefix=prefix,
+    )
     bundle = load_bundle(str(model) if model is not None else None)
     from capcli.runtime import Captioner  # onnxruntime: imported only here
 
     captioner = Captioner(
         bundle,
         device=device,
-        beam=beam,
-        max_len=max_len,
-        length_penalty=length_penalty,
+        decoding=decoding,
         precision=precision,
         tags=tags,
         threads=threads,

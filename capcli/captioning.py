@@ -27,6 +27,7 @@ from rich.console import Console
 
 from capcli.api import Model, load
 from capcli.attention import AttentionFigures
+from capcli.decode import NO_REPEAT_NGRAM
 from capcli.errors import ExitStatus, FatalError, UsageError
 from capcli.images import DEFAULT_MAX_PIXELS
 from capcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Annotate, Fetch, Summary
@@ -46,6 +47,16 @@ class CaptionSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     beam: int = 3
     max_len: int | None = None  # None: the bundle's
+    length_penalty: float = 0.7
+    min_len: int = 1
+    no_repeat_ngram: int = NO_REPEAT_NGRAM
+    allow_dangling_end: bool = False
+    num_captions: int = 1  # > 1: the beam's best captions in each record's "captions"
+    sample: bool = False  # with temperature, top_p and seed (None: their defaults)
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    prefix: str = ""
     device: str = "auto"
     precision: str = "auto"  # decoder: int8 on the CPU when the bundle has one, else float
     workers: int = DEFAULT_WORKERS
@@ -70,6 +81,16 @@ def load_model(settings: CaptionSettings) -> Model:
         max_len=settings.max_len,
         precision=settings.precision,
         tags=settings.tags,
+        length_penalty=settings.length_penalty,
+        min_len=settings.min_len,
+        no_repeat_ngram=settings.no_repeat_ngram,
+        allow_dangling_end=settings.allow_dangling_end,
+        num_captions=settings.num_captions,
+        sample=settings.sample,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        prefix=settings.prefix,
     )
 
 
@@ -105,6 +126,8 @@ def run_captioning(
         extra_columns += ("attention",)
     if settings.tags:
         extra_columns += ("tags",)
+    if settings.num_captions > 1:
+        extra_columns += ("captions",)
     if settings.shard:
         items = take_shard(items, *settings.shard)
     sidecars = Sidecars(settings.sidecar, skip_existing=settings.skip_existing) if settings.sidecar else None

@@ -19,7 +19,8 @@ Rules shared by both searches (so that beam 1 is exactly greedy):
 - <end> cannot come before ``min_len`` words (at least one: a caption has a
   word), and after ``max_len`` words only <end> may follow;
 - the ``prefix`` words, when given, are forced first (no other rule blocks
-  them), then the search goes on; their log-probabilities count in the score;
+  them), then the search goes on for at least one more word (unless
+  ``max_len`` is reached); their log-probabilities count in the score;
 - <end> cannot follow a word of ``no_end_after`` (the runtime passes articles,
   prepositions and the like: "a dog runs in the" is not a caption), except
   after ``max_len`` words;
@@ -148,11 +149,11 @@ class SearchSpec:
         return logprob / np.maximum(length, 1) ** self.length_penalty
 
     def allowed(self, t: int, vocab_size: int) -> np.ndarray:
-        """(V,) bool: the tokens step ``t`` may produce (no banned id; no <end> before min_len words; the
-        prefix's word while in the prefix; only <end> after max_len)."""
+        """(V,) bool: the tokens step ``t`` may produce (no banned id; no <end> before min_len words, nor
+        right after the prefix; the prefix's word while in the prefix; only <end> after max_len)."""
         ok = np.ones(vocab_size, dtype=bool)
         ok[list(self.banned)] = False
-        if t < self.min_len:
+        if t < max(self.min_len, len(self.prefix) + 1):  # a prefix is followed by a word of the model's own
             ok[self.end_id] = False
         if t < len(self.prefix):
             ok[:] = False
@@ -217,6 +218,25 @@ class Decoding:
         for wrong, message in problems:
             if wrong:
                 raise UsageError(message)
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        sample: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        **options: Any,
+    ) -> Decoding:
+        """A decoding from flat options, as the CLI and ``capcli.load`` take them: ``sample`` with its
+        ``temperature``, ``top_p`` and ``seed`` (None: :class:`Sampling`'s defaults), which need it."""
+        drawn = {"temperature": temperature, "top_p": top_p, "seed": seed}
+        given = {name: value for name, value in drawn.items() if value is not None}
+        if given and not sample:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{flags}: only with --sample (without it the beam search picks the words)")
+        return cls(sampling=Sampling(**given) if sample else None, **options)
 
     @property
     def graph_compatible(self) -> bool:

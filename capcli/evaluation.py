@@ -16,10 +16,11 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capcli.decode import Decoding
 from capcli.errors import FatalError
 from capcli.hallucination import hallucination
 from capcli.metrics import METRICS, PROTOCOL, coco_scores
@@ -53,6 +54,8 @@ class Report:
                 how += f", no repeated {p['no_repeat_ngram']}-grams"
             if p.get("no_end_after"):
                 how += f", no caption ending on {'/'.join(p['no_end_after'][:3])}/..."
+            if p.get("decoding"):
+                how += "".join(f", {name} {value}" for name, value in p["decoding"].items())
         else:
             how = f"captions from {p['captions']}"
         out = [head, f"{how}; {PROTOCOL}"]
@@ -104,8 +107,12 @@ def caption_split(
     batch_size: int = 16,
     workers: int = 2,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    **decoding: Any,
 ) -> tuple[Hypotheses, dict[str, Any]]:
-    """Caption every image of ``split`` with a bundle; (hypotheses, protocol facts)."""
+    """Caption every image of ``split`` with a bundle; (hypotheses, protocol facts).
+
+    ``decoding``: more of :func:`capcli.load`'s decoding options (min_len, sample, prefix, ...).
+    """
     from capcli.api import load
 
     loaded = load(
@@ -117,6 +124,7 @@ def caption_split(
         precision=precision,
         batch_size=batch_size,
         workers=workers,
+        **decoding,
     )
     captioner, bundle = loaded.captioner, loaded.bundle
     assert bundle is not None
@@ -138,6 +146,9 @@ def caption_split(
         "device": captioner.device,
         "decoder": captioner.precision,
     }
+    if not captioner.decoding.graph_compatible:  # rules beyond the standard ones: name those that differ
+        asked, standard = asdict(captioner.decoding), asdict(Decoding())
+        protocol["decoding"] = {name: value for name, value in asked.items() if value != standard[name]}
     return result, protocol
 
 

@@ -46,7 +46,8 @@ ERROR_KINDS = {
 class BatchCaptioner(Protocol):
     """What the pipeline captions with (:class:`capcli.runtime.Captioner`, or a test's fake).
 
-    Optionally with ``lanes``: how many batches it may caption at once, from different threads."""
+    Optionally with ``lanes``: how many batches it may caption at once, from different threads; and
+    with ``takes_indices`` true: ``caption(images, indices=...)`` gets each image's index in the input."""
 
     def caption(self, images: np.ndarray) -> list[Any]: ...  # (B, 3, H, W) -> B objects with .text, .score
 
@@ -216,8 +217,13 @@ def _read_one(read: Reader, item: Item) -> images.Loaded | ItemError:
 
 
 def _caption_batch(captioner: BatchCaptioner, batch: Batch) -> list[Any]:
-    arrays = [r.array for _, r in batch if isinstance(r, images.Loaded)]
-    captions = captioner.caption(np.stack(arrays)) if arrays else []  # (B, 3, H, W) in
+    loaded = [(item.index, r.array) for item, r in batch if isinstance(r, images.Loaded)]
+    if not loaded:
+        return []
+    arrays = [array for _, array in loaded]
+    # Seeded sampling draws an image's words by its index in the input, whatever batch it is in.
+    indices = {"indices": [index for index, _ in loaded]} if getattr(captioner, "takes_indices", False) else {}
+    captions = captioner.caption(np.stack(arrays), **indices)  # (B, 3, H, W) in
     if len(captions) != len(arrays):
         raise FatalError(f"the captioner returned {len(captions)} captions for {len(arrays)} images")
     return captions
@@ -245,6 +251,8 @@ def ok_record(item: Item, caption: Any, n_frames: int = 1) -> Record:
         record["n_frames"] = n_frames
     if getattr(caption, "tags", None) is not None:
         record["tags"] = [{"label": label, "p": round(p, 4)} for label, p in caption.tags]
+    if getattr(caption, "n_best", None) is not None:
+        record["captions"] = [{"caption": text, "score": round(float(score), 4)} for text, score in caption.n_best]
     return record
 
 

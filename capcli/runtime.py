@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ import numpy as np
 import onnxruntime as ort
 
 from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, Bundle
-from capcli.decode import NO_REPEAT_NGRAM, Hypothesis, SearchSpec, State, beam_search, dangling_ids, greedy
+from capcli.decode import NO_REPEAT_NGRAM, Decoding, Hypothesis, State, search
 from capcli.device import parse_device
 from capcli.errors import FatalError
 from capcli.text import detokenize
@@ -63,6 +63,7 @@ class Caption:
     score: float  # length-normalised log-probability (see capcli.decode)
     alphas: np.ndarray | None  # (T, gh, gw) attention behind each word of the chosen hypothesis
     tags: list[tuple[str, float]] | None = None  # the tagger's top classes (label, probability), when asked
+    n_best: list[tuple[str, float]] | None = None  # (text, score) of the beam's best, best first, when several asked
 
 
 def physical_cores() -> int:
@@ -78,7 +79,14 @@ def physical_cores() -> int:
 
 
 class Captioner:
-    """Caption preprocessed images with a bundle on onnxruntime."""
+    """Caption preprocessed images with a bundle on onnxruntime.
+
+    ``decoding`` holds every search option (:class:`capcli.decode.Decoding`); without it,
+    ``beam`` .. ``allow_dangling_end`` make one (they are not read when it is given).
+    ``decoding.graph_compatible`` says whether the search keeps to capcli's standard rules.
+    """
+
+    takes_indices = True  # caption() takes each image's index in the input (seeded sampling draws by it)
 
     def __init__(
         self,
@@ -93,7 +101,12 @@ class Captioner:
         lanes: int | None = None,
         precision: str = "auto",
         tags: int = 0,
+        decoding: Decoding | None = None,
     ) -> None:
+        # Bad values raise UsageError (a ValueError) before anything is loaded.
+        decoding = decoding or Decoding(
+            beam, max_len, length_penalty, no_repeat_ngram=no_repeat_ngram, allow_dangling_end=allow_dangling_end
+        )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         if precision == "int8" and not bundle.has_int8_decoder:
@@ -101,26 +114,16 @@ class Captioner:
                 f"--precision int8: the bundle {bundle.path} has no {INT8_DECODER} "
                 "(`capcli export BUNDLE -o OUT --quantize` adds one)"
             )
-        if beam < 1:
-            raise ValueError("beam must be at least 1")
         if tags and not bundle.has_tags:
             raise FatalError(
                 f"--tags: the model {bundle.path} has no tagger (bundles exported from a model "
                 "with a tagger have one, as the shipped model does)"
             )
         self.tags = tags
-        if max_len is not None and max_len < 1:
-            raise ValueError("max_len must be at least 1")
         self.bundle = bundle
-        self.beam = beam
-        vocab = bundle.vocab
-        self.spec = SearchSpec.for_vocab(
-            vocab,
-            max_len or bundle.max_len,
-            length_penalty=length_penalty,
-            no_repeat_ngram=no_repeat_ngram,
-            no_end_after=() if allow_dangling_end else dangling_ids(vocab),
-        )
+        self.decoding = decoding
+        self.beam = decoding.beam
+        self.spec = decoding.spec(bundle.vocab, bundle.max_len)  # UsageError: a prefix word the model lacks
         kind, device_id = parse_device(device)
         self.cuda_problem: str | None = None  # why CUDA is not used, when it was tried
         self.threads: int | None = None  # onnxruntime intra-op threads on the CPU; None under CUDA
@@ -234,9 +237,13 @@ class Captioner:
         new_state = {name: out[f"{name}_out"] for name in self.bundle.state_names}
         return out["logprobs"], new_state, out["alpha"]
 
-    def caption(self, images: np.ndarray) -> list[Caption]:
+    def caption(self, images: np.ndarray, indices: Sequence[int] | None = None) -> list[Caption]:
         """Images (B, 3, H, W) float32, preprocessed per ``bundle.preprocess`` -> B captions
-        (with the tagger's top ``tags`` classes when the captioner was made with ``tags``)."""
+        (with the tagger's top ``tags`` classes when the captioner was made with ``tags``).
+
+        ``indices``: each image's index in the input (default 0..B-1); sampling draws image i's
+        words from (seed, indices[i]), so its caption does not depend on the batch.
+        """
         if len(images) == 0:
             return []
         started = time.perf_counter()
@@ -251,11 +258,8 @@ class Captioner:
                 bound[:] = len(which), self.bind_context(encoded, None if len(which) == len(images) else which)
             return self.step(tokens, st, bound[1])
 
-        if self.beam == 1:
-            hyps = greedy(step, state, self.spec)
-        else:
-            hyps = beam_search(step, state, self.spec, beam=self.beam)
-        captions = [self._to_caption(h) for h in hyps]
+        keys = range(len(images)) if indices is None else indices
+        captions = [self._to_caption(found) for found in search(step, state, self.spec, self.beam, keys)]
         if self.tags:
             for caption, probs in zip(captions, encoded["tags"]):
                 caption.tags = top_tags(probs, self.bundle.tag_labels, self.tags)
@@ -264,10 +268,15 @@ class Captioner:
             self.seconds["decode"] += time.perf_counter() - encoded_at
         return captions
 
-    def _to_caption(self, hyp: Hypothesis) -> Caption:
-        words = [self.bundle.vocab.tokens[i] for i in hyp.ids]
+    def _to_caption(self, found: list[Hypothesis]) -> Caption:
+        """The caption of an image's best hypothesis; with the others' texts when several were asked for."""
+        hyp, tokens = found[0], self.bundle.vocab.tokens
+        words = [tokens[i] for i in hyp.ids]
         gh, gw = self.bundle.grid
-        return Caption(detokenize(words), words, hyp.score, hyp.alphas.reshape(len(words), gh, gw))
+        caption = Caption(detokenize(words), words, hyp.score, hyp.alphas.reshape(len(words), gh, gw))
+        if self.spec.n_best > 1:
+            caption.n_best = [(detokenize([tokens[i] for i in h.ids]), h.score) for h in found]
+        return caption
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
         h, w = self.bundle.preprocess.size

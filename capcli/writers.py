@@ -433,5 +433,5 @@ def _header_problem(path: str, header: tuple[str, ...], columns: tuple[str, ...]
     parts += [f"the file has the column(s) {', '.join(extra)} this run does not write"] if extra else []
     return (
         f"{path}: {'; '.join(parts) or 'its columns are in another order'}: resume with the options that "
-        "wrote it (--attention-dir, --tags, --id-col), or write a new file"
+        "wrote it (--attention-dir, --tags, --num-captions, --id-col), or write a new file"
     )

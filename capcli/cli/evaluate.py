@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -38,13 +39,6 @@ from capcli.datasets import DATASETS
 @click.option("--split", default="dev", show_default=True, help="train, dev (val) or test.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
 @runtime_options(workers=2, workers_help="Threads reading images ahead of the model.")
-@click.option(
-    "--length-penalty",
-    type=click.FloatRange(min=0.0),
-    default=0.7,
-    show_default=True,
-    help="Beam ranking: log-probability / length ** this.",
-)
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (its Java process needs 2 GB of memory).")
 @click.option(
     "--json-out",
@@ -76,6 +70,7 @@ def eval_command(
     no_meteor: bool,
     json_out: str | None,
     captions_out: str | None,
+    **decoding: Any,
 ) -> None:
     """Caption a data set split with a bundle and score it the standard way.
 
@@ -117,6 +112,7 @@ def eval_command(
                 batch_size=batch_size,
                 workers=workers,
                 on_record=writer.write if writer else None,
+                **decoding,
             )
         finally:
             if writer is not None:

@@ -1,7 +1,9 @@
 """Options shared by commands: click declarations only, parsed into plain values.
 
-``@runtime_options(...)``: where and how a model runs (device, beam, max-len,
-precision, batch size, workers), for caption, url-list, eval and bench;
+``@runtime_options(...)``: where and how a model runs (device, precision, batch
+size, workers) and, with ``search``, how captions are decoded (beam, max-len,
+length penalty, the rules, n-best, sampling, prefix: the fields of
+:class:`capcli.decode.Decoding`), for caption, url-list, eval and bench;
 ``@caption_options(...)``: those plus the output and run options of caption
 and url-list (their values become :class:`capcli.captioning.CaptionSettings`).
 ``--device`` is checked by :func:`capcli.device.parse_device` while parsing.
@@ -15,6 +17,7 @@ from typing import Any
 import click
 
 from capcli.bundle import PRECISIONS
+from capcli.decode import NO_REPEAT_NGRAM
 from capcli.device import DEVICE_METAVAR, parse_device
 from capcli.errors import UsageError
 from capcli.images import DEFAULT_MAX_PIXELS
@@ -55,6 +58,82 @@ def _apply(options: list[Decorator], command: Callable[..., Any]) -> Callable[..
     return command
 
 
+# How captions are decoded, beyond --beam and --max-len (see capcli.decode.Decoding).
+DECODING_OPTIONS: list[Decorator] = [
+    click.option(
+        "--length-penalty",
+        type=click.FloatRange(min=0.0),
+        metavar="X",
+        default=0.7,
+        show_default=True,
+        help="Beam ranking: log-probability / length ** X (0: raw log-probability, favours short captions).",
+    ),
+    click.option(
+        "--min-len",
+        type=click.IntRange(min=1),
+        metavar="N",
+        default=1,
+        show_default=True,
+        help="No caption shorter than N words.",
+    ),
+    click.option(
+        "--no-repeat-ngram",
+        type=click.IntRange(min=0),
+        metavar="N",
+        default=NO_REPEAT_NGRAM,
+        show_default=True,
+        help="A caption never holds the same N words twice; 0 turns the rule off.",
+    ),
+    click.option(
+        "--allow-dangling-end",
+        is_flag=True,
+        help="Let a caption end on a, the, of, in and the like (by default such an ending is not allowed).",
+    ),
+    click.option(
+        "--num-captions",
+        type=click.IntRange(min=1),
+        metavar="N",
+        default=1,
+        show_default=True,
+        help="With N > 1, also give each record the beam's N best distinct captions, best first, with their "
+        'scores (the record\'s "captions" field; a JSON cell in CSV); N at most --beam.',
+    ),
+    click.option(
+        "--sample",
+        is_flag=True,
+        help="Draw each word from the model's distribution instead of the beam search (--beam is not used).",
+    ),
+    click.option(
+        "--temperature",
+        type=click.FloatRange(min=0.0, min_open=True),
+        metavar="T",
+        default=None,
+        help="With --sample: below 1 safer words, above 1 more varied ones [default: 1].",
+    ),
+    click.option(
+        "--top-p",
+        type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+        metavar="P",
+        default=None,
+        help="With --sample: draw only among the likeliest words whose probabilities add up to P [default: 1].",
+    ),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        metavar="S",
+        default=None,
+        help="With --sample: the same seed gives every input the same caption, whatever the batch size, "
+        "shard or resume [default: 0].",
+    ),
+    click.option(
+        "--prefix",
+        metavar="TEXT",
+        default="",
+        help='Words every caption starts with, e.g. "a photo of" (each must be in the model\'s vocabulary).',
+    ),
+]
+
+
 def runtime_options(
     *,
     search: bool = True,
@@ -62,7 +141,8 @@ def runtime_options(
     workers_help: str = "Threads reading and decoding images ahead of the model.",
     device_help: str | None = None,
 ) -> Decorator:
-    """``--batch-size``, ``--beam`` and ``--max-len`` (``search``), ``--device``, ``--precision``, ``--workers``.
+    """``--batch-size``, ``--beam``, ``--max-len`` and :data:`DECODING_OPTIONS` (``search``), ``--device``,
+    ``--precision``, ``--workers``.
 
     ``workers``: the default thread count (None: the library's, shown as such).
     """
@@ -93,6 +173,7 @@ def runtime_options(
                 default=None,
                 help="Longest caption in words [default: the bundle's].",
             ),
+            *DECODING_OPTIONS,
         ]
     options += [
         device_option(device_help) if device_help else device_option(),
