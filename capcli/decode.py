@@ -43,7 +43,7 @@ build one) and turns into a model's :class:`SearchSpec`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -145,6 +145,20 @@ class SearchSpec:
             no_end_after=dangling_ids(vocab),
         )
 
+    @property
+    def graph_compatible(self) -> bool:
+        """Whether this spec keeps to the standard rules of :meth:`runtime`, which a search built into an
+        ONNX graph implements (:mod:`capcli.graph_search`): :data:`NO_REPEAT_NGRAM` blocking, <end> barred
+        from the first step only, no prefix, one hypothesis, no sampling.  ``max_len``, ``length_penalty``,
+        ``banned`` and ``no_end_after`` are the graph's inputs, so any values go."""
+        return (
+            self.no_repeat_ngram == NO_REPEAT_NGRAM
+            and self.min_len == 1
+            and not self.prefix
+            and self.n_best == 1
+            and self.sampling is None
+        )
+
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:
         return logprob / np.maximum(length, 1) ** self.length_penalty
 
@@ -237,13 +251,6 @@ class Decoding:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UsageError(f"{flags}: only with --sample (without it the beam search picks the words)")
         return cls(sampling=Sampling(**given) if sample else None, **options)
-
-    @property
-    def graph_compatible(self) -> bool:
-        """Whether only ``beam``, ``max_len`` and ``length_penalty`` differ from the defaults: capcli's standard
-        rules (:meth:`SearchSpec.runtime`: trigram blocking, no dangling end, one best caption, no prefix, no
-        sampling), the ones a search built into the decoder graph implements."""
-        return self == replace(Decoding(), beam=self.beam, max_len=self.max_len, length_penalty=self.length_penalty)
 
     def spec(self, vocab: Vocab, max_len: int) -> SearchSpec:
         """The search rules for ``vocab``; ``max_len``: the model's, used unless this decoding sets one.

@@ -146,9 +146,11 @@ def caption_split(
         "device": captioner.device,
         "decoder": captioner.precision,
     }
-    if not captioner.decoding.graph_compatible:  # rules beyond the standard ones: name those that differ
-        asked, standard = asdict(captioner.decoding), asdict(Decoding())
-        protocol["decoding"] = {name: value for name, value in asked.items() if value != standard[name]}
+    # The decoding options beyond those above, when set: name those that differ from the defaults.
+    asked, standard = asdict(captioner.decoding), asdict(Decoding())
+    changed = {name: value for name, value in asked.items() if value != standard[name] and name not in protocol}
+    if changed:
+        protocol["decoding"] = changed
     return result, protocol
 
 

@@ -83,7 +83,7 @@ class Captioner:
 
     ``decoding`` holds every search option (:class:`capcli.decode.Decoding`); without it,
     ``beam`` .. ``allow_dangling_end`` make one (they are not read when it is given).
-    ``decoding.graph_compatible`` says whether the search keeps to capcli's standard rules.
+    ``spec.graph_compatible`` says whether the search keeps to capcli's standard rules.
     """
 
     takes_indices = True  # caption() takes each image's index in the input (seeded sampling draws by it)

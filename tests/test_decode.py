@@ -345,17 +345,21 @@ def test_draw_tokens_follows_the_distribution_and_its_nucleus() -> None:
     assert stuck.shape == (1,)
 
 
-def test_decoding_checks_its_options_and_knows_the_standard_rules() -> None:
-    assert Decoding().graph_compatible and Decoding(beam=5, max_len=9, length_penalty=1.0).graph_compatible
+def test_the_spec_knows_whether_it_keeps_to_the_standard_rules() -> None:
+    vocab = Vocab.build([["a", "dog"]], min_count=1)
+    standard = Decoding(beam=5, max_len=9, length_penalty=1.0, allow_dangling_end=True).spec(vocab, 20)
+    assert SearchSpec.runtime(vocab, 20).graph_compatible and standard.graph_compatible
     for changed in (
         Decoding(min_len=3),
         Decoding(no_repeat_ngram=0),
-        Decoding(allow_dangling_end=True),
-        Decoding(num_captions=2),
+        Decoding(beam=2, num_captions=2),
         Decoding(sampling=Sampling()),
         Decoding(prefix="a dog"),
     ):
-        assert not changed.graph_compatible
+        assert not changed.spec(vocab, 20).graph_compatible
+
+
+def test_decoding_checks_its_options() -> None:
     for wrong, words in (
         (dict(num_captions=4), "--num-captions 4 is more than the beam"),
         (dict(num_captions=2, beam=2, sampling=Sampling()), "does not go with --sample"),
