@@ -35,7 +35,7 @@ from capcli.progress import ProgressLine
 from capcli.saved import SavedImages
 from capcli.shard import take_shard
 from capcli.sidecars import Sidecars
-from capcli.sources import Item
+from capcli.sources import Item, WalkedAhead
 from capcli.writers import RESUMABLE_FORMATS, RecordWriter, infer_format, open_output
 
 
@@ -69,6 +69,7 @@ class CaptionSettings:
     tags: int = 0  # add the tagger's top-K classes to each record
     sidecar: str | None = None  # also write each caption to a file with this suffix beside its image
     skip_existing: bool = False  # with sidecar: leave the images that already have one
+    progress: bool = False  # stderr not a terminal: a status line every 10 s (nohup, Slurm)
     save_images: str | None = None  # url-list: keep each downloaded image in this directory
 
 
@@ -130,6 +131,7 @@ def run_captioning(
         extra_columns += ("captions",)
     if settings.shard:
         items = take_shard(items, *settings.shard)
+    items = walked = WalkedAhead(items)  # the progress' total (the shard's), long before captioning ends
     sidecars = Sidecars(settings.sidecar, skip_existing=settings.skip_existing) if settings.sidecar else None
     if sidecars:
         items = sidecars.select(items, summary)  # before the reader pool: a skipped image is never decoded
@@ -152,9 +154,11 @@ def run_captioning(
             thumbnail=figures.thumbnail if figures else None,
             keep=saved.keep if saved else None,
         )
-        # A live line only on a terminal, and not when records scroll past on that terminal too.
+        # A bar only on a terminal, and not when records scroll past on that terminal too; in a log, lines.
         live = console.is_terminal and not (settings.output == "-" and _isatty(sys.stdout))
-        with contextlib.closing(records), _first_sigint_sets(stop), ProgressLine(console, live=live) as progress:
+        lines = settings.progress and not console.is_terminal
+        progress_line = ProgressLine(console, live=live, lines=lines, total=lambda: walked.total)
+        with contextlib.closing(records), _first_sigint_sets(stop), progress_line as progress:
             for record in records:
                 if sidecars:
                     sidecars.write(record)
@@ -170,6 +174,7 @@ def run_captioning(
     except KeyboardInterrupt:  # a second Ctrl-C, or one before captioning started
         stop.set()
     finally:
+        walked.close()
         if writer is not None:
             _close(writer, quiet=failed)
     summary.elapsed = time.monotonic() - started

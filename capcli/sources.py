@@ -14,6 +14,8 @@ import os
 import re
 import stat
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -26,6 +28,9 @@ IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .jfif .png .gif .webp .bmp .dib .tif .tiff .ppm .pgm .pbm .pnm"
     " .tga .ico .jp2 .j2k .heic .heif .avif".split()
 )
+
+# Items walked ahead of the captioning to learn their number: a few tens of MB at most.
+LOOKAHEAD = 100_000
 
 _MAGIC = re.compile(r"[*?[]")
 _URL = re.compile(r"https?://", re.IGNORECASE)
@@ -227,3 +232,61 @@ def _glob_entry(name: str, path: str, is_dir: bool, parts: list[str], visited: _
             yield from _glob_in(path, rest, visited)
     elif not is_dir:
         yield path
+
+
+class WalkedAhead(Iterator[Item]):
+    """``items`` in the same order, walked ahead of their consumer by a thread, so their number is known early.
+
+    Directories are listed and stdin or a URL list read up to ``limit`` items
+    ahead; :attr:`total` is the number of items once the walk has reached the
+    end (None before), which for most runs is long before captioning does. An
+    error the walk raises reaches the consumer after the items before it.
+    :meth:`close` stops the walk.
+    """
+
+    def __init__(self, items: Iterable[Item], limit: int = LOOKAHEAD) -> None:
+        self.total: int | None = None
+        self._ahead: deque[Item] = deque()
+        self._limit = limit
+        self._error: BaseException | None = None
+        self._closed = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._walk, args=(iter(items),), name="capcli-walk", daemon=True).start()
+
+    def _walk(self, items: Iterator[Item]) -> None:
+        count = 0
+        try:
+            for item in items:
+                with self._changed:
+                    while len(self._ahead) >= self._limit and not self._closed:
+                        self._changed.wait()
+                    if self._closed:
+                        return
+                    self._ahead.append(item)
+                    self._changed.notify_all()
+                count += 1
+        except BaseException as exc:  # handed over: the consumer raises it where the walk stopped
+            with self._changed:
+                self._error = exc
+                self._changed.notify_all()
+            return
+        with self._changed:
+            self.total = count
+            self._changed.notify_all()
+
+    def __next__(self) -> Item:
+        with self._changed:
+            while not self._ahead and self.total is None and self._error is None and not self._closed:
+                self._changed.wait()
+            if self._ahead:
+                self._changed.notify_all()  # room for the walk again
+                return self._ahead.popleft()
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._ahead.clear()
+            self._changed.notify_all()

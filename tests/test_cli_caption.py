@@ -7,6 +7,8 @@ paths with a real exported bundle are covered by the end-to-end test.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import signal
@@ -23,7 +25,7 @@ from click.testing import CliRunner
 from conftest import FakeCaptioner
 from PIL import Image
 
-from capcli import Model, captioning
+from capcli import Model, captioning, progress
 from capcli.bundle import Preprocess
 from capcli.cli import main
 from capcli.writers import read_records
@@ -290,6 +292,55 @@ def test_a_directory_without_images_is_named_on_stderr_and_exits_0(tmp_path: Pat
     [photo] = make_pngs(tmp_path / "in", 1)
     result = run(str(tmp_path / "empty"), photo)
     assert result.exit_code == 0 and len(jsonl(result.stdout)) == 1 and "Warning: " in result.stderr
+
+
+# --- progress on stderr --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ticking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The progress' clock moves 5 s per record, so a status line comes every second record, without sleeping."""
+    clock = itertools.count(0.0, 5.0).__next__
+    monkeypatch.setattr(captioning, "ProgressLine", functools.partial(progress.ProgressLine, clock=clock))
+
+
+def status_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("capcli: ")]
+
+
+def test_progress_in_a_log_has_the_total_of_a_directory_every_10_s(tmp_path: Path, fake, ticking) -> None:
+    make_pngs(tmp_path / "in", 5)
+    result = run(str(tmp_path / "in"), "--progress", "-o", str(tmp_path / "out.jsonl"), "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert status_lines(result.stderr) == [
+        "capcli: 2/5 images (40.0%), 0.2 images/s, ETA 15s, 0 errors",
+        "capcli: 4/5 images (80.0%), 0.2 images/s, ETA 5s, 0 errors",
+    ]
+    assert result.stderr.splitlines()[-1].startswith("5 captioned, 0 failed")  # then the summary
+
+
+def test_progress_totals_of_a_file_list_stdin_and_a_url_list(tmp_path: Path, fake, ticking) -> None:
+    paths = make_pngs(tmp_path / "in", 3)
+    given = run(*paths, str(tmp_path / "missing.png"), "--progress")
+    assert status_lines(given.stderr) == [
+        "capcli: 2/4 images (50.0%), 0.2 images/s, ETA 10s, 0 errors",
+        "capcli: 4/4 images (100.0%), 0.2 images/s, ETA 0s, 1 error",
+    ]
+    piped = run("-", "--progress", input="\n".join(paths).encode())
+    assert status_lines(piped.stderr) == ["capcli: 2/3 images (66.7%), 0.2 images/s, ETA 5s, 0 errors"]
+    listing = tmp_path / "list.csv"
+    listing.write_text("url,name\n,a\n,b\n,c\n")  # three rows without a URL: error records, nothing fetched
+    urls = CliRunner().invoke(main, ["url-list", str(listing), "--progress"])
+    assert urls.exit_code == 3, urls.output
+    assert status_lines(urls.stderr) == ["capcli: 2/3 images (66.7%), 0.2 images/s, ETA 5s, 2 errors"]
+
+
+def test_no_progress_in_a_log_unless_asked(tmp_path: Path, fake, ticking) -> None:
+    make_pngs(tmp_path / "in", 5)
+    result = run(str(tmp_path / "in"), "-o", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == 0, result.output
+    [summary] = result.stderr.splitlines()  # the summary alone
+    assert summary.startswith("5 captioned, 0 failed")
 
 
 # --- a real process: pipes, kill -9, SIGINT --------------------------------------------------------

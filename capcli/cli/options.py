@@ -267,6 +267,12 @@ _OUTPUT_OPTIONS: list[Decorator] = [
         help="Caption only shard K of N (K from 0), chosen by a stable hash of each input, "
         "so N jobs split the inputs without coordination; indexes stay global.",
     ),
+    click.option(
+        "--progress",
+        is_flag=True,
+        help="When stderr is not a terminal (nohup, Slurm): a status line every 10 s with the count, "
+        "percentage, rate, ETA and errors (a terminal gets a progress bar without asking).",
+    ),
 ]
 
 
