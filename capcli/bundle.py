@@ -3,7 +3,10 @@
 A bundle is a directory holding ``encoder.onnx``, ``decoder.onnx`` (one decode
 step), ``model.json`` (format in the README) and, optionally,
 ``decoder.int8.onnx``: the same step with int8 matrix products, which the
-runtime prefers on the CPU (``capcli export --quantize`` adds it).  :func:`load_bundle` checks
+runtime prefers on the CPU (``capcli export --quantize`` adds it), and
+(format 4) ``search.onnx`` / ``search.int8.onnx``: the whole decode loop over
+one of those decoders as one graph, its weights read from the decoder file
+(see :mod:`capcli.graph_search`).  :func:`load_bundle` checks
 everything a run depends on before any image is touched -- the JSON, the
 format version, the sha256 of each ONNX file, and the ONNX graphs' input and
 output shapes against the vocabulary, grid and sizes that ``model.json``
@@ -29,13 +32,20 @@ from capcli.onnxinfo import Shape, Signature, read_signature
 from capcli.text import SPECIALS, Vocab
 
 FORMAT = "capcli-bundle"
+# 4: optional search graphs (search.onnx, search.int8.onnx: the decode loop in one graph, see "search");
 # 3: optional tagger ("tags": class probabilities from the encoder) and concept input ("concept");
 # 2: per-image decoder context, keys (B, A, L); 1 (capcli 0.1): context repeated per row
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # a version-2 bundle is a version-3 bundle without tags or concepts
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (
+    2,
+    3,
+    4,
+)  # a version-2 bundle is a version-3 bundle without tags or concepts, 3 is 4 without search graphs
 MODEL_JSON = "model.json"
 ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weights, for CPUs
+# optional (format 4): the decode loop over each decoder as one graph, its weights external data in the decoder file
+SEARCH_GRAPHS = {DECODER: "search.onnx", INT8_DECODER: "search.int8.onnx"}
 PRECISIONS = ("auto", "float", "int8")  # which decoder a run uses; auto: int8 on the CPU when there is one
 ENV_VAR = "CAPCLI_MODEL"
 DECODER_KINDS = tuple(STATE_NAMES)  # ("gru", "lstm")
@@ -89,6 +99,12 @@ class Bundle:
     @property
     def has_int8_decoder(self) -> bool:
         return INT8_DECODER in self.files
+
+    def search_graph(self, decoder: str) -> str | None:
+        """The search graph over ``decoder`` (a file name), when the bundle has one made from these very bytes."""
+        name = SEARCH_GRAPHS[decoder]
+        made_from = self.meta.get("search", {}).get(name, {}).get("decoder_sha256")
+        return name if name in self.files and made_from == self.meta["files"][decoder]["sha256"] else None
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -155,7 +171,8 @@ def load_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
         raise BundleError(f"model bundle {str(root)!r} (from {origin}) {what}")
     meta = _check_version(read_meta_json(root / MODEL_JSON), root / MODEL_JSON)
     spec = _parse_meta(meta, root / MODEL_JSON)
-    names = (ENCODER, DECODER, *([INT8_DECODER] if INT8_DECODER in meta["files"] else []))
+    optional = (INT8_DECODER, *SEARCH_GRAPHS.values())
+    names = (ENCODER, DECODER, *(name for name in optional if name in meta["files"]))
     files = {name: read_checked(root / name, meta) for name in names}
     bundle = Bundle(root, meta, files=files, **spec)
     for name, data in files.items():
@@ -261,7 +278,7 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     if not (
         isinstance(files, dict)
         and all(isinstance(files.get(n), dict) for n in (ENCODER, DECODER))
-        and isinstance(files.get(INT8_DECODER, {}), dict)
+        and all(isinstance(files.get(name, {}), dict) for name in (INT8_DECODER, *SEARCH_GRAPHS.values()))
     ):
         raise bad("files", f'{{"{ENCODER}": {{"sha256": hex}}, "{DECODER}": {{"sha256": hex}}}}')
     provenance = meta.get("provenance", {})
@@ -312,6 +329,14 @@ def read_checked(path: Path, meta: dict[str, Any]) -> bytes:
     return data
 
 
+# The search graphs' inputs beyond the context and state (scalars, and (steps,) normalisers).
+SEARCH_GRAPH_INPUTS: dict[str, Shape] = {
+    **{name: () for name in ("beam", "max_len", "min_len", "start_id", "end_id")},
+    "end_norm": (None,),
+    "partial_norm": (None,),
+}
+
+
 def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     """The graph's names and fixed sizes must agree with model.json."""
     meta = bundle.meta
@@ -322,9 +347,12 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     context: dict[str, Shape] = {"features": (None, regions, d), "keys": (None, a, regions)}
     if bundle.concept_dim:
         context["concept"] = (None, bundle.concept_dim)
-    if name == ENCODER:
-        inputs: dict[str, Shape] = {"image": (None, 3, *bundle.preprocess.size)}
-        outputs: dict[str, Shape] = {**context, **states}
+    if name in SEARCH_GRAPHS.values():
+        inputs: dict[str, Shape] = {**context, **states, **SEARCH_GRAPH_INPUTS, "banned": (v,), "dangling": (v,)}
+        outputs: dict[str, Shape] = {"ids": (None, None), "lengths": (None,), "scores": (None,), "finished": (None,)}
+    elif name == ENCODER:
+        inputs = {"image": (None, 3, *bundle.preprocess.size)}
+        outputs = {**context, **states}
         if bundle.has_tags:
             outputs["tags"] = (None, len(bundle.tag_labels))
     else:

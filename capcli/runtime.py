@@ -4,7 +4,11 @@ Layers, bottom up: :meth:`Captioner.encode` runs encoder.onnx once per image;
 :meth:`Captioner.step` runs one decoder step over the ``N`` rows of ``M``
 images (each image's context is bound once, however many rows read it);
 :meth:`Captioner.caption` hands the step to the numpy search in
-:mod:`capcli.decode`, binding the context of the images still searching.
+:mod:`capcli.decode`, binding the context of the images still searching --
+or, with ``search="graph"``, runs the bundle's search graph instead: the
+whole decode loop in one onnxruntime call per batch, the same captions (see
+:mod:`capcli.graph_search`; ``"auto"`` takes it only where it was measured
+faster, and never for options it does not implement).
 
 Providers: ``device="auto"`` uses CUDA when onnxruntime offers it *and* it
 really initialises (onnxruntime silently falls back to the CPU when a CUDA
@@ -49,6 +53,7 @@ from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, Bundle
 from capcli.decode import NO_REPEAT_NGRAM, Decoding, Hypothesis, State, search
 from capcli.device import parse_device
 from capcli.errors import FatalError
+from capcli.graph_search import GRAPH_BY_DEFAULT, SEARCH_MODES, hypotheses, search_feeds, search_session
 from capcli.text import detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -102,6 +107,7 @@ class Captioner:
         precision: str = "auto",
         tags: int = 0,
         decoding: Decoding | None = None,
+        search: str = "auto",
     ) -> None:
         # Bad values raise UsageError (a ValueError) before anything is loaded.
         decoding = decoding or Decoding(
@@ -163,11 +169,41 @@ class Captioner:
             self._encoder = ort.InferenceSession(bundle.files[ENCODER], options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[decoder], options, providers=[CPU])
         self.providers: list[str] = self._encoder.get_providers()
+        self._search = self._search_graph(search)  # None: the numpy loop
         self._encoder_outputs = [o.name for o in self._encoder.get_outputs()]
         self._decoder_outputs = [o.name for o in self._decoder.get_outputs()]
         self.seconds = {"encode": 0.0, "decode": 0.0}  # time spent in caption() per stage, summed over lanes
         self._seconds_lock = threading.Lock()
         self._run_options = ort.RunOptions()  # every run's: cancel() sets its terminate flag
+
+    def _search_graph(self, search: str) -> ort.InferenceSession | None:
+        """The session of the bundle's search graph over the decoder in use, when ``search`` takes it."""
+        if search not in SEARCH_MODES:
+            raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}")
+        decoder = INT8_DECODER if self.precision == "int8" else DECODER
+        graph = self.bundle.search_graph(decoder)
+        usable = graph is not None and self.spec.graph_compatible
+        if search == "graph" and not usable:
+            why = (
+                f"the bundle {self.bundle.path} has no search graph over its {decoder} "
+                "(`capcli export BUNDLE -o NEW --upgrade` adds them)"
+                if graph is None
+                else "these decoding options need the numpy search (it implements only the standard rules)"
+            )
+            raise FatalError(f"--search graph: {why}")
+        kind = "cpu" if self._cuda_id is None else "cuda"
+        if graph is None or not (search == "graph" or (search == "auto" and usable and GRAPH_BY_DEFAULT[kind])):
+            return None
+        if self._cuda_id is None:
+            return search_session(self.bundle.files[graph], self.bundle.path, _session_options(self.threads), [CPU])
+        return search_session(
+            self.bundle.files[graph], self.bundle.path, _session_options(None), _cuda_providers(self._cuda_id)
+        )
+
+    @property
+    def search(self) -> str:
+        """The search in use: "graph" (the bundle's search graph) or "numpy"."""
+        return "numpy" if self._search is None else "graph"
 
     def cancel(self) -> None:
         """End every encoder and decoder run now and refuse new ones (they raise); the captioner is spent.
@@ -250,16 +286,10 @@ class Captioner:
         encoded = self.encode(images)
         encoded_at = time.perf_counter()
         state = {name: encoded[name] for name in self.bundle.state_names}
-        bound: list[Any] = [-1, None]  # (image count, context of those images)
-
-        def step(tokens: np.ndarray, st: State, which: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
-            # Finished images leave the search; the set only shrinks, so a new count is a new set.
-            if bound[0] != len(which):
-                bound[:] = len(which), self.bind_context(encoded, None if len(which) == len(images) else which)
-            return self.step(tokens, st, bound[1])
-
-        keys = range(len(images)) if indices is None else indices
-        captions = [self._to_caption(found) for found in search(step, state, self.spec, self.beam, keys)]
+        if self._search is not None:
+            captions = [self._to_caption([found]) for found in self._graph_search(encoded)]
+        else:
+            captions = self._numpy_search(encoded, state, indices)
         if self.tags:
             for caption, probs in zip(captions, encoded["tags"]):
                 caption.tags = top_tags(probs, self.bundle.tag_labels, self.tags)
@@ -268,12 +298,37 @@ class Captioner:
             self.seconds["decode"] += time.perf_counter() - encoded_at
         return captions
 
+    def _graph_search(self, encoded: dict[str, np.ndarray]) -> list[Hypothesis]:
+        """One run of the search graph over the batch (every input uploaded once, under CUDA too)."""
+        assert self._search is not None
+        feeds = {name: encoded[name] for name in (*self.bundle.context_names, *self.bundle.state_names)}
+        feeds.update(search_feeds(self.spec, self.beam, len(self.bundle.vocab)))
+        ids, _, scores, finished = self._search.run(None, feeds, self._run_options)
+        return hypotheses(ids, scores, finished)
+
+    def _numpy_search(
+        self, encoded: dict[str, np.ndarray], state: State, indices: Sequence[int] | None
+    ) -> list[Caption]:
+        """The numpy search (capcli.decode) over :meth:`step`, binding the context of the images still searching."""
+        bound: list[Any] = [-1, None]  # (image count, context of those images)
+        count = len(next(iter(state.values())))
+
+        def step(tokens: np.ndarray, st: State, which: np.ndarray) -> tuple[np.ndarray, State, np.ndarray]:
+            # Finished images leave the search; the set only shrinks, so a new count is a new set.
+            if bound[0] != len(which):
+                bound[:] = len(which), self.bind_context(encoded, None if len(which) == count else which)
+            return self.step(tokens, st, bound[1])
+
+        keys = range(count) if indices is None else indices
+        return [self._to_caption(found) for found in search(step, state, self.spec, self.beam, keys)]
+
     def _to_caption(self, found: list[Hypothesis]) -> Caption:
         """The caption of an image's best hypothesis; with the others' texts when several were asked for."""
         hyp, tokens = found[0], self.bundle.vocab.tokens
         words = [tokens[i] for i in hyp.ids]
         gh, gw = self.bundle.grid
-        caption = Caption(detokenize(words), words, hyp.score, hyp.alphas.reshape(len(words), gh, gw))
+        alphas = None if hyp.alphas is None else hyp.alphas.reshape(len(words), gh, gw)  # None: the search graph's
+        caption = Caption(detokenize(words), words, hyp.score, alphas)
         if self.spec.n_best > 1:
             caption.n_best = [(detokenize([tokens[i] for i in h.ids]), h.score) for h in found]
         return caption
@@ -316,14 +371,18 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+def _cuda_providers(device_id: int) -> list[Any]:
+    # cuDNN's exhaustive algorithm search (onnxruntime's default) finds no algorithm for several of the
+    # EfficientNet convolutions within its workspace and runs them in "fallback mode": 20x slower on an
+    # H100 (160 vs 3,000 images/s for the shipped encoder).  The heuristic choice is as fast here.
+    return [(CUDA, {"device_id": device_id, "cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+
+
 def _cuda_sessions(
     bundle: Bundle, device_id: int
 ) -> tuple[tuple[ort.InferenceSession, ort.InferenceSession] | None, str]:
     """Both sessions on CUDA, or (None, the reason onnxruntime gave for falling back)."""
-    # cuDNN's exhaustive algorithm search (onnxruntime's default) finds no algorithm for several of the
-    # EfficientNet convolutions within its workspace and runs them in "fallback mode": 20x slower on an
-    # H100 (160 vs 3,000 images/s for the shipped encoder).  The heuristic choice is as fast here.
-    providers: list[Any] = [(CUDA, {"device_id": device_id, "cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+    providers = _cuda_providers(device_id)
     with _native_stderr() as log:
         _preload_cuda_libraries()
         try:

@@ -41,6 +41,7 @@ from capcli.errors import FatalError
 from capcli.text import Vocab
 from capcli.train.model import CaptionModel, Decoder, ModelConfig
 from capcli.train.tagger import labels_for
+from capcli.export.search_graph import add_search_graphs
 
 DEFAULT_OPSET = 17
 BATCH = "batch"  # images, in encoder.onnx and in the decoder's context inputs
@@ -245,6 +246,7 @@ def export_bundle(
     with _temp_dir_beside(target) as tmp:
         export_onnx(model, tmp, opset)
         meta = bundle_meta(model, vocab, tmp, opset, dict(provenance or {}))
+        add_search_graphs(tmp, meta)
         write_meta(tmp, meta)
         if check is not None:
             result = check(tmp)

@@ -48,6 +48,7 @@ from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle, sha256_by
 from capcli.export import _training_photos
 from capcli.export.onnx_export import _check_target, _move_into_place, _temp_dir_beside, write_meta
 from capcli.export.parity import check_pixels
+from capcli.export.search_graph import add_search_graphs
 
 OP_TYPES = ["MatMul", "Gemm"]
 ACTIVATION_SCALE = "per-row"  # provenance.quantization.activation_scale; the runtime's auto precision needs it
@@ -100,6 +101,7 @@ def quantize_bundle(
         per_row_activations(tmp / INT8_DECODER)
         meta = copy.deepcopy(src.meta)
         meta["files"][INT8_DECODER] = {"sha256": sha256_bytes((tmp / INT8_DECODER).read_bytes())}
+        add_search_graphs(tmp, meta)  # one over each decoder
         provenance = meta.setdefault("provenance", {})
         provenance["quantization"] = {
             **settings,

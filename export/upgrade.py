@@ -1,4 +1,12 @@
-"""Format-1 bundle (capcli 0.1) -> format 2, without its checkpoint (``capcli export OLD -o NEW --upgrade``).
+"""An older bundle -> this capcli's format, without its checkpoint (``capcli export OLD -o NEW --upgrade``).
+
+Format 2 or 3 -> 4 adds the search graphs (:mod:`capcli.export.search_graph`)
+over the bundle's decoders, the other files unchanged; they are checked to
+give the numpy search's captions and scores on the check images (greedy and
+beam 3) before the bundle is moved into place.  A format-4 bundle whose
+graphs are missing or were made from other decoder bytes gets them (re)made.
+
+Format 1 (capcli 0.1) -> today's format, graphs included:
 
 Format 2 changed two graph interfaces, not the model:
 
@@ -34,6 +42,7 @@ from capcli.bundle import (
     ENCODER,
     FORMAT_VERSION,
     MODEL_JSON,
+    SEARCH_GRAPHS,
     load_bundle,
     read_checked,
     read_meta_json,
@@ -51,6 +60,7 @@ from capcli.export.onnx_export import (
     write_meta,
 )
 from capcli.export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
+from capcli.export.search_graph import add_search_graphs
 
 OLD_VERSION = 1
 STEPS = 5  # decoder steps compared
@@ -67,12 +77,15 @@ def upgrade_bundle(
     overwrite: bool = False,
     command: str | None = None,
 ) -> Path:
-    """Write the format-2 version of the format-1 bundle at ``source`` to ``out_dir``, atomically.
+    """Write today's version of the older bundle at ``source`` to ``out_dir``, atomically.
 
     ``images``: photos or folders for the comparison (up to 3 images; random
-    inputs without them).  ParityError (nothing written) above ``tolerance``.
+    inputs without them).  ParityError (nothing written) above ``tolerance``
+    (format 1), or when a search graph's captions differ from the numpy search's.
     """
     src = Path(source)
+    if read_meta_json(src / MODEL_JSON).get("format_version") != OLD_VERSION:
+        return add_graphs(src, out_dir, images=images, overwrite=overwrite, command=command)
     meta = _old_meta(src)
     files = {name: read_checked(src / name, meta) for name in (ENCODER, DECODER)}
     cfg = ModelConfig.from_dict(meta["model_config"])
@@ -104,6 +117,7 @@ def upgrade_bundle(
             **({"command": command} if command else {}),
         }
         new_meta.setdefault("provenance", {})["upgrade"] = upgrade
+        add_search_graphs(tmp, new_meta)
         write_meta(tmp, new_meta)
         upgrade["parity"] = compare_with_old(files, tmp, images)
         worst = max(upgrade["parity"]["max_abs_diff"].items(), key=lambda kv: kv[1])
@@ -115,6 +129,68 @@ def upgrade_bundle(
         write_meta(tmp, new_meta)
         _move_into_place(tmp, target)
     return target
+
+
+def add_graphs(
+    source: Path,
+    out_dir: str | os.PathLike[str],
+    *,
+    images: Sequence[str | os.PathLike[str]] = (),
+    overwrite: bool = False,
+    command: str | None = None,
+) -> Path:
+    """The format-2/3/4 bundle at ``source`` with (new) search graphs, as format 4, at ``out_dir``."""
+    src = load_bundle(source)  # validated before anything is written
+    decoders = [name for name in SEARCH_GRAPHS if name in src.files]
+    if src.meta["format_version"] == FORMAT_VERSION and all(src.search_graph(name) for name in decoders):
+        raise FatalError(f"{source}: format {FORMAT_VERSION} with its search graphs already: nothing to upgrade")
+    target = Path(out_dir)
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _temp_dir_beside(target) as tmp:
+        meta = copy.deepcopy(src.meta)
+        for name in (ENCODER, *decoders):
+            (tmp / name).write_bytes(src.files[name])
+        for name in SEARCH_GRAPHS.values():
+            meta["files"].pop(name, None)  # stale ones are made anew
+        upgrade = {
+            "from_format": src.meta["format_version"],
+            "added": "search graphs",
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "capcli": __version__,
+            **({"command": command} if command else {}),
+        }
+        meta.setdefault("provenance", {})["upgrade"] = upgrade
+        add_search_graphs(tmp, meta)
+        write_meta(tmp, meta)
+        upgrade["search_parity"] = compare_searches(tmp, images)
+        if not all(check["same"] == check["captions"] for check in upgrade["search_parity"]["checks"]):
+            raise ParityError(f"a search graph's captions differ from the numpy search's: {upgrade['search_parity']}")
+        write_meta(tmp, meta)
+        _move_into_place(tmp, target)
+    return target
+
+
+def compare_searches(folder: Path, images: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:
+    """How many captions (and scores) the bundle's search graphs give as the numpy search does, per decoder
+    precision and beam width, on up to 3 check images."""
+    from capcli.runtime import Captioner
+
+    bundle = load_bundle(folder)
+    pixels, inputs = check_pixels(images, bundle.preprocess, COMPARE_IMAGES, COMPARE_IMAGES)
+    checks = []
+    for precision in ("float", "int8") if bundle.has_int8_decoder else ("float",):
+        for beam in (1, 3):
+            found = [
+                [
+                    (c.tokens, c.score)
+                    for c in Captioner(bundle, "cpu", beam, lanes=1, precision=precision, search=search).caption(pixels)
+                ]
+                for search in ("numpy", "graph")
+            ]
+            same = sum(a == b for a, b in zip(*found))
+            checks.append({"precision": precision, "beam": beam, "captions": len(pixels), "same": same})
+    return {"inputs": inputs, "checks": checks}
 
 
 def _old_meta(folder: Path) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def test_bad_json(bundle_copy: Path) -> None:
     ("change", "message"),
     [
         (lambda m: m.update(format="something-else"), r"not a capcli bundle"),
-        (lambda m: m.update(format_version=4), r"unsupported format_version 4 \(newer than this capcli"),
+        (lambda m: m.update(format_version=5), r"unsupported format_version 5 \(newer than this capcli"),
         (lambda m: m.update(format_version=1), r"format_version 1 \(written by capcli 0\.1: .*--upgrade"),
         (lambda m: m.update(grid=[8]), r"field 'grid' must be \[gh, gw\]"),
         (lambda m: m["preprocess"].update(resize="crop"), r"field 'preprocess'"),

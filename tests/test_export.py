@@ -57,7 +57,7 @@ def test_model_json_describes_the_model(tmp_path: Path) -> None:
     model = make_tiny_model(vocab, "lstm")
     out = export_bundle(model, vocab, tmp_path / "b", provenance={"dataset": "flickr8k"})
     meta = json.loads((out / "model.json").read_text())
-    assert meta["format"] == "capcli-bundle" and meta["format_version"] == 3
+    assert meta["format"] == "capcli-bundle" and meta["format_version"] == 4
     assert meta["vocab"]["tokens"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert meta["preprocess"] == {
         "size": [64, 64],
@@ -69,8 +69,9 @@ def test_model_json_describes_the_model(tmp_path: Path) -> None:
     assert meta["grid"] == [8, 8] and meta["feature_dim"] == 32 and meta["attention_dim"] == 16
     assert meta["decoder"] == {"kind": "lstm", "hidden": 24, "embed": 16}
     assert meta["backbone"]["name"] == "tiny" and meta["opset"] == 17 and meta["max_len"] == 8
-    for name in ("encoder.onnx", "decoder.onnx"):
+    for name in ("encoder.onnx", "decoder.onnx", "search.onnx"):
         assert meta["files"][name]["sha256"] == sha256_bytes((out / name).read_bytes())
+    assert meta["search"]["search.onnx"]["decoder_sha256"] == meta["files"]["decoder.onnx"]["sha256"]
     assert meta["provenance"]["dataset"] == "flickr8k"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary directory left
 

@@ -40,8 +40,9 @@ def test_quantize_adds_an_int8_decoder_that_the_cpu_prefers(tiny_bundle: Path, p
     quantization = meta["provenance"]["quantization"]
     assert quantization["file"] == INT8_DECODER
     assert quantization["source"][DECODER] == source["files"][DECODER]["sha256"]
-    same = {k: v for k, v in meta.items() if k not in ("files", "provenance")}
-    assert same == {k: v for k, v in source.items() if k not in ("files", "provenance")}
+    same = {k: v for k, v in meta.items() if k not in ("files", "provenance", "search")}
+    assert same == {k: v for k, v in source.items() if k not in ("files", "provenance", "search")}
+    assert meta["search"]["search.int8.onnx"]["decoder_sha256"] == meta["files"][INT8_DECODER]["sha256"]
     comparison = quantization["comparison"]
     assert comparison["inputs"] == "5 photo(s)" and 0 <= comparison["greedy_captions_identical"] <= 1
     # The products with weights are int8 (only activation x activation products stay float).

@@ -129,7 +129,7 @@ def test_upgrade_with_quantize_and_what_it_refuses(tmp_path: Path, tiny_bundle: 
     assert load_bundle(both).has_int8_decoder and "upgrade" in load_bundle(both).provenance
 
     result = CliRunner().invoke(main, ["export", str(tiny_bundle), "-o", str(tmp_path / "x"), "--upgrade"])
-    assert result.exit_code == 1 and "only format 1 bundles need --upgrade" in result.output
+    assert result.exit_code == 1 and "with its search graphs already: nothing to upgrade" in result.output
     result = CliRunner().invoke(main, ["export", str(old), "-o", str(tmp_path / "y")])
     assert result.exit_code == 2 and "--upgrade" in result.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

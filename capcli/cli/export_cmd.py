@@ -62,8 +62,8 @@ from capcli.cli import main
 @click.option(
     "--upgrade",
     is_flag=True,
-    help="CHECKPOINT is a bundle written by capcli 0.1 (format 1): convert it to this capcli's format, "
-    "checked against the old graphs.",
+    help="CHECKPOINT is an older bundle: add the search graphs (format 2 or 3, checked to caption as the numpy "
+    "search), or convert a capcli 0.1 bundle (format 1), checked against the old graphs.",
 )
 def export_command(
     checkpoint: str,
@@ -98,6 +98,9 @@ def export_command(
     rewritten for this capcli (the same weights: keys laid out per region
     last, the decoder reading each image's context once), compared with the
     old graphs on the check images, and written only within --tolerance.
+    A format 2 or 3 bundle gains the search graphs (the decode loop as one
+    graph over each decoder, their weights read from the decoder files),
+    written only when they caption the check images as the numpy search does.
     """
     try:
         from capcli.export import export_checkpoint
