@@ -78,6 +78,7 @@ def load(
     top_p: float | None = None,
     seed: int | None = None,
     prefix: str = "",
+    search: str = "auto",
 ) -> Model:
     """Load a model bundle and return a :class:`Model` ready to caption.
 
@@ -107,6 +108,9 @@ def load(
             (default 1) and ``seed`` (default 0): an input's caption depends only on the seed and its
             index in ``inputs``, not on the batch.
         prefix: words every caption starts with ("a photo of"); each must be in the model's vocabulary.
+        search: ``"numpy"`` (the step-by-step search, with attention maps), ``"graph"`` (the bundle's
+            search graph: the whole decode loop in one onnxruntime call, the same captions, no attention
+            maps) or ``"auto"`` (the graph where it was measured faster and the options allow it).
 
     Raises:
         capcli.errors.UsageError: a bad ``device`` or decoding option (named as its command-line option),
@@ -142,6 +146,7 @@ def load(
         tags=tags,
         threads=threads,
         lanes=lanes,
+        search=search,
     )
     return Model(
         captioner,

@@ -47,6 +47,7 @@ INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weigh
 # optional (format 4): the decode loop over each decoder as one graph, its weights external data in the decoder file
 SEARCH_GRAPHS = {DECODER: "search.onnx", INT8_DECODER: "search.int8.onnx"}
 PRECISIONS = ("auto", "float", "int8")  # which decoder a run uses; auto: int8 on the CPU when there is one
+SEARCH_MODES = ("auto", "numpy", "graph")  # how the decode loop runs (see capcli.graph_search)
 ENV_VAR = "CAPCLI_MODEL"
 DECODER_KINDS = tuple(STATE_NAMES)  # ("gru", "lstm")
 RESIZE_RULES = ("squash",)

@@ -65,6 +65,7 @@ class CaptionSettings:
     retry_errors: bool = False
     overwrite: bool = False  # replace an output file that already holds something
     attention_dir: str | None = None  # write an attention figure per captioned input here
+    search: str = "auto"  # numpy | graph | auto (the search graph gives no attention maps: numpy with attention_dir)
     shard: tuple[int, int] | None = None  # (K, N): only the inputs of shard K of N
     tags: int = 0  # add the tagger's top-K classes to each record
     sidecar: str | None = None  # also write each caption to a file with this suffix beside its image
@@ -92,6 +93,7 @@ def load_model(settings: CaptionSettings) -> Model:
         top_p=settings.top_p,
         seed=settings.seed,
         prefix=settings.prefix,
+        search="numpy" if settings.attention_dir else settings.search,
     )
 
 

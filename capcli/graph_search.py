@@ -23,7 +23,6 @@ import onnxruntime as ort
 
 from capcli.decode import Hypothesis, SearchSpec
 
-SEARCH_MODES = ("auto", "numpy", "graph")  # --search
 # Where search="auto" takes the graph: only where it was measured faster than the numpy loop
 # (docs/performance.md).  CPU: about as fast (beam 3, int8, 2 cores), so the numpy loop stays;
 # CUDA: not measured yet (no GPU in the session that wrote the graphs).

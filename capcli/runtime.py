@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, Bundle
+from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, SEARCH_MODES, Bundle
 from capcli.decode import NO_REPEAT_NGRAM, Decoding, Hypothesis, State, search
 from capcli.device import parse_device
 from capcli.errors import FatalError
-from capcli.graph_search import GRAPH_BY_DEFAULT, SEARCH_MODES, hypotheses, search_feeds, search_session
+from capcli.graph_search import GRAPH_BY_DEFAULT, hypotheses, search_feeds, search_session
 from capcli.text import detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"

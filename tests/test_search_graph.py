@@ -210,3 +210,47 @@ def test_options_the_graph_does_not_implement_keep_the_numpy_search(tiny_bundle:
     assert Captioner(bundle, device="cpu", decoding=prefixed).search == "numpy"
     with pytest.raises(FatalError, match="need the numpy search"):
         Captioner(bundle, device="cpu", decoding=prefixed, search="graph")
+
+
+def test_caption_search_option_gives_the_same_records(tmp_path: Path, tiny_bundle: Path, photos: Path) -> None:
+    """capcli caption --search graph writes the records --search numpy writes; --attention-dir keeps numpy."""
+    import json
+
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+
+    records = {}
+    for mode in ("numpy", "graph"):
+        out = tmp_path / f"{mode}.jsonl"
+        args = [
+            "caption",
+            str(photos),
+            "--model",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--search",
+            mode,
+            "-o",
+            str(out),
+        ]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        records[mode] = [{k: r[k] for k in ("source", "caption", "score")} for r in map(json.loads, out.open())]
+    assert records["graph"] == records["numpy"] and len(records["numpy"]) == 5
+    figures = tmp_path / "figures"
+    args = ["caption", str(photos), "--model", str(tiny_bundle), "--device", "cpu", "--search", "graph"]
+    result = CliRunner().invoke(main, [*args, "--attention-dir", str(figures), "-o", str(tmp_path / "a.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert len(list(figures.iterdir())) == 5
+
+
+def test_bench_search_both_interleaves_the_graph_scenarios() -> None:
+    from capcli.bench.scenarios import BenchConfig, Result, ratios, scenarios
+
+    found = {s.key: s.search for s in scenarios(BenchConfig(None, Path("."), big=False, search="both"))}
+    assert found["beam3"] == found["greedy"] == "numpy" and found["beam3_graph"] == found["greedy_graph"] == "graph"
+    rates = {"beam3": 10.0, "beam3_graph": 12.0}
+    results = {key: Result(key, key, images_per_s=rate) for key, rate in rates.items()}
+    assert [r.value for r in ratios(results) if r.name == "capcli beam 3: search graph / numpy"] == [1.2]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class Scenario:
     inputs: str  # "photos" | "big"
     beam: int
     count: int  # images
+    search: str = "auto"  # capcli's decode loop: numpy | graph | auto (see capcli.graph_search)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class BenchConfig:
     memory: bool = False
     memory_counts: tuple[int, int] = MEMORY_COUNTS
     rounds: int = 1  # scenarios run round-robin this many times; each one's fastest round is reported
+    search: str = "auto"  # the capcli scenarios' decode loop; "both": numpy, plus greedy and beam 3 by the graph
 
 
 @dataclass
@@ -104,6 +106,13 @@ def scenarios(cfg: BenchConfig) -> list[Scenario]:
             out.append(
                 Scenario(f"memory_{count}", f"memory: capcli greedy, {count:,} inputs", "capcli", "photos", 1, count)
             )
+    if cfg.search != "auto":
+        out = [replace(s, search="numpy" if cfg.search == "both" else cfg.search) for s in out]
+    if cfg.search == "both":  # the graph's scenarios run round-robin with the numpy ones: fair ratios
+        out += [
+            Scenario("greedy_graph", "capcli greedy, search graph", "capcli", "photos", 1, n, search="graph"),
+            Scenario("beam3_graph", "capcli beam 3, search graph", "capcli", "photos", 3, n, search="graph"),
+        ]
     return out
 
 
@@ -137,6 +146,10 @@ def ratios(results: dict[str, Result]) -> list[Ratio]:
         ratio("capcli beam 3 / tutorial beam 3", rate("beam3"), rate("tutorial_beam3"), ">= 3", lambda v: v >= 3),
         ratio("capcli greedy / tutorial greedy", rate("greedy"), rate("tutorial_greedy"), ">= 3", lambda v: v >= 3),
     ]
+    for beam in ("greedy", "beam3"):
+        if f"{beam}_graph" in results:
+            name = f"capcli {beam.replace('beam3', 'beam 3')}: search graph / numpy"
+            out.append(ratio(name, rate(f"{beam}_graph"), rate(beam), "", bool))
     if "beam3_big" in results:
         out.append(
             ratio("capcli beam 3: big JPEGs / photos", rate("beam3_big"), rate("beam3"), ">= 0.5", lambda v: v >= 0.5)

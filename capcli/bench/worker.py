@@ -37,7 +37,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return asdict(result)
 
 
-def _model(spec: dict[str, Any], beam: int) -> Any:
+def _model(spec: dict[str, Any], beam: int, search: str = "auto") -> Any:
     """The model as ``capcli.load`` gives it to ``capcli caption``."""
     from capcli.api import load
     from capcli.pipeline import DEFAULT_WORKERS
@@ -51,6 +51,7 @@ def _model(spec: dict[str, Any], beam: int) -> Any:
         precision=spec["precision"],
         batch_size=spec["batch_size"],
         workers=spec["workers"] or DEFAULT_WORKERS,
+        search=search,
     )
 
 
@@ -59,6 +60,7 @@ def _session_info(captioner: Any) -> dict[str, Any]:
     return {
         "model": str(bundle.path),
         "decoder": captioner.precision,
+        "search": captioner.search,
         "providers": captioner.providers,
         "device": captioner.device,
         "lanes": captioner.lanes,
@@ -139,7 +141,7 @@ def _capcli(s: Scenario, spec: dict[str, Any]) -> Result:
     from capcli.writers import open_output
 
     started = time.perf_counter()
-    model = _model(spec, beam=s.beam)
+    model = _model(spec, beam=s.beam, search=s.search)
     captioner = model.captioner
     batch_size = spec["batch_size"]
     read = model.reader()

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from capcli.atomic import atomic_write_text
+from capcli.bundle import SEARCH_MODES
 from capcli.cli import main
 from capcli.cli.options import runtime_options
 
@@ -106,6 +107,15 @@ def _size(value: str) -> tuple[int, int]:
     default=None,
     help="Also write every figure as JSON to FILE.",
 )
+@click.option(
+    "--search",
+    "search_mode",
+    type=click.Choice([*SEARCH_MODES, "both"]),
+    default="auto",
+    show_default=True,
+    help="The capcli scenarios' decode loop (see `capcli caption --search`); both: numpy, plus greedy and "
+    "beam 3 by the search graph, round-robin with the others (their ratio to numpy is printed).",
+)
 def bench_command(
     model: str | None,
     images: str | None,
@@ -123,6 +133,7 @@ def bench_command(
     memory: bool,
     memory_counts: str,
     json_path: str | None,
+    search_mode: str,
 ) -> None:
     """Measure capcli against its limit and the tutorial way, in one run.
 
@@ -169,6 +180,7 @@ def bench_command(
         memory=memory,
         memory_counts=counts,
         rounds=rounds,
+        search=search_mode,
     )  # type: ignore[arg-type]
     report = run_bench(cfg, say=lambda line: click.echo(line, err=True))
     render(report)

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from capcli.bundle import PRECISIONS
+from capcli.bundle import PRECISIONS, SEARCH_MODES
 from capcli.decode import NO_REPEAT_NGRAM
 from capcli.device import DEVICE_METAVAR, parse_device
 from capcli.errors import UsageError
@@ -174,6 +174,15 @@ def runtime_options(
                 help="Longest caption in words [default: the bundle's].",
             ),
             *DECODING_OPTIONS,
+            click.option(
+                "--search",
+                type=click.Choice(SEARCH_MODES),
+                default="auto",
+                show_default=True,
+                help="How the decode loop runs: numpy (step by step from Python), graph (the bundle's search "
+                "graph: one onnxruntime call per batch, the same captions) or auto (the graph where it was "
+                "measured faster; numpy for options it lacks and with --attention-dir).",
+            ),
         ]
     options += [
         device_option(device_help) if device_help else device_option(),
