@@ -20,21 +20,8 @@ from capcli.train import checkpoint, scst  # noqa: E402
 from capcli.train.loop import ARCHITECTURE, TrainOptions, search_spec, train  # noqa: E402
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 from capcli.train.reward import CiderD  # noqa: E402
+from tiny_bundle import TINY_TRAINING as TINY  # noqa: E402
 
-TINY = dict(
-    backbone="tiny",
-    pretrained=False,
-    feature_dim=32,
-    attention_dim=32,
-    embed_dim=32,
-    hidden_dim=64,
-    min_count=1,
-    workers=0,
-    batch_size=4,
-    lr=1e-2,
-    warmup=0.05,
-    patience=0,
-)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

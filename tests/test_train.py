@@ -18,21 +18,7 @@ from capcli.train import checkpoint  # noqa: E402
 from capcli.train.backbones import preprocess_for  # noqa: E402
 from capcli.train.features import cached_features, module_fingerprint  # noqa: E402
 from capcli.train.loop import TrainOptions, train  # noqa: E402
-
-TINY = dict(
-    backbone="tiny",
-    pretrained=False,
-    feature_dim=32,
-    attention_dim=32,
-    embed_dim=32,
-    hidden_dim=64,
-    min_count=1,
-    workers=0,
-    batch_size=4,
-    lr=1e-2,
-    warmup=0.05,
-    patience=0,
-)
+from tiny_bundle import TINY_TRAINING as TINY  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -22,6 +22,23 @@ CAPTIONS = [
 ]
 
 
+# TrainOptions of a tiny model that trains in seconds (tests/test_train.py, tests/test_scst.py).
+TINY_TRAINING = dict(
+    backbone="tiny",
+    pretrained=False,
+    feature_dim=32,
+    attention_dim=32,
+    embed_dim=32,
+    hidden_dim=64,
+    min_count=1,
+    workers=0,
+    batch_size=4,
+    lr=1e-2,
+    warmup=0.05,
+    patience=0,
+)
+
+
 def tiny_vocab() -> Vocab:
     """A small vocabulary from the first real Flickr8k captions (words seen twice or more)."""
     return Vocab.build((tokenize(c) for c in CAPTIONS), min_count=2)
