@@ -45,10 +45,13 @@ def search_feeds(spec: SearchSpec, beam: int, vocab_size: int) -> dict[str, np.n
     dangling = np.zeros(vocab_size, dtype=bool)
     dangling[list(spec.no_end_after)] = True
     steps = range(spec.max_len + 1)
-    # decode._Beams divides an ended score by float((t + 1) ** lp) and a partial one by spec.normalise's
-    # np.maximum(t, 1) ** lp: the same expressions here, one scalar at a time, give the same divisors.
-    end_norm = np.array([float((t + 1) ** spec.length_penalty) for t in steps])
-    partial_norm = np.array([np.maximum(t, 1) ** spec.length_penalty for t in steps], dtype=np.float64)
+    # The numpy searches' own expressions, one scalar at a time, give their very divisors: beam search
+    # divides an ended score by float((t + 1) ** lp), greedy search (beam 1) every score, and beam search
+    # a partial one, by spec.normalise's np.maximum(length, 1) ** lp -- numpy's power, which differs from
+    # Python's in the last bit for some lengths (13, 15 and 17 at lp 0.7).
+    lp = spec.length_penalty
+    end_norm = np.array([np.maximum(t + 1, 1) ** lp if beam == 1 else float((t + 1) ** lp) for t in steps])
+    partial_norm = np.array([np.maximum(t, 1) ** lp for t in steps], dtype=np.float64)
     scalars = {
         "beam": beam,
         "max_len": spec.max_len,
