@@ -182,7 +182,9 @@ class Captioner:
             raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}")
         decoder = INT8_DECODER if self.precision == "int8" else DECODER
         graph = self.bundle.search_graph(decoder)
-        usable = graph is not None and self.spec.graph_compatible
+        # The graph's n-gram rule is built in: the one the spec's standard rules name, unless made otherwise.
+        ngram = self.bundle.meta.get("search", {}).get(graph, {}).get("no_repeat_ngram")
+        usable = graph is not None and self.spec.graph_compatible and ngram == self.spec.no_repeat_ngram
         if search == "graph" and not usable:
             why = (
                 f"the bundle {self.bundle.path} has no search graph over its {decoder} "

@@ -298,7 +298,7 @@ def _loop_body(
     g.nodes.append(helper.make_node("Identity", [go_on], ["body/cond_out"]))
     for name in names:
         g.nodes.append(helper.make_node("Identity", [outs[name]], [f"body/out_{name}"]))
-    untyped = {
+    types = {
         "tokens": TensorProto.INT64,
         "scores": TensorProto.DOUBLE,
         "hist": TensorProto.INT64,
@@ -308,8 +308,8 @@ def _loop_body(
         "best_len": TensorProto.INT64,
         "best_score": TensorProto.DOUBLE,
         "best_fin": TensorProto.BOOL,
+        **{s: TensorProto.FLOAT for s in state_names},
     }
-    types = {**untyped, **{s: TensorProto.FLOAT for s in state_names}}
     return helper.make_graph(
         g.nodes,
         "search_step",
