@@ -268,3 +268,15 @@ def test_bench_search_both_interleaves_the_graph_scenarios() -> None:
     rates = {"beam3": 10.0, "beam3_graph": 12.0}
     results = {key: Result(key, key, images_per_s=rate) for key, rate in rates.items()}
     assert [r.value for r in ratios(results) if r.name == "capcli beam 3: search graph / numpy"] == [1.2]
+
+
+def test_info_names_the_search_graphs_and_the_search_in_use(tiny_bundle: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+
+    result = CliRunner().invoke(main, ["info", "--model", str(tiny_bundle), "--device", "cpu", "--json"])
+    facts = json.loads(result.output)
+    assert facts["search_graphs"] == ["search.onnx"] and facts["search"] == "numpy"  # auto: numpy on the CPU

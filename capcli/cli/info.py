@@ -33,7 +33,7 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from capcli.bundle import load_bundle, resolve_bundle_path
+    from capcli.bundle import SEARCH_GRAPHS, load_bundle, resolve_bundle_path
     from capcli.runtime import Captioner
 
     facts: dict[str, Any] = {
@@ -69,6 +69,8 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
             "providers_used": captioner.providers,
             "device": captioner.device,
             "decoder_precision": captioner.precision,
+            "search": captioner.search,  # the decode loop --search auto takes here
+            "search_graphs": [graph for graph in map(bundle.search_graph, SEARCH_GRAPHS) if graph],
         }
     )
     if captioner.cuda_problem:
