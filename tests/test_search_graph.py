@@ -280,3 +280,17 @@ def test_info_names_the_search_graphs_and_the_search_in_use(tiny_bundle: Path) -
     result = CliRunner().invoke(main, ["info", "--model", str(tiny_bundle), "--device", "cpu", "--json"])
     facts = json.loads(result.output)
     assert facts["search_graphs"] == ["search.onnx"] and facts["search"] == "numpy"  # auto: numpy on the CPU
+
+
+def test_cancel_stops_a_search_graph_run(tiny_bundle: Path) -> None:
+    """Captioner.cancel() reaches the graph's run too (a second Ctrl-C)."""
+    from capcli.bundle import load_bundle
+    from capcli.runtime import Captioner
+
+    bundle = load_bundle(tiny_bundle)
+    captioner = Captioner(bundle, device="cpu", search="graph")
+    images = np.zeros((2, 3, *bundle.preprocess.size), np.float32)
+    encoded = captioner.encode(images)
+    captioner.cancel()
+    with pytest.raises(Exception, match="(?i)terminat"):
+        captioner._graph_search(encoded)
