@@ -24,8 +24,9 @@ import onnxruntime as ort
 from capcli.decode import Hypothesis, SearchSpec
 
 # Where search="auto" takes the graph: only where it was measured faster than the numpy loop
-# (docs/performance.md).  CPU: about as fast (beam 3, int8, 2 cores), so the numpy loop stays;
-# CUDA: not measured yet (no GPU in the session that wrote the graphs).
+# (docs/performance.md).  CPU: not faster (capcli bench --search both, int8, 2 loaded cores: beam 3
+# 0.90x, greedy 1.02x the numpy loop), so the numpy loop stays; CUDA: not measured yet (no GPU in the
+# session that wrote the graphs: run the same bench with --device cuda, then set it).
 GRAPH_BY_DEFAULT = {"cpu": False, "cuda": False}
 _FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
