@@ -29,6 +29,7 @@ from capcli.export import _training_photos
 from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.export.onnx_export import _check_target, write_meta
 from capcli.export.parity import check_pixels
+from capcli.export.search_graph import add_search_graphs
 
 MIN_ELEMENTS = 1024  # smaller tensors (biases, norms) stay float32: they weigh nothing
 COMPARE_IMAGES = 16
@@ -82,6 +83,8 @@ def float16_bundle(
         meta = copy.deepcopy(src.meta)
         for name in (ENCODER, DECODER):
             meta["files"][name] = {"sha256": sha256_bytes((tmp / name).read_bytes())}
+        if meta.get("search"):  # the float search graph reads decoder.onnx's bytes: made anew from the new ones
+            add_search_graphs(tmp, meta)
         photos = list(images) or _training_photos({"provenance": src.provenance, "train": src.provenance.get("train")})
         weights = meta.setdefault("provenance", {})["weights"] = {
             "storage": "float16",

@@ -48,6 +48,9 @@ def test_checkpoint_to_int8_and_float16_bundle(tmp_path: Path, photos: Path) -> 
         b = Captioner(f16, device="cpu", precision=precision).caption(pixels)
         assert [c.text for c in a] == [c.text for c in b]
         assert np.allclose([c.score for c in a], [c.score for c in b], atol=1e-2)
+        # The search graphs read the new decoder's weights: the same captions and scores as the numpy loop.
+        graph = Captioner(f16, device="cpu", precision=precision, search="graph").caption(pixels)
+        assert [(c.text, c.score) for c in graph] == [(c.text, c.score) for c in b]
 
 
 def test_a_bundle_can_be_stored_in_float16_alone(tiny_bundle: Path, tmp_path: Path) -> None:
