@@ -478,7 +478,7 @@ def test_a_second_ctrl_c_stops_a_big_batch_at_once(tmp_path: Path) -> None:
 
 @pytest.fixture
 def real_bundle(request: pytest.FixtureRequest) -> Path:
-    pytest.importorskip("export", reason="the exporter is needed to build a bundle")
+    pytest.importorskip("capcli.export", reason="the exporter is needed to build a bundle")
     return request.getfixturevalue("tiny_bundle")
 
 

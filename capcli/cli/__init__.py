@@ -16,6 +16,11 @@ that ``capcli --help`` stays fast and the caption path never imports torch.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
 from typing import Any
 
 import click
@@ -51,10 +56,28 @@ class Command(click.Command):
             message = ctx.meta.get(_ON_INTERRUPT, "interrupted")
             if message:
                 click.echo(message, err=True)
+            _exiting_after_interrupt()
             ctx.exit(int(ExitStatus.INTERRUPTED))
         if isinstance(result, ExitStatus):
+            if result == ExitStatus.INTERRUPTED:
+                _exiting_after_interrupt()
             ctx.exit(int(result))
         return result
+
+
+def _exiting_after_interrupt() -> None:
+    """From here on a further Ctrl-C exits at once with 130: the run is over and its output whole, and a
+    KeyboardInterrupt raised while Python shuts down would end it with SIGINT's -2 instead."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def exit_now(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(int(ExitStatus.INTERRUPTED))
+
+    signal.signal(signal.SIGINT, exit_now)
 
 
 class Group(click.Group):
