@@ -11,7 +11,7 @@ import pytest
 
 PROGRAM = textwrap.dedent(
     """
-    import os, signal
+    import os, signal, time
     import click
     from capcli.cli import Command
     from capcli.errors import ExitStatus
@@ -28,7 +28,7 @@ PROGRAM = textwrap.dedent(
         run()
     finally:
         os.kill(os.getpid(), signal.SIGINT)
-        signal.pause()
+        time.sleep(0.2)
     """
 )
 

@@ -16,10 +16,7 @@ that ``capcli --help`` stays fast and the caption path never imports torch.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -66,18 +63,11 @@ class Command(click.Command):
 
 
 def _exiting_after_interrupt() -> None:
-    """From here on a further Ctrl-C exits at once with 130: the run is over and its output whole, and a
-    KeyboardInterrupt raised while Python shuts down would end it with SIGINT's -2 instead."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def exit_now(signum: int, frame: object) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(int(ExitStatus.INTERRUPTED))
-
-    signal.signal(signal.SIGINT, exit_now)
+    """From here on Ctrl-C is ignored: the run is over and its output whole. A KeyboardInterrupt raised while
+    Python shuts down, or a SIGINT after Python has put back the default handler in its last steps (it keeps
+    an ignored one), would end the process with SIGINT's -2 instead of 130."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Group(click.Group):
