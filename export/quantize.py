@@ -240,14 +240,27 @@ def compare_decoders(bundle: str | os.PathLike[str], images: Sequence[str | os.P
     both = load_bundle(bundle)
     ref = Captioner(both, device="cpu", beam=1, lanes=1, precision="float")
     new = Captioner(both, device="cpu", beam=1, lanes=1, precision="int8")
-    pixels, inputs = check_pixels(images, both.preprocess, COMPARE_IMAGES, 4)
-    encoded = ref.encode(pixels)  # the encoder is the same float graph in both
-    start = np.full(len(pixels), both.vocab.start_id, dtype=np.int64)
-    state = {n: encoded[n] for n in both.state_names}
-    steps = [c.step(start, state, c.bind_context(encoded))[0] for c in (ref, new)]
+    return compare_captioners(ref, new, images)[0]
+
+
+def compare_captioners(
+    ref: Any, new: Any, images: Sequence[str | os.PathLike[str]] = ()
+) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
+    """Greedy captions and first-step log-probabilities of two greedy CPU captioners over the same photos (up to
+    16 of ``images``, else random inputs); also each one's encoder outputs."""
+    bundle = ref.bundle
+    pixels, inputs = check_pixels(images, bundle.preprocess, COMPARE_IMAGES, 4)
+    first = ref.encode(pixels)
+    same_encoder = new.bundle.files[ENCODER] == bundle.files[ENCODER]  # e.g. float vs int8 decoder of one bundle
+    encoded = [first, first if same_encoder else new.encode(pixels)]
+    start = np.full(len(pixels), bundle.vocab.start_id, dtype=np.int64)
+    steps = [
+        c.step(start, {n: e[n] for n in bundle.state_names}, c.bind_context(e))[0] for c, e in zip((ref, new), encoded)
+    ]
     same = sum(x.text == y.text for x, y in zip(ref.caption(pixels), new.caption(pixels)))
-    return {
+    comparison = {
         "inputs": inputs,
         "greedy_captions_identical": round(same / len(pixels), 4),
         "first_step_logprobs_max_abs_diff": float(np.abs(steps[0] - steps[1]).max()),
     }
+    return comparison, encoded

@@ -28,11 +28,10 @@ from capcli.bundle import DECODER, ENCODER, load_bundle, sha256_bytes
 from capcli.export import _training_photos
 from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.export.onnx_export import _check_target, write_meta
-from capcli.export.parity import check_pixels
+from capcli.export.quantize import compare_captioners
 from capcli.export.search_graph import add_search_graphs
 
 MIN_ELEMENTS = 1024  # smaller tensors (biases, norms) stay float32: they weigh nothing
-COMPARE_IMAGES = 16
 
 
 def store_float16(path: Path, min_elements: int = MIN_ELEMENTS) -> int:
@@ -105,21 +104,9 @@ def compare_weights(
     """How far 16-bit weights move the float graphs: greedy captions, features and first-step log-probabilities."""
     from capcli.runtime import Captioner
 
-    ref_bundle = load_bundle(reference)
-    new_bundle = load_bundle(stored)
-    ref = Captioner(ref_bundle, device="cpu", beam=1, lanes=1, precision="float")
-    new = Captioner(new_bundle, device="cpu", beam=1, lanes=1, precision="float")
-    pixels, inputs = check_pixels(images, ref_bundle.preprocess, COMPARE_IMAGES, 4)
-    encoded = [c.encode(pixels) for c in (ref, new)]
-    start = np.full(len(pixels), ref_bundle.vocab.start_id, dtype=np.int64)
-    steps = [
-        c.step(start, {n: e[n] for n in ref_bundle.state_names}, c.bind_context(e))[0]
-        for c, e in zip((ref, new), encoded)
-    ]
-    same = sum(x.text == y.text for x, y in zip(ref.caption(pixels), new.caption(pixels)))
-    return {
-        "inputs": inputs,
-        "greedy_captions_identical": round(same / len(pixels), 4),
-        "features_max_abs_diff": float(np.abs(encoded[0]["features"] - encoded[1]["features"]).max()),
-        "first_step_logprobs_max_abs_diff": float(np.abs(steps[0] - steps[1]).max()),
-    }
+    ref, new = (
+        Captioner(load_bundle(path), device="cpu", beam=1, lanes=1, precision="float") for path in (reference, stored)
+    )
+    comparison, encoded = compare_captioners(ref, new, images)
+    features = float(np.abs(encoded[0]["features"] - encoded[1]["features"]).max())
+    return {**comparison, "features_max_abs_diff": features}
