@@ -240,8 +240,7 @@ def export_bundle(
     ``provenance["parity"]``, and raises to abort (nothing is left behind).
     """
     target = Path(out_dir)
-    _check_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(target, overwrite)
     model.eval()
     with _temp_dir_beside(target) as tmp:
         export_onnx(model, tmp, opset)
@@ -257,7 +256,9 @@ def export_bundle(
     return target
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def _prepare_target(target: Path, overwrite: bool) -> None:
+    """Refuse a ``target`` that is not an empty folder or a bundle ``overwrite`` may replace; create its parent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         return
     if not target.is_dir():

@@ -46,7 +46,7 @@ import numpy as np
 
 from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle, sha256_bytes
 from capcli.export import _training_photos
-from capcli.export.onnx_export import _check_target, _move_into_place, _temp_dir_beside, write_meta
+from capcli.export.onnx_export import _prepare_target, _move_into_place, _temp_dir_beside, write_meta
 from capcli.export.parity import check_pixels
 from capcli.export.search_graph import add_search_graphs
 
@@ -74,8 +74,7 @@ def quantize_bundle(
 
     src = load_bundle(source)  # validated before anything is written
     target = Path(out_dir)
-    _check_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(target, overwrite)
     settings = {
         "method": "dynamic",
         "op_types": OP_TYPES,

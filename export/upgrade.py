@@ -52,7 +52,7 @@ from capcli.errors import FatalError
 from capcli.train.model import Decoder, ModelConfig
 from capcli.export.onnx_export import (
     DEFAULT_OPSET,
-    _check_target,
+    _prepare_target,
     _fix_context_sizes,
     _move_into_place,
     _temp_dir_beside,
@@ -90,8 +90,7 @@ def upgrade_bundle(
     files = {name: read_checked(src / name, meta) for name in (ENCODER, DECODER)}
     cfg = ModelConfig.from_dict(meta["model_config"])
     target = Path(out_dir)
-    _check_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(target, overwrite)
     with _temp_dir_beside(target) as tmp:
         (tmp / ENCODER).write_bytes(_transpose_keys(files[ENCODER]))
         _fix_context_sizes(tmp / ENCODER, cfg)
@@ -145,8 +144,7 @@ def add_graphs(
     if src.meta["format_version"] == FORMAT_VERSION and all(src.search_graph(name) for name in decoders):
         raise FatalError(f"{source}: format {FORMAT_VERSION} with its search graphs already: nothing to upgrade")
     target = Path(out_dir)
-    _check_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(target, overwrite)
     with _temp_dir_beside(target) as tmp:
         meta = copy.deepcopy(src.meta)
         for name in (ENCODER, *decoders):

@@ -27,7 +27,7 @@ import numpy as np
 from capcli.bundle import DECODER, ENCODER, load_bundle, sha256_bytes
 from capcli.export import _training_photos
 from capcli.atomic import move_into_place, temp_dir_beside
-from capcli.export.onnx_export import _check_target, write_meta
+from capcli.export.onnx_export import _prepare_target, write_meta
 from capcli.export.quantize import compare_captioners
 from capcli.export.search_graph import add_search_graphs
 
@@ -71,8 +71,7 @@ def float16_bundle(
     """Write the bundle at ``source`` with float16-stored weights to ``out_dir``, atomically."""
     src = load_bundle(source)  # validated before anything is written
     target = Path(out_dir)
-    _check_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(target, overwrite)
     with temp_dir_beside(target) as tmp:
         converted = {}
         for name, data in src.files.items():
