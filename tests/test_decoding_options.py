@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import capcli
 from capcli.cli import main
+from capcli.shard import shard_of
 from capcli.writers import COLUMNS, read_records
 
 pytest.importorskip("torch", reason="building the tiny bundle needs the train extra")
@@ -72,7 +73,14 @@ def test_num_captions_are_distinct_best_first_and_led_by_the_caption(
     assert code == 0 and [json.loads(row["captions"]) for row in rows] == [r["captions"] for r in records]
 
 
-def test_seeded_sampling_is_the_same_whatever_the_batch_size_or_shard(tiny_bundle: Path, inputs: list[str]) -> None:
+def test_seeded_sampling_is_the_same_whatever_the_batch_size_or_shard(
+    tiny_bundle: Path, inputs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shards hash the source string: relative paths hash the same in every run (absolute temporary
+    # folders did not, and once put all ten inputs in one shard).
+    monkeypatch.chdir(Path(inputs[0]).parent.parent)
+    inputs = [str(Path(p).relative_to(Path.cwd())) for p in inputs]
+    assert {shard_of(p, 2) for p in inputs} == {0, 1}
     sample = ("--sample", "--seed", "5", "--temperature", "1.3", "--top-p", "0.95")
     runs = [caption(tiny_bundle, *inputs, *sample, "--batch-size", size)[1] for size in ("1", "3", "8")]
     shards = [caption(tiny_bundle, *inputs, *sample, "--batch-size", "3", "--shard", f"{k}/2")[1] for k in (0, 1)]
