@@ -148,15 +148,11 @@ class SearchSpec:
     @property
     def graph_compatible(self) -> bool:
         """Whether this spec keeps to the standard rules of :meth:`runtime`, which a search built into an
-        ONNX graph implements (:mod:`capcli.graph_search`): :data:`NO_REPEAT_NGRAM` blocking, <end> barred
-        from the first step only, no prefix, one hypothesis, no sampling.  ``max_len``, ``length_penalty``,
-        ``banned`` and ``no_end_after`` are the graph's inputs, so any values go."""
+        ONNX graph implements (:mod:`capcli.graph_search`): :data:`NO_REPEAT_NGRAM` blocking, no prefix,
+        one hypothesis, no sampling.  ``max_len``, ``min_len``, ``length_penalty``, ``banned`` and
+        ``no_end_after`` are the graph's inputs, so any values go."""
         return (
-            self.no_repeat_ngram == NO_REPEAT_NGRAM
-            and self.min_len == 1
-            and not self.prefix
-            and self.n_best == 1
-            and self.sampling is None
+            self.no_repeat_ngram == NO_REPEAT_NGRAM and not self.prefix and self.n_best == 1 and self.sampling is None
         )
 
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:

@@ -347,10 +347,9 @@ def test_draw_tokens_follows_the_distribution_and_its_nucleus() -> None:
 
 def test_the_spec_knows_whether_it_keeps_to_the_standard_rules() -> None:
     vocab = Vocab.build([["a", "dog"]], min_count=1)
-    standard = Decoding(beam=5, max_len=9, length_penalty=1.0, allow_dangling_end=True).spec(vocab, 20)
+    standard = Decoding(beam=5, max_len=9, min_len=3, length_penalty=1.0, allow_dangling_end=True).spec(vocab, 20)
     assert SearchSpec.runtime(vocab, 20).graph_compatible and standard.graph_compatible
     for changed in (
-        Decoding(min_len=3),
         Decoding(no_repeat_ngram=0),
         Decoding(beam=2, num_captions=2),
         Decoding(sampling=Sampling()),

@@ -127,6 +127,6 @@ def test_load_takes_the_decoding_options(tiny_bundle: Path, inputs: list[str]) -
     record = model.caption_one(inputs[0])
     assert record["caption"].startswith("A little ") and len(words(record)) >= 4 and len(record["captions"]) == 2
     assert not model.captioner.spec.graph_compatible
-    assert capcli.load(tiny_bundle, device="cpu", beam=5, length_penalty=1.0).captioner.spec.graph_compatible
+    assert capcli.load(tiny_bundle, device="cpu", beam=5, length_penalty=1.0, min_len=4).captioner.spec.graph_compatible
     with pytest.raises(capcli.UsageError, match="'zebra'"):
         capcli.load(tiny_bundle, device="cpu", prefix="zebra")

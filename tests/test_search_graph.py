@@ -121,7 +121,7 @@ def test_graph_follows_the_spec_options(tmp_path: Path, beam: int) -> None:
     for spec in (
         replace(SPEC, max_len=3, length_penalty=0.0),
         replace(SPEC, no_end_after=(), length_penalty=1.3),
-        replace(SPEC, min_len=3),  # the graph implements it, though graph_compatible leaves it to numpy
+        replace(SPEC, min_len=3),
     ):
         ref, got = run_both(tmp_path, table_decoder(3), h, spec, beam)
         assert_same(ref, got)
