@@ -176,6 +176,39 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     with pytest.raises(FatalError, match="pass its best.pt as start"):
         grounded.train_grounded(_options(data, tmp_path / "scst2", objective="cider"))
 
+    # The mixed objective: a reference's cross-entropy beside the policy gradient raises a caption the
+    # sampler would not draw; alone, the cross-entropy term is what one reference costs.
+    start = checkpoint.load_checkpoint(tmp_path / "straight" / "best.pt")
+    unit = grounded.Unit("text", -1, np.array([0, 1, 2]), np.array([0.6, 0.3, 0.1], np.float32), [["the", "yellow"]])
+    opts, rng = _options(data, tmp_path / "unused"), np.random.default_rng(0)
+
+    def reference_xent() -> torch.Tensor:
+        concept = start.model.decoder.concept(
+            torch.from_numpy(unit.classes[None]), torch.from_numpy(unit.weights[None])
+        )
+        return grounded._reference_xent(start.model, None, concept, [unit], start.vocab, opts, rng)
+
+    optimizer = torch.optim.Adam(start.model.decoder.parameters(), lr=1e-2)
+    before = reference_xent()
+    for _ in range(30):
+        optimizer.zero_grad()
+        reference_xent().backward()
+        optimizer.step()
+    assert reference_xent() < 0.5 * before
+    mixed = grounded.train_grounded(
+        _options(
+            data,
+            tmp_path / "mixed",
+            objective="cider",
+            start=str(tmp_path / "straight" / "best.pt"),
+            epochs=1,
+            lr=1e-3,
+            xent_weight=0.5,
+        )
+    )
+    assert np.isfinite(mixed["history"][0]["train_reward"])
+    assert checkpoint.load(tmp_path / "mixed" / "last.pt")["options"]["xent_weight"] == 0.5
+
     # The trained model exports with its tagger and concept input, and onnxruntime matches PyTorch.
     ck = checkpoint.load_checkpoint(tmp_path / "straight" / "best.pt")
     bundle_dir = export_bundle(ck.model, ck.vocab, tmp_path / "bundle", provenance={"dataset": "test"})

@@ -75,6 +75,14 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
     help="--objective cider: reward taken off a sampled caption per object it names that no reference of its "
     "photo mentions (photos with 5 or more references).",
 )
+@click.option(
+    "--xent-weight",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="--objective cider: add this times the cross-entropy of one reference per photo to the policy "
+    "gradient, so that words the sampler stops drawing are not lost.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True)

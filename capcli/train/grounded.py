@@ -84,6 +84,7 @@ class GroundedOptions:
     start: str | None = None  # a grounded checkpoint whose decoder and vocabulary training continues from
     samples: int = 5  # captions sampled per photo by the cider objective
     hallucination_penalty: float = 0.0  # cider objective: reward taken off per object no reference mentions
+    xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
     seed: int = 0
     threads: int | None = None
     cache_dir: str = "runs/cache"
@@ -492,6 +493,30 @@ def _batch_loss(
     return xent, penalty
 
 
+def _reference_xent(
+    model: CaptionModel,
+    feats: torch.Tensor | None,
+    concept: torch.Tensor,
+    units: list[Unit],
+    vocab: Vocab,
+    options: GroundedOptions,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """Mean token cross-entropy of one reference per photo (drawn by ``rng``), teacher-forced.
+
+    Beside the policy gradient it keeps the words the sampler has stopped drawing: self-critical training
+    alone never raises a word whose probability has collapsed, since it is no longer sampled (the mixed
+    objective of Paulus et al. 2017)."""
+    refs = [_ids(vocab, " ".join(u.references[rng.integers(len(u.references))]), options.max_len) for u in units]
+    captions = torch.zeros(len(refs), max(map(len, refs)), dtype=torch.long)  # (B, T) <pad> = 0
+    for r, ids in enumerate(refs):
+        captions[r, : len(ids)] = torch.tensor(ids)
+    logits, _ = model.teacher_forced(feats, captions, concept)  # (B, T-1, V)
+    return F.cross_entropy(
+        logits.transpose(1, 2), captions[:, 1:], ignore_index=0, label_smoothing=options.label_smoothing
+    )
+
+
 def _units(parts: list[Part], vocab: Vocab, min_text_references: int = 5) -> list[Unit]:
     """Photos with their references: every photo of the paired parts (x its repeat), and the caption-only
     photos with at least ``min_text_references`` sentences (fewer make a noisy CIDEr-D reward)."""
@@ -580,7 +605,10 @@ def _scst_epoch(
             return scst.sample(model.decoder, spec, allowed, feats, k, concept)
 
         loss, rewards = scst.self_critical_loss(sampler, None, batch, options.samples, reward, vocab, penalty)
-        _update(loss / (len(batch) * options.samples), optimizer, scheduler, params, options.clip)
+        loss = loss / (len(batch) * options.samples)
+        if options.xent_weight:
+            loss = loss + options.xent_weight * _reference_xent(model, feats, concept, chosen, vocab, options, rng)
+        _update(loss, optimizer, scheduler, params, options.clip)
         total_reward += rewards / (len(batch) * options.samples)
         if n % 50 == 0:
             console.print(
