@@ -12,18 +12,11 @@ names the files averaged and their SHA-256.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import torch
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from capcli.bundle import sha256_bytes
 
 
 def average(paths: list[Path]) -> dict:
@@ -43,7 +36,8 @@ def average(paths: list[Path]) -> dict:
     averaged["finished"] = True
     provenance = dict(last.get("provenance", {}))
     provenance["averaged"] = [
-        {"file": str(p), "sha256": sha256(p), "epoch": q.get("epoch")} for p, q in zip(paths, payloads)
+        {"file": str(p), "sha256": sha256_bytes(p.read_bytes()), "epoch": q.get("epoch")}
+        for p, q in zip(paths, payloads)
     ]
     averaged["provenance"] = provenance
     return averaged

@@ -469,10 +469,7 @@ def _batch_loss(
     """Mean token cross-entropy and mean attention penalty of a batch of (part, caption) rows."""
     image = np.array([p.image[i] for p, i in batch])  # (B,) -1: caption-only
     photos = bool(image[0] >= 0)  # a batch is all photo captions or all caption-only sentences
-    length = max(len(p.captions[i]) for p, i in batch)
-    captions = torch.zeros(len(batch), length, dtype=torch.long)  # (B, T) <pad> = 0
-    for r, (p, i) in enumerate(batch):
-        captions[r, : len(p.captions[i])] = torch.tensor(p.captions[i])
+    captions = _padded([p.captions[i] for p, i in batch])  # (B, T)
     classes = torch.from_numpy(np.stack([p.classes[i] for p, i in batch]))  # (B, k)
     weights = torch.from_numpy(np.stack([p.weights[i] for p, i in batch]))  # (B, k)
     concept = model.decoder.concept(classes, weights)  # (B, C)
@@ -484,7 +481,7 @@ def _batch_loss(
         concept = concept * conceptual[:, None]
     logits, alphas = model.teacher_forced(feats, captions, concept)  # (B, T-1, V), (B, T-1, L) or None
     targets = captions[:, 1:]  # (B, T-1)
-    xent = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=0, label_smoothing=options.label_smoothing)
+    xent = _token_xent(logits, targets, options)
     if alphas is None:
         return xent, torch.zeros(())
     mask = (targets != 0).unsqueeze(2).float()  # (B, T-1, 1)
@@ -508,13 +505,22 @@ def _reference_xent(
     alone never raises a word whose probability has collapsed, since it is no longer sampled (the mixed
     objective of Paulus et al. 2017)."""
     refs = [_ids(vocab, " ".join(u.references[rng.integers(len(u.references))]), options.max_len) for u in units]
-    captions = torch.zeros(len(refs), max(map(len, refs)), dtype=torch.long)  # (B, T) <pad> = 0
-    for r, ids in enumerate(refs):
-        captions[r, : len(ids)] = torch.tensor(ids)
+    captions = _padded(refs)  # (B, T)
     logits, _ = model.teacher_forced(feats, captions, concept)  # (B, T-1, V)
-    return F.cross_entropy(
-        logits.transpose(1, 2), captions[:, 1:], ignore_index=0, label_smoothing=options.label_smoothing
-    )
+    return _token_xent(logits, captions[:, 1:], options)
+
+
+def _padded(captions: list[list[int]]) -> torch.Tensor:
+    """Token id lists -> (B, T) with <pad> (id 0) after each, T the longest."""
+    out = torch.zeros(len(captions), max(map(len, captions)), dtype=torch.long)  # (B, T)
+    for r, ids in enumerate(captions):
+        out[r, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+def _token_xent(logits: torch.Tensor, targets: torch.Tensor, options: GroundedOptions) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), <pad> ignored, label-smoothed."""
+    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=0, label_smoothing=options.label_smoothing)
 
 
 def _units(parts: list[Part], vocab: Vocab, min_text_references: int = 5) -> list[Unit]:
