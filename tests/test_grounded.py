@@ -200,14 +200,19 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
             data,
             tmp_path / "mixed",
             objective="cider",
-            start=str(tmp_path / "straight" / "best.pt"),
+            start=str(tmp_path / "scst" / "best.pt"),
             epochs=1,
             lr=1e-3,
             xent_weight=0.5,
         )
     )
     assert np.isfinite(mixed["history"][0]["train_reward"])
-    assert checkpoint.load(tmp_path / "mixed" / "last.pt")["options"]["xent_weight"] == 0.5
+    mixed_payload = checkpoint.load(tmp_path / "mixed" / "last.pt")
+    assert mixed_payload["options"]["xent_weight"] == 0.5
+    # A stage started from a stage keeps the whole chain: mixed <- scst <- straight.
+    chain = mixed_payload["provenance"]["started_from"]
+    assert chain["command"] == tuned["provenance"]["command"]
+    assert chain["started_from"]["epochs"] == best["provenance"]["epochs"]
 
     # The trained model exports with its tagger and concept input, and onnxruntime matches PyTorch.
     ck = checkpoint.load_checkpoint(tmp_path / "straight" / "best.pt")

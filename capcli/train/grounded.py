@@ -328,7 +328,8 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
                 {
                     "started_from": {
                         k: start["provenance"].get(k)
-                        for k in ("command", "training_seconds", "epochs", "best_epoch", "dev_metrics")
+                        # started_from too: the whole chain of stages, not just the last one
+                        for k in ("command", "training_seconds", "epochs", "best_epoch", "dev_metrics", "started_from")
                     }
                 }
                 if options.start and start
