@@ -204,11 +204,13 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
             epochs=1,
             lr=1e-3,
             xent_weight=0.5,
+            reward_df="per-set",
         )
     )
     assert np.isfinite(mixed["history"][0]["train_reward"])
     mixed_payload = checkpoint.load(tmp_path / "mixed" / "last.pt")
-    assert mixed_payload["options"]["xent_weight"] == 0.5
+    assert mixed_payload["options"]["xent_weight"] == 0.5 and mixed_payload["options"]["reward_df"] == "per-set"
+    assert "--reward-df per-set" in mixed_payload["provenance"]["command"]
     # A stage started from a stage keeps the whole chain: mixed <- scst <- straight.
     chain = mixed_payload["provenance"]["started_from"]
     assert chain["command"] == tuned["provenance"]["command"]

@@ -78,6 +78,20 @@ def test_cider_d_uses_the_whole_corpus_for_document_frequencies() -> None:
     assert reward.scores([0], [["a", "dog"]])[0] == reward.scores([2, 0, 1], [["x"], ["a", "dog"], ["y"]])[1]
 
 
+def test_cider_d_per_data_set_scores_each_image_as_its_own_data_set_alone() -> None:
+    """With groups, an image's score uses only its own data set's document frequencies and image count."""
+    flickr = [[["a", "dog", "runs"], ["a", "dog", "jumps"]], [["a", "man", "runs"]], [["a", "dog", "swims"]]]
+    coco = [[["a", "pizza", "on", "a", "plate"]], [["a", "dog", "on", "a", "couch"]]]
+    grouped = CiderD(flickr + coco, groups=["flickr8k"] * 3 + ["coco"] * 2)
+    alone = [CiderD(flickr), CiderD(coco)]
+    hyp = ["a", "dog", "runs"]
+    for i in range(5):
+        own, row = (alone[0], i) if i < 3 else (alone[1], i - 3)
+        assert grouped.score(i, hyp) == own.score(row, hyp)
+    # Pooled, "dog" is in 3 of 5 images, not 2 of 3: another weight, another score.
+    assert CiderD(flickr + coco).score(0, ["dog"]) != grouped.score(0, ["dog"])
+
+
 def test_cider_d_scores_the_end_of_a_caption() -> None:
     """A caption cut off mid-phrase loses the reference's ending n-grams: "in the <end>" is in no reference."""
     refs = [

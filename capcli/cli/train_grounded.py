@@ -83,6 +83,14 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
     help="--objective cider: add this times the cross-entropy of one reference per photo to the policy "
     "gradient, so that words the sampler stops drawing are not lost.",
 )
+@click.option(
+    "--reward-df",
+    type=click.Choice(["pooled", "per-set"]),
+    default="pooled",
+    show_default=True,
+    help="--objective cider: CIDEr-D's document frequencies pooled over all training photos, or per data set "
+    "(Flickr8k; COCO: the everyday photos and the caption-only sentences), as each is evaluated.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True)

@@ -57,6 +57,9 @@ from capcli.train.record import hardware
 from capcli.train.reward import CiderD
 from capcli.train.tagger import build_tagger, labels_for
 
+# The data set each part's captions come from: the everyday photos and the caption-only sentences are COCO's.
+DATA_SET = {"flickr8k": "flickr8k", "everyday": "coco", "text": "coco"}
+
 
 @dataclass
 class GroundedOptions:
@@ -85,6 +88,7 @@ class GroundedOptions:
     samples: int = 5  # captions sampled per photo by the cider objective
     hallucination_penalty: float = 0.0  # cider objective: reward taken off per object no reference mentions
     xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
+    reward_df: str = "pooled"  # cider objective: CIDEr-D document frequencies "pooled" over all photos | "per-set"
     seed: int = 0
     threads: int | None = None
     cache_dir: str = "runs/cache"
@@ -278,7 +282,8 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     self_critical = options.objective == "cider"
     if self_critical:
         units = _units(parts, vocab)
-        reward = CiderD([u.references for u in units], mark_end=True)
+        groups = [DATA_SET[u.part] for u in units] if options.reward_df == "per-set" else None
+        reward = CiderD([u.references for u in units], mark_end=True, groups=groups)
         penalty = hallucination_penalty(units, options.hallucination_penalty) if options.hallucination_penalty else None
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
         console.print(f"self-critical: {len(units):,} photos a epoch, {options.samples} samples each")

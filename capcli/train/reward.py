@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,32 +41,55 @@ def _ngrams(words: Sequence[str]) -> Counter[tuple[str, ...]]:
     return Counter(tuple(words[i : i + n]) for n in range(1, N + 1) for i in range(len(words) - n + 1))
 
 
+@dataclass
+class _Corpus:
+    """The images a reference n-gram's document frequency counts over."""
+
+    images: int = 0
+    document_frequency: Counter[tuple[str, ...]] = field(default_factory=Counter)
+
+    def add(self, references: Sequence[Counter[tuple[str, ...]]]) -> None:
+        self.images += 1
+        self.document_frequency.update({gram for ref in references for gram in ref})
+
+
 class CiderD:
-    """CIDEr-D against fixed references, with document frequencies from all of them.
+    """CIDEr-D against fixed references, with document frequencies from the references themselves.
 
     ``references[i]`` holds image ``i``'s reference captions as word lists.
     ``mark_end=False`` scores exactly like pycocoevalcap's Cider (no ``END``).
+    ``groups[i]`` (optional) names image ``i``'s data set: each data set then has its own document
+    frequencies and image count, as each is scored on its own at evaluation; without it all images
+    form one corpus.
     """
 
-    def __init__(self, references: Sequence[Sequence[Sequence[str]]], mark_end: bool = True) -> None:
+    def __init__(
+        self,
+        references: Sequence[Sequence[Sequence[str]]],
+        mark_end: bool = True,
+        groups: Sequence[Hashable] | None = None,
+    ) -> None:
         self.tail = [END] if mark_end else []
         counts = [[_ngrams([*ref, *self.tail]) for ref in refs] for refs in references]
-        self.document_frequency: Counter[tuple[str, ...]] = Counter()
-        for image in counts:
-            self.document_frequency.update({gram for ref in image for gram in ref})
-        self.log_images = math.log(max(1, len(references)))
-        self._refs = [[self._vector(c) for c in image] for image in counts]
+        groups = [None] * len(references) if groups is None else list(groups)
+        corpora = {group: _Corpus() for group in groups}
+        for image, group in zip(counts, groups):
+            corpora[group].add(image)
+        self._refs = [[self._vector(c, corpora[g]) for c in image] for image, g in zip(counts, groups)]
+        self._corpus = [corpora[g] for g in groups]
 
-    def _vector(self, counts: Counter[tuple[str, ...]]) -> _Vector:
+    @staticmethod
+    def _vector(counts: Counter[tuple[str, ...]], corpus: _Corpus) -> _Vector:
         weights: list[dict[tuple[str, ...], float]] = [{} for _ in range(N)]
+        log_images = math.log(max(1, corpus.images))
         for gram, tf in counts.items():
-            weights[len(gram) - 1][gram] = tf * (self.log_images - math.log(max(1.0, self.document_frequency[gram])))
+            weights[len(gram) - 1][gram] = tf * (log_images - math.log(max(1.0, corpus.document_frequency[gram])))
         norms = [math.sqrt(sum(w * w for w in order.values())) for order in weights]
         return _Vector(weights, norms, sum(counts[g] for g in weights[1]))
 
     def score(self, image: int, words: Sequence[str]) -> float:
         """CIDEr-D of one caption (a word list) for image ``image``."""
-        hyp = self._vector(_ngrams([*words, *self.tail]))
+        hyp = self._vector(_ngrams([*words, *self.tail]), self._corpus[image])
         refs = self._refs[image]
         total = 0.0
         for ref in refs:
