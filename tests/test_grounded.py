@@ -211,6 +211,41 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     mixed_payload = checkpoint.load(tmp_path / "mixed" / "last.pt")
     assert mixed_payload["options"]["xent_weight"] == 0.5 and mixed_payload["options"]["reward_df"] == "per-set"
     assert "--reward-df per-set" in mixed_payload["provenance"]["command"]
+    # Distillation: a unit's target replaces the reference the cross-entropy term would draw.
+    taught = grounded.Unit("text", -1, unit.classes, unit.weights, [["the", "yellow"]], target=["a", "red", "square"])
+    said = grounded.Unit("text", -1, unit.classes, unit.weights, [["a", "red", "square"]])
+
+    def xent_of(u: grounded.Unit) -> torch.Tensor:
+        concept = start.model.decoder.concept(torch.from_numpy(u.classes[None]), torch.from_numpy(u.weights[None]))
+        return grounded._reference_xent(start.model, None, concept, [u], start.vocab, opts, rng)
+
+    assert torch.allclose(xent_of(taught), xent_of(said)) and not torch.allclose(xent_of(taught), xent_of(unit))
+    # The teacher is the --init captioner: its beam-3 captions of the Flickr8k photos, with the runtime's rules.
+    init = checkpoint.load_checkpoint(data["init"])
+    feats = torch.randn(3, 4, init.model.config.feature_dim)  # (N, L, D)
+    words = grounded.teacher_captions(str(data["init"]), feats, max_len=6)
+    assert len(words) == 3 and all(0 < len(w) <= 6 and set(w) <= set(init.vocab.tokens[4:]) for w in words)
+    direct = grounded.beam_captions(
+        init.model.decoder, feats, None, init.vocab, grounded.decode.SearchSpec.runtime(init.vocab, 6), beam=3
+    )
+    assert words == direct
+    with pytest.raises(FatalError, match="without a concept input"):
+        grounded.teacher_captions(str(tmp_path / "straight" / "best.pt"), feats, max_len=6)
+    distilled = grounded.train_grounded(
+        _options(
+            data,
+            tmp_path / "distilled",
+            objective="cider",
+            start=str(tmp_path / "straight" / "best.pt"),
+            epochs=1,
+            lr=1e-3,
+            xent_weight=0.5,
+            distill=True,
+        )
+    )
+    assert np.isfinite(distilled["history"][0]["train_reward"])
+    command = checkpoint.load(tmp_path / "distilled" / "last.pt")["provenance"]["command"]
+    assert " --distill" in command and "--distill True" not in command  # a flag, as typed
     # A stage started from a stage keeps the whole chain: mixed <- scst <- straight.
     chain = mixed_payload["provenance"]["started_from"]
     assert chain["command"] == tuned["provenance"]["command"]

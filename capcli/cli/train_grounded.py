@@ -91,6 +91,13 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
     help="--objective cider: CIDEr-D's document frequencies pooled over all training photos, or per data set "
     "(Flickr8k; COCO: the everyday photos and the caption-only sentences), as each is evaluated.",
 )
+@click.option(
+    "--distill",
+    is_flag=True,
+    help="--objective cider: the cross-entropy term (--xent-weight) of each Flickr8k photo targets the --init "
+    "captioner's own beam-3 caption of it instead of a reference (sequence-level knowledge distillation), so the "
+    "grounded decoder learns what the Flickr8k model says about its photos.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=4e-4, show_default=True)

@@ -89,6 +89,7 @@ class GroundedOptions:
     hallucination_penalty: float = 0.0  # cider objective: reward taken off per object no reference mentions
     xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
     reward_df: str = "pooled"  # cider objective: CIDEr-D document frequencies "pooled" over all photos | "per-set"
+    distill: bool = False  # cider objective: the Flickr8k photos' cross-entropy targets the init model's captions
     seed: int = 0
     threads: int | None = None
     cache_dir: str = "runs/cache"
@@ -116,6 +117,7 @@ class Unit:
     classes: np.ndarray  # (k,)
     weights: np.ndarray  # (k,)
     references: list[list[str]]
+    target: list[str] | None = None  # the cross-entropy term's caption (distillation); None: a random reference
 
 
 @dataclass
@@ -282,6 +284,16 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     self_critical = options.objective == "cider"
     if self_critical:
         units = _units(parts, vocab)
+        if options.distill:
+            t_teacher = time.time()
+            teacher = teacher_captions(options.init, encoded["flickr8k"][0], options.max_len)
+            for u in units:
+                if u.part == "flickr8k":
+                    u.target = teacher[u.image]  # the Flickr8k photos come first in the feature table
+            console.print(
+                f"distillation: the --init model's beam-3 captions of {len(teacher):,} Flickr8k photos "
+                f"({time.time() - t_teacher:.0f} s), e.g. {' '.join(teacher[0])!r}"
+            )
         groups = [DATA_SET[u.part] for u in units] if options.reward_df == "per-set" else None
         reward = CiderD([u.references for u in units], mark_end=True, groups=groups)
         penalty = hallucination_penalty(units, options.hallucination_penalty) if options.hallucination_penalty else None
@@ -386,9 +398,13 @@ def options_command(options: GroundedOptions) -> str:
             value == getattr(defaults, f.name) and f.name not in ("init", "flickr", "everyday", "out")
         ):
             continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(value, bool):  # a flag: only ever True here, since False is its default
+            args.append(flag)
+            continue
         if isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
-        args += [f"--{f.name.replace('_', '-')}", str(value)]
+        args += [flag, str(value)]
     return shlex.join(args)
 
 
@@ -509,8 +525,10 @@ def _reference_xent(
 
     Beside the policy gradient it keeps the words the sampler has stopped drawing: self-critical training
     alone never raises a word whose probability has collapsed, since it is no longer sampled (the mixed
-    objective of Paulus et al. 2017)."""
-    refs = [_ids(vocab, " ".join(u.references[rng.integers(len(u.references))]), options.max_len) for u in units]
+    objective of Paulus et al. 2017). A unit with a ``target`` (distillation) is taught that caption instead."""
+    refs = [
+        _ids(vocab, " ".join(u.target or u.references[rng.integers(len(u.references))]), options.max_len) for u in units
+    ]
     captions = _padded(refs)  # (B, T)
     logits, _ = model.teacher_forced(feats, captions, concept)  # (B, T-1, V)
     return _token_xent(logits, captions[:, 1:], options)
@@ -635,33 +653,59 @@ def _scst_epoch(
 
 
 @torch.no_grad()
-def caption_dev(
-    model: CaptionModel, dev: DevSet, vocab: Vocab, spec: decode.SearchSpec, beam: int = 1, batch: int = 100
-) -> dict[str, str]:
-    """{photo path: caption} of a dev set, with the runtime's search over the PyTorch decoder step."""
-    model.eval()
-    out: dict[str, str] = {}
-    for start in range(0, len(dev.split.samples), batch):
-        feats = dev.features[start : start + batch].float()  # (b, L, D)
-        concept = model.decoder.concept(
-            torch.from_numpy(dev.classes[start : start + batch]), torch.from_numpy(dev.weights[start : start + batch])
-        )
-        keys, state = model.decoder.init(feats, concept)
+def beam_captions(
+    decoder: torch.nn.Module,
+    features: torch.Tensor,
+    concept: torch.Tensor | None,
+    vocab: Vocab,
+    spec: decode.SearchSpec,
+    beam: int = 1,
+    batch: int = 100,
+) -> list[list[str]]:
+    """Captions (words) of photos given by their region features (N, L, D) [and concepts (N, C)], with the
+    runtime's search over a PyTorch decoder step; ``beam`` 1 is greedy."""
+    decoder.eval()
+    out: list[list[str]] = []
+    for start in range(0, len(features), batch):
+        feats = features[start : start + batch].float()  # (b, L, D)
+        con = None if concept is None else concept[start : start + batch]  # (b, C)
+        keys, state = decoder.init(feats, con)
 
         def step(
             tokens: np.ndarray, st: decode.State, images: np.ndarray
         ) -> tuple[np.ndarray, decode.State, np.ndarray]:
             which = torch.from_numpy(images)
-            logits, new, alpha = model.decoder.step(
-                torch.from_numpy(tokens), (torch.from_numpy(st["h"]),), feats[which], keys[which], concept[which]
+            logits, new, alpha = decoder.step(
+                torch.from_numpy(tokens),
+                (torch.from_numpy(st["h"]),),
+                feats[which],
+                keys[which],
+                None if con is None else con[which],
             )
             return torch.log_softmax(logits, dim=1).numpy(), {"h": new[0].numpy()}, alpha.numpy()
 
         initial = {"h": state[0].numpy()}
         hyps = decode.beam_search(step, initial, spec, beam=beam) if beam > 1 else decode.greedy(step, initial, spec)
-        for sample, hyp in zip(dev.split.samples[start : start + batch], hyps):
-            out[str(sample.image)] = detokenize(vocab.decode(hyp.ids))
+        out += [vocab.decode(h.ids) for h in hyps]
     return out
+
+
+@torch.no_grad()
+def caption_dev(model: CaptionModel, dev: DevSet, vocab: Vocab, spec: decode.SearchSpec) -> dict[str, str]:
+    """{photo path: greedy caption} of a dev set."""
+    concept = model.decoder.concept(torch.from_numpy(dev.classes), torch.from_numpy(dev.weights))  # (N, C)
+    words = beam_captions(model.decoder, dev.features, concept, vocab, spec)
+    return {str(s.image): detokenize(w) for s, w in zip(dev.split.samples, words)}
+
+
+def teacher_captions(init: str, features: torch.Tensor, max_len: int, beam: int = 3) -> list[list[str]]:
+    """The ``init`` captioner's own beam-search captions (words) of photos given by its region features (N, L, D):
+    the targets of sequence-level knowledge distillation (Kim & Rush 2016)."""
+    teacher = checkpoint.load_checkpoint(init)
+    if teacher.model.config.grounded:
+        raise FatalError(f"{init}: --distill needs a captioner without a concept input as --init")
+    spec = decode.SearchSpec.runtime(teacher.vocab, max_len)
+    return beam_captions(teacher.model.decoder, features, None, teacher.vocab, spec, beam=beam)
 
 
 def evaluate(
