@@ -80,6 +80,27 @@ def test_an_installed_model_is_replaced_only_with_force(home: Path, tiny_bundle:
     assert hidden_leftovers(home) == []
 
 
+def test_the_listing_prefers_the_recorded_full_protocol_figures(home: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """A grounded bundle names its data sets by its mix; figures from benchmarks/record_metrics.py win over the
+    training loop's quick ones."""
+    grounded = Path(shutil.copytree(tiny_bundle, tmp_path / "grounded"))
+    meta = json.loads((grounded / "model.json").read_text())
+    meta["provenance"] = {
+        "data": {"flickr8k": 30000, "everyday": 766, "text": 49140},
+        "dev_metrics": {"flickr8k_CIDEr": 0.6, "everyday_CIDEr": 0.61},
+        "metrics": {
+            "flickr8k": {"dev_beam3": {"BLEU-4": 0.254, "CIDEr": 0.624}, "protocol": {"beam": 3}},
+            "coco-everyday": {"dev_beam3": {"BLEU-4": 0.216, "CIDEr": 0.64}, "protocol": {"beam": 3}},
+        },
+    }
+    (grounded / "model.json").write_text(json.dumps(meta))
+    assert cli("models", "add", "grounded", str(grounded)).exit_code == 0
+    row = next(line for line in cli("models").stdout.splitlines() if line.startswith("grounded"))
+    assert "flickr8k+everyday+text" in row
+    assert "flickr8k beam3 BLEU-4 0.254, CIDEr 0.624; coco-everyday beam3 BLEU-4 0.216, CIDEr 0.640" in row
+    assert "everyday_CIDEr" not in row
+
+
 def test_a_broken_bundle_is_not_installed(home: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     broken = Path(shutil.copytree(tiny_bundle, tmp_path / "broken"))
     (broken / "decoder.onnx").write_bytes(b"not the checked bytes")

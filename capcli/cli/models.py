@@ -71,9 +71,20 @@ def _describe(path: Path) -> tuple[str, str, str]:
         provenance: dict[str, Any] = read_meta_json(path / MODEL_JSON).get("provenance", {})
     except CapcliError as exc:
         return "?", f"unreadable ({exc})", size
-    metrics = provenance.get("dev_metrics", {})
-    text = ", ".join(
+    dataset = provenance.get("dataset") or "+".join(provenance.get("data", {})) or "?"  # grounded: its parts
+    text = _recorded(provenance.get("metrics", {})) or ", ".join(
         f"{key.removeprefix('dev_')} {f'{value:.3f}' if isinstance(value, float) else value}"
-        for key, value in metrics.items()
+        for key, value in provenance.get("dev_metrics", {}).items()
     )
-    return str(provenance.get("dataset", "?")), text or "-", size
+    return str(dataset), text or "-", size
+
+
+def _recorded(metrics: dict[str, Any]) -> str:
+    """The full-protocol dev figures of ``benchmarks/record_metrics.py`` ({data set: {"dev_beam3": {...}}}), which
+    are what the README reports, as "flickr8k beam3 BLEU-4 0.254, CIDEr 0.624; ..."; "" when there are none."""
+    return "; ".join(
+        f"{dataset} {key.removeprefix('dev_')} BLEU-4 {scores['BLEU-4']:.3f}, CIDEr {scores['CIDEr']:.3f}"
+        for dataset, result in metrics.items()
+        for key, scores in result.items()
+        if key.startswith("dev_") and isinstance(scores, dict) and {"BLEU-4", "CIDEr"} <= scores.keys()
+    )
