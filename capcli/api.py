@@ -88,8 +88,8 @@ def load(
         device: ``"auto"`` (CUDA when it really works, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         beam: beam width; 1 is greedy decoding.
         max_len: longest caption in words (``None``: the bundle's).
-        precision: decoder arithmetic, ``"auto"``, ``"float"`` or ``"int8"`` (``auto``: the bundle's int8
-            decoder on the CPU when it has one).
+        precision: ``"auto"``, ``"float"``, ``"int8"`` or ``"float16"`` (``auto``: the bundle's int8
+            decoder on the CPU when it has one; ``float16``: the encoder in float16 arithmetic, for GPUs).
         length_penalty: beam ranking, log-probability / length ** this.
         tags: also give each record the tagger's top ``tags`` ImageNet labels (``"tags"`` field).
         batch_size: images captioned together.

@@ -46,7 +46,9 @@ ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weights, for CPUs
 # optional (format 4): the decode loop over each decoder as one graph, its weights external data in the decoder file
 SEARCH_GRAPHS = {DECODER: "search.onnx", INT8_DECODER: "search.int8.onnx"}
-PRECISIONS = ("auto", "float", "int8")  # which decoder a run uses; auto: int8 on the CPU when there is one
+# The arithmetic a run uses: auto takes the int8 decoder on the CPU when there is one; float16 is the float
+# decoder behind an encoder computing in float16 (capcli.float16)
+PRECISIONS = ("auto", "float", "int8", "float16")
 SEARCH_MODES = ("auto", "numpy", "graph")  # how the decode loop runs (see capcli.graph_search)
 ENV_VAR = "CAPCLI_MODEL"
 DECODER_KINDS = tuple(STATE_NAMES)  # ("gru", "lstm")

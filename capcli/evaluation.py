@@ -145,6 +145,7 @@ def caption_split(
         "no_end_after": bundle.vocab.decode(captioner.spec.no_end_after),
         "device": captioner.device,
         "decoder": captioner.precision,
+        "encoder": captioner.encoder_precision,
     }
     # The decoding options beyond those above, when set: name those that differ from the defaults.
     asked, standard = asdict(captioner.decoding), asdict(Decoding())

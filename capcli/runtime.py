@@ -25,7 +25,9 @@ Precision: on the CPU the decoder step is mostly matrix products, which run
 uses the bundle's ``decoder.int8.onnx`` there when it has one that scales
 each row's activations on its own (see :func:`int8_by_default`; its
 dev-split cost is measured in model.json); under CUDA, and with ``"float"``,
-the float decoder.  The encoder is always float.
+the float decoder.  ``"float16"`` runs the encoder in float16 arithmetic
+(converted in memory, :mod:`capcli.float16`) with the float decoder: meant
+for CUDA; ``"auto"`` keeps the float encoder until it is measured there.
 
 A photo's caption and score do not depend on the photos batched with it:
 the float graphs and the per-row int8 decoder compute each row alone, and a
@@ -53,6 +55,7 @@ from capcli.bundle import DECODER, ENCODER, INT8_DECODER, PRECISIONS, SEARCH_MOD
 from capcli.decode import NO_REPEAT_NGRAM, Decoding, Hypothesis, State, search
 from capcli.device import parse_device
 from capcli.errors import FatalError
+from capcli.float16 import float16_encoder
 from capcli.graph_search import GRAPH_BY_DEFAULT, hypotheses, search_feeds, search_session
 from capcli.text import detokenize
 
@@ -127,6 +130,7 @@ class Captioner:
             )
         self.tags = tags
         self.bundle = bundle
+        self.encoder_precision = "float16" if precision == "float16" else "float"  # the encoder's arithmetic
         self.decoding = decoding
         self.beam = decoding.beam
         self.spec = decoding.spec(bundle.vocab, bundle.max_len)  # UsageError: a prefix word the model lacks
@@ -142,7 +146,7 @@ class Captioner:
         self.lanes = lanes or 2
         self._cuda_id: int | None = None
         if kind in ("auto", "cuda") and CUDA in ort.get_available_providers():
-            sessions, problem = _cuda_sessions(bundle, device_id)
+            sessions, problem = _cuda_sessions(bundle, device_id, self._encoder_bytes())
             if sessions is not None:
                 self._encoder, self._decoder = sessions
                 self._cuda_id = device_id
@@ -166,7 +170,7 @@ class Captioner:
             int8 = precision == "int8" or (precision == "auto" and int8_by_default(bundle))
             self.precision = "int8" if int8 else "float"
             decoder = INT8_DECODER if int8 else DECODER
-            self._encoder = ort.InferenceSession(bundle.files[ENCODER], options, providers=[CPU])
+            self._encoder = ort.InferenceSession(self._encoder_bytes(), options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[decoder], options, providers=[CPU])
         self.providers: list[str] = self._encoder.get_providers()
         self._search = self._search_graph(search)  # None: the numpy loop
@@ -175,6 +179,11 @@ class Captioner:
         self.seconds = {"encode": 0.0, "decode": 0.0}  # time spent in caption() per stage, summed over lanes
         self._seconds_lock = threading.Lock()
         self._run_options = ort.RunOptions()  # every run's: cancel() sets its terminate flag
+
+    def _encoder_bytes(self) -> bytes:
+        """The encoder graph this run uses: the bundle's, or made to compute in float16 (capcli.float16)."""
+        data = self.bundle.files[ENCODER]
+        return float16_encoder(data) if self.encoder_precision == "float16" else data
 
     def _search_graph(self, search: str) -> ort.InferenceSession | None:
         """The session of the bundle's search graph over the decoder in use, when ``search`` takes it."""
@@ -381,14 +390,15 @@ def _cuda_providers(device_id: int) -> list[Any]:
 
 
 def _cuda_sessions(
-    bundle: Bundle, device_id: int
+    bundle: Bundle, device_id: int, encoder_graph: bytes
 ) -> tuple[tuple[ort.InferenceSession, ort.InferenceSession] | None, str]:
-    """Both sessions on CUDA, or (None, the reason onnxruntime gave for falling back)."""
+    """Sessions of ``encoder_graph`` and the float decoder on CUDA, or (None, the reason onnxruntime gave for
+    falling back)."""
     providers = _cuda_providers(device_id)
     with _native_stderr() as log:
         _preload_cuda_libraries()
         try:
-            encoder = ort.InferenceSession(bundle.files[ENCODER], _session_options(None), providers=providers)
+            encoder = ort.InferenceSession(encoder_graph, _session_options(None), providers=providers)
             decoder = ort.InferenceSession(bundle.files[DECODER], _session_options(None), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeError/Fail
             return None, f"creating a CUDA session failed: {exc}"

@@ -16,6 +16,7 @@ from capcli.cli import main
 
 STAGES_BY_KIND = {
     "limit": {"encode"},
+    "read": {"read"},
     "capcli": {"read", "encode", "decode", "write", "idle"},
     "tutorial": {"read", "encode", "decode", "write"},
 }
@@ -76,6 +77,11 @@ def test_bench_runs_every_scenario_and_reports_ratios(
         assert 0 <= r["info"]["other_cores"] <= (os.cpu_count() or 1) + 0.25, r["info"][
             "other_cores"
         ]  # clock-tick jitter
+        if kinds[key] == "read":  # on one thread and on the pipeline's readers, the latter reported
+            rates = r["info"]["rates_by_threads"]
+            assert set(rates) == {"1", str(r["info"]["workers"])} and rates[str(r["info"]["workers"])] == pytest.approx(
+                r["images_per_s"], rel=1e-3
+            )
         if kinds[key] == "capcli":  # warmed up untimed first, as timed: one batch of 4 per lane
             assert r["info"]["warm_up"]["images"] == r["info"]["lanes"] * 4
             assert r["info"]["warm_up"]["images_per_s"] > 0
@@ -83,7 +89,7 @@ def test_bench_runs_every_scenario_and_reports_ratios(
     assert 0.5 <= results["tutorial_greedy"]["info"]["same_captions_as_capcli_greedy"] <= 1.0
 
     names = {r["name"]: r for r in data["ratios"]}
-    assert len(names) == 6
+    assert len(names) == 7
     for r in names.values():
         assert r["value"] > 0
         assert (r["ok"] is None) == (r["target"] == "")
@@ -122,6 +128,7 @@ def test_ratios_use_the_fastest_rounds_and_mark_targets() -> None:
     assert results["limit"].rates == [10, 20, 15] and results["limit"].peak_rss_mib == 120
     by_name = {r.name: r for r in ratios(results)}
     assert by_name["capcli beam 3 / limit"] == Ratio("capcli beam 3 / limit", 0.9, ">= 0.85", True)
+    assert by_name["reading alone / limit"] == Ratio("reading alone / limit", None, ">= 1", None)  # not measured
     assert by_name["capcli beam 3 / tutorial beam 3"].value == 3.6
     assert by_name["capcli greedy / tutorial greedy"].value is None  # skipped, not a zero
     assert by_name["capcli beam 3: big JPEGs / photos"].ok is False  # 8 / 18 < 0.5

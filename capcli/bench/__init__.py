@@ -7,6 +7,9 @@ and no scenario inherits another's warm state):
   (the same photos, preprocessed beforehand), same batch size and session
   options as capcli: nothing end to end can beat it, since every image needs
   one encoder pass;
+- ``read``: reading alone, the photos read and preprocessed by capcli's
+  reader (``--workers`` threads, then one thread for the scaling), no model:
+  whether the readers keep up with the encoder (on a GPU, the open question);
 - ``capcli`` end to end: files on disk -> records in a JSONL file, through the
   same pieces ``capcli caption -`` runs (stdin path list, reader pool,
   batches, runtime, writer), greedy and beam 3, on the 224-px photos and on

@@ -9,7 +9,8 @@ from capcli.bench.scenarios import BIG_UNIQUE, STAGES, Report, Result
 
 LEGEND = f"""\
 limit: encoder.onnx alone on ready-made input tensors (same photos and batch size), the faster of capcli's
-lanes and one session on all cores.
+lanes and one session on all cores. reading alone: the photos read and preprocessed by capcli's reader
+threads, no model (also on one thread, to show how reading scales).
 capcli: files on disk -> JSONL records, as `capcli caption -` runs (big JPEGs: {BIG_UNIQUE} distinct ones made
 from the photos, upscaled, with grain, cycled). tutorial: the PyTorch checkpoint, one image at a time, eager.
 Stages in ms per image: read (CPU time summed over reader threads, overlapped with inference), encode and
@@ -81,6 +82,8 @@ def _note(r: Result) -> str:
         notes.append(
             "lanes x threads: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r.info["rates_by_arrangement"].items())
         )
+    if "rates_by_threads" in r.info:
+        notes.append("threads: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r.info["rates_by_threads"].items()))
     if r.failed:
         notes.append(f"{r.failed} error records")
     if "same_captions_as_capcli_greedy" in r.info:

@@ -19,7 +19,7 @@ STAGES = ("read", "encode", "decode", "write", "idle")
 class Scenario:
     key: str
     label: str
-    kind: str  # "limit" | "capcli" | "tutorial"
+    kind: str  # "limit" | "read" | "capcli" | "tutorial"
     inputs: str  # "photos" | "big"
     beam: int
     count: int  # images
@@ -91,6 +91,7 @@ def scenarios(cfg: BenchConfig) -> list[Scenario]:
     n = cfg.n
     out = [
         Scenario("limit", "limit (encoder only)", "limit", "photos", 1, n),
+        Scenario("read", "reading alone (no model)", "read", "photos", 1, n),
         Scenario("greedy", "capcli greedy", "capcli", "photos", 1, n),
         Scenario("beam3", "capcli beam 3", "capcli", "photos", 3, n),
     ]
@@ -143,6 +144,8 @@ def ratios(results: dict[str, Result]) -> list[Ratio]:
     out = [
         ratio("capcli beam 3 / limit", rate("beam3"), rate("limit"), ">= 0.85", lambda v: v >= 0.85),
         ratio("capcli greedy / limit", rate("greedy"), rate("limit"), "", bool),
+        # >= 1: the readers keep up with the encoder (on a GPU the question is whether they do at all)
+        ratio("reading alone / limit", rate("read"), rate("limit"), ">= 1", lambda v: v >= 1),
         ratio("capcli beam 3 / tutorial beam 3", rate("beam3"), rate("tutorial_beam3"), ">= 3", lambda v: v >= 3),
         ratio("capcli greedy / tutorial greedy", rate("greedy"), rate("tutorial_greedy"), ">= 3", lambda v: v >= 3),
     ]

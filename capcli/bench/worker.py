@@ -29,7 +29,7 @@ def peak_rss_mib() -> float:
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     scenario = Scenario(**spec["scenario"])
-    run = {"limit": _limit, "capcli": _capcli, "tutorial": run_tutorial}[scenario.kind]
+    run = {"limit": _limit, "read": _read, "capcli": _capcli, "tutorial": run_tutorial}[scenario.kind]
     result = run(scenario, spec)
     result.peak_rss_mib = round(peak_rss_mib(), 1)
     result.images_per_s = round(result.images / result.seconds, 3) if result.seconds > 0 else 0.0
@@ -60,6 +60,7 @@ def _session_info(captioner: Any) -> dict[str, Any]:
     return {
         "model": str(bundle.path),
         "decoder": captioner.precision,
+        "encoder": captioner.encoder_precision,
         "search": captioner.search,
         "providers": captioner.providers,
         "device": captioner.device,
@@ -110,6 +111,42 @@ def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
             result.seconds, result.info = seconds, _session_info(c)
     result.info["rates_by_arrangement"] = rates
     result.stages = {"encode": result.seconds}
+    return result
+
+
+def _read(s: Scenario, spec: dict[str, Any]) -> Result:
+    """Reading alone: every path read and preprocessed by capcli's reader on the pipeline's ``workers``
+    threads, nothing captioned (the arrays are dropped); also on one thread, to show how reading scales."""
+    from capcli.errors import ItemError
+    from capcli.sources import iter_items
+
+    started = time.perf_counter()
+    model = _model(spec, beam=1)
+    reader = model.reader()
+
+    def read(item: Any) -> bool:
+        try:
+            reader(item)
+        except ItemError:  # counted, as capcli would write an error record
+            return False
+        return True
+
+    with open(spec["listing"], "rb") as listing:
+        items = list(iter_items(["-"], stdin=listing))
+    for item in items[: model.workers]:  # warm-up: imports, the page cache
+        read(item)
+    result = Result(s.key, s.label, images=len(items), load_seconds=time.perf_counter() - started)
+    rates = {}  # threads -> images/s
+    for threads in sorted({1, model.workers}):
+        clock = time.perf_counter()
+        cpu = time.process_time()
+        with ThreadPoolExecutor(threads, thread_name_prefix="capcli-read") as pool:
+            failed = sum(not ok for ok in pool.map(read, items))
+        seconds = time.perf_counter() - clock
+        rates[str(threads)] = round(len(items) / seconds, 3)
+        if threads == model.workers:
+            result.seconds, result.stages, result.failed = seconds, {"read": time.process_time() - cpu}, failed
+    result.info = {"workers": model.workers, "rates_by_threads": rates}
     return result
 
 

@@ -140,6 +140,7 @@ def bench_command(
     \b
     Scenarios, each in a fresh process on the same model and images:
       limit     the encoder alone on ready-made input tensors
+      read      the photos read and preprocessed by capcli's reader threads alone
       capcli    files on disk -> JSONL records, greedy and beam 3;
                 also on 4032x3024 JPEGs generated from the photos
       tutorial  the PyTorch checkpoint, one image at a time, eager (--checkpoint)

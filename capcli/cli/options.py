@@ -191,8 +191,9 @@ def runtime_options(
             type=click.Choice(PRECISIONS),
             default="auto",
             show_default=True,
-            help="Decoder arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one "
-            "(a step about 1.6x faster), float everywhere else.",
+            help="Arithmetic: auto uses the bundle's int8 decoder on the CPU when it has one "
+            "(a step about 1.6x faster), float everywhere else; float16 runs the encoder in float16 "
+            "(for GPUs; on the CPU it is slower) with the float decoder.",
         ),
         click.option(
             "--workers",
