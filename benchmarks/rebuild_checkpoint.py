@@ -50,9 +50,11 @@ def rebuild(bundle_dir: str) -> tuple[CaptionModel, Bundle]:
     model = CaptionModel(cfg).eval()
     graphs = [onnx.load_from_string(bundle.files[name]) for name in (ENCODER, DECODER)]
     weights = {i.name: numpy_helper.to_array(i) for g in graphs for i in g.graph.initializer}
-    for node in graphs[0].graph.node:  # small weights may come as Constant nodes
-        if node.op_type == "Constant":
+    for node in (n for g in graphs for n in g.graph.node):
+        if node.op_type == "Constant":  # small weights may come as Constant nodes
             weights[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Cast" and node.input[0] in weights:  # --float16-weights: float16, cast back
+            weights[node.output[0]] = weights[node.input[0]].astype(np.float32)
     convs = [n for n in graphs[0].graph.node if n.op_type == "Conv"]
     pairs: list[list[nn.Module | None]] = []  # [conv, its batch norm]
     # The graph runs the backbone's stages, then the tagger's copy of the top ones (grounded models).
