@@ -173,6 +173,9 @@ class Captioner:
             self._encoder = ort.InferenceSession(self._encoder_bytes(), options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[decoder], options, providers=[CPU])
         self.providers: list[str] = self._encoder.get_providers()
+        # Where bind_context() uploads each image's context for the decoder steps to bind (IOBinding):
+        # the GPU under CUDA; None on the CPU, where plain runs read the numpy arrays in place.
+        self._context_memory: tuple[str, int] | None = None if self._cuda_id is None else ("cuda", self._cuda_id)
         self._search = self._search_graph(search)  # None: the numpy loop
         self._encoder_outputs = [o.name for o in self._encoder.get_outputs()]
         self._decoder_outputs = [o.name for o in self._decoder.get_outputs()]
@@ -254,8 +257,8 @@ class Captioner:
         context = {
             name: encoded[name] if images is None else encoded[name][images] for name in self.bundle.context_names
         }
-        if self._cuda_id is not None:  # upload once; every step binds the same device buffers
-            return {name: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self._cuda_id) for name, v in context.items()}
+        if self._context_memory is not None:  # upload once; every step binds the same device buffers
+            return {name: ort.OrtValue.ortvalue_from_numpy(v, *self._context_memory) for name, v in context.items()}
         return context
 
     def step(self, tokens: np.ndarray, state: State, context: Context) -> tuple[np.ndarray, State, np.ndarray]:
@@ -264,7 +267,7 @@ class Captioner:
         Returns (logprobs (N, V), new state, alpha (N, L)).
         """
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        if self._cuda_id is not None:
+        if self._context_memory is not None:
             binding = self._decoder.io_binding()
             binding.bind_cpu_input("token", tokens)
             for name, value in state.items():

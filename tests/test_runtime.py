@@ -205,6 +205,22 @@ def test_cpu_device_uses_only_the_cpu(bundle) -> None:
     assert captioner.providers == [CPU] and captioner.device == "cpu" and captioner.cuda_problem is None
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_the_gpu_paths_context_binding_gives_the_same_captions(bundle, images: np.ndarray, beam: int) -> None:
+    """Under CUDA each image's context is uploaded once and bound to every step (IOBinding); the same code
+    with the memory on the CPU provider must give the plain runs' captions and scores, bit for bit."""
+    plain = Captioner(bundle, device="cpu", beam=beam, search="numpy")
+    bound = Captioner(bundle, device="cpu", beam=beam, search="numpy")
+    bound._context_memory = ("cpu", 0)  # what CUDA sets to ("cuda", N)
+    context = bound.bind_context(bound.encode(images))
+    assert all(isinstance(value, ort.OrtValue) for value in context.values())
+    expected = plain.caption(images)
+    got = bound.caption(images)
+    assert [(c.tokens, c.score) for c in got] == [(c.tokens, c.score) for c in expected]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.alphas, b.alphas)
+
+
 def test_auto_and_cuda_report_what_happened(bundle, images: np.ndarray) -> None:
     auto = Captioner(bundle, device="auto", beam=3)
     if auto.device.startswith("cuda"):  # a GPU machine: CUDA must compute what the CPU computes
