@@ -18,7 +18,9 @@ onnxruntime logged; ``"cpu"`` never tries CUDA.  Under CUDA each image's
 context (features, attention keys) is uploaded once per batch (and again, for
 the images still searching, when some finish) and bound to every step with
 IOBinding; the small recurrent state travels with the step because the beam
-search reorders it on the host.
+search reorders it on the host.  With the search graph the encoder's outputs
+stay on the GPU where the graph reads them: a batch's images go up once and
+only its captions come back.
 
 Precision: on the CPU the decoder step is mostly matrix products, which run
 2-3x faster in int8 (the whole step about 1.6x), so ``precision="auto"``
@@ -267,22 +269,7 @@ class Captioner:
         Returns (logprobs (N, V), new state, alpha (N, L)).
         """
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        if self._context_memory is not None:
-            binding = self._decoder.io_binding()
-            binding.bind_cpu_input("token", tokens)
-            for name, value in state.items():
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            for name, value in context.items():
-                if isinstance(value, np.ndarray):
-                    binding.bind_cpu_input(name, value)
-                else:
-                    binding.bind_ortvalue_input(name, value)
-            for name in self._decoder_outputs:
-                binding.bind_output(name, "cpu")
-            self._decoder.run_with_iobinding(binding, self._run_options)
-            outputs = binding.copy_outputs_to_cpu()
-        else:
-            outputs = self._decoder.run(self._decoder_outputs, {"token": tokens, **state, **context}, self._run_options)
+        outputs = self._run(self._decoder, self._decoder_outputs, {"token": tokens, **state, **context})
         out = dict(zip(self._decoder_outputs, outputs))
         new_state = {name: out[f"{name}_out"] for name in self.bundle.state_names}
         return out["logprobs"], new_state, out["alpha"]
@@ -297,28 +284,62 @@ class Captioner:
         if len(images) == 0:
             return []
         started = time.perf_counter()
-        encoded = self.encode(images)
-        encoded_at = time.perf_counter()
-        state = {name: encoded[name] for name in self.bundle.state_names}
-        if self._search is not None:
-            captions = [self._to_caption([found]) for found in self._graph_search(encoded)]
+        if self._search is not None and self._context_memory is not None:
+            encoded: dict[str, Any] = self._encode_in_place(images)
         else:
+            encoded = self.encode(images)
+        encoded_at = time.perf_counter()
+        if self._search is not None:  # [:B]: a lone image was searched as a pair (see _encode_in_place)
+            captions = [self._to_caption([found]) for found in self._graph_search(encoded)][: len(images)]
+        else:
+            state = {name: encoded[name] for name in self.bundle.state_names}
             captions = self._numpy_search(encoded, state, indices)
         if self.tags:
-            for caption, probs in zip(captions, encoded["tags"]):
+            tags = encoded["tags"]
+            for caption, probs in zip(captions, tags.numpy() if isinstance(tags, ort.OrtValue) else tags):
                 caption.tags = top_tags(probs, self.bundle.tag_labels, self.tags)
         with self._seconds_lock:
             self.seconds["encode"] += encoded_at - started
             self.seconds["decode"] += time.perf_counter() - encoded_at
         return captions
 
-    def _graph_search(self, encoded: dict[str, np.ndarray]) -> list[Hypothesis]:
-        """One run of the search graph over the batch (every input uploaded once, under CUDA too)."""
+    def _encode_in_place(self, images: np.ndarray) -> dict[str, ort.OrtValue]:
+        """:meth:`encode` with its outputs left in the context's memory (the GPU under CUDA), where the search
+        graph reads them: the images go up once, and only the captions come back.  A lone image is encoded
+        as a pair, as :meth:`encode` does, so the outputs hold two rows then."""
+        assert self._context_memory is not None
+        images = self._check_images(images)
+        binding = self._encoder.io_binding()
+        binding.bind_cpu_input("image", np.concatenate([images, images]) if len(images) == 1 else images)
+        for name in self._encoder_outputs:
+            binding.bind_output(name, *self._context_memory)
+        self._encoder.run_with_iobinding(binding, self._run_options)
+        return dict(zip(self._encoder_outputs, binding.get_outputs()))
+
+    def _graph_search(self, encoded: dict[str, Any]) -> list[Hypothesis]:
+        """One run of the search graph over the batch's encoder outputs (numpy arrays, or OrtValues where
+        they were left)."""
         assert self._search is not None
         feeds = {name: encoded[name] for name in (*self.bundle.context_names, *self.bundle.state_names)}
         feeds.update(search_feeds(self.spec, self.beam, len(self.bundle.vocab)))
-        ids, _, scores, finished = self._search.run(None, feeds, self._run_options)
+        ids, _, scores, finished = self._run(self._search, [o.name for o in self._search.get_outputs()], feeds)
         return hypotheses(ids, scores, finished)
+
+    def _run(self, session: ort.InferenceSession, outputs: list[str], feeds: dict[str, Any]) -> list[np.ndarray]:
+        """``session``'s ``outputs`` on the host.  Feeds that are OrtValues (buffers already on the device)
+        are bound where they are, numpy arrays are copied in; without OrtValues, a plain run."""
+        if not any(isinstance(value, ort.OrtValue) for value in feeds.values()):
+            return session.run(outputs, feeds, self._run_options)
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.asarray(value, order="C"))  # ascontiguousarray makes 0-d 1-d
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding, self._run_options)
+        return binding.copy_outputs_to_cpu()
 
     def _numpy_search(
         self, encoded: dict[str, np.ndarray], state: State, indices: Sequence[int] | None

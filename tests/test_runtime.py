@@ -221,6 +221,23 @@ def test_the_gpu_paths_context_binding_gives_the_same_captions(bundle, images: n
         np.testing.assert_array_equal(a.alphas, b.alphas)
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_the_gpu_paths_encoder_outputs_in_place_give_the_graphs_captions(beam: int) -> None:
+    """Under CUDA the search graph reads the encoder's outputs where the encoder left them; the same code with
+    the memory on the CPU provider gives the plain graph's captions, scores and tags, a lone image too
+    (the shipped model: a tagger, search graphs)."""
+    shipped = load_bundle(SHIPPED)
+    photos = np.stack([load(str(f), shipped.preprocess).array for f in example_paths()[:3]])
+    plain = Captioner(shipped, device="cpu", beam=beam, search="graph", tags=3, lanes=1)
+    in_place = Captioner(shipped, device="cpu", beam=beam, search="graph", tags=3, lanes=1)
+    in_place._context_memory = ("cpu", 0)  # what CUDA sets to ("cuda", N)
+    assert all(isinstance(v, ort.OrtValue) for v in in_place._encode_in_place(photos[:2]).values())
+    for batch in (photos, photos[:1]):
+        expected, got = plain.caption(batch), in_place.caption(batch)
+        assert len(got) == len(batch) and all(c.tags and len(c.tags) == 3 for c in got)
+        assert [(c.tokens, c.score, c.tags) for c in got] == [(c.tokens, c.score, c.tags) for c in expected]
+
+
 def test_auto_and_cuda_report_what_happened(bundle, images: np.ndarray) -> None:
     auto = Captioner(bundle, device="auto", beam=3)
     if auto.device.startswith("cuda"):  # a GPU machine: CUDA must compute what the CPU computes
