@@ -144,3 +144,16 @@ def test_bench_defaults_to_the_example_photos_and_no_help_names_the_build_machin
         assert result.exit_code == 0, command
         assert "shared/data" not in result.output, command  # a folder only this project's build machines have
     assert "examples/" in CliRunner().invoke(main, ["bench", "--help"]).output
+
+
+def test_bench_float16_measures_the_float16_encoder_everywhere(tiny_bundle: Path, photos: Path, tmp_path: Path) -> None:
+    """--precision float16 reaches every scenario's captioner, the limit's one-session arrangement too."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(tiny_bundle), "--images", str(photos), "-n", "4", "--batch-size", "2"]
+    args += ["--no-big", "--device", "cpu", "--precision", "float16", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    ran = {r["key"]: r for r in json.loads(out.read_text())["results"] if not r["skipped"]}
+    assert {"limit", "greedy", "beam3"} <= set(ran)
+    for key in ("limit", "greedy", "beam3"):
+        assert ran[key]["info"]["encoder"] == "float16" and ran[key]["info"]["decoder"] == "float", key

@@ -83,7 +83,12 @@ def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
     if captioner.lanes > 1 and captioner.threads is not None:
         arrangements.append(
             Captioner(
-                captioner.bundle, device=spec["device"], beam=1, lanes=1, threads=captioner.lanes * captioner.threads
+                captioner.bundle,
+                device=spec["device"],
+                beam=1,
+                lanes=1,
+                threads=captioner.lanes * captioner.threads,
+                precision=spec["precision"],
             )
         )
     pre = captioner.bundle.preprocess
