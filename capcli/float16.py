@@ -8,7 +8,7 @@ bundle is unchanged, and so is the decoder: only the encoder, the larger share
 of the arithmetic, moves to float16, where a GPU's tensor cores run it.  On the
 CPU onnxruntime has few float16 kernels and computes most nodes in float32
 between casts: no faster, but the same roundings, which is how the tests and
-``benchmarks/float16_parity.py`` check its captions without a GPU.
+``benchmarks/parity.py --check float16`` check its captions without a GPU.
 """
 
 from __future__ import annotations
