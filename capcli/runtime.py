@@ -147,8 +147,12 @@ class Captioner:
         # beam 3 about 296 -> 341 images/s, greedy about the same).
         self.lanes = lanes or 2
         self._cuda_id: int | None = None
+        # Converted once: a failed CUDA start falls back to the CPU with the same graph.
+        encoder_graph = (
+            bundle.files[ENCODER] if self.encoder_precision == "float" else float16_encoder(bundle.files[ENCODER])
+        )
         if kind in ("auto", "cuda") and CUDA in ort.get_available_providers():
-            sessions, problem = _cuda_sessions(bundle, device_id, self._encoder_bytes())
+            sessions, problem = _cuda_sessions(bundle, device_id, encoder_graph)
             if sessions is not None:
                 self._encoder, self._decoder = sessions
                 self._cuda_id = device_id
@@ -172,7 +176,7 @@ class Captioner:
             int8 = precision == "int8" or (precision == "auto" and int8_by_default(bundle))
             self.precision = "int8" if int8 else "float"
             decoder = INT8_DECODER if int8 else DECODER
-            self._encoder = ort.InferenceSession(self._encoder_bytes(), options, providers=[CPU])
+            self._encoder = ort.InferenceSession(encoder_graph, options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[decoder], options, providers=[CPU])
         self.providers: list[str] = self._encoder.get_providers()
         # Where bind_context() uploads each image's context for the decoder steps to bind (IOBinding):
@@ -184,11 +188,6 @@ class Captioner:
         self.seconds = {"encode": 0.0, "decode": 0.0}  # time spent in caption() per stage, summed over lanes
         self._seconds_lock = threading.Lock()
         self._run_options = ort.RunOptions()  # every run's: cancel() sets its terminate flag
-
-    def _encoder_bytes(self) -> bytes:
-        """The encoder graph this run uses: the bundle's, or made to compute in float16 (capcli.float16)."""
-        data = self.bundle.files[ENCODER]
-        return float16_encoder(data) if self.encoder_precision == "float16" else data
 
     def _search_graph(self, search: str) -> ort.InferenceSession | None:
         """The session of the bundle's search graph over the decoder in use, when ``search`` takes it."""
