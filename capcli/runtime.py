@@ -284,11 +284,11 @@ class Captioner:
             return []
         started = time.perf_counter()
         if self._search is not None and self._context_memory is not None:
-            encoded: dict[str, Any] = self._encode_in_place(images)
+            encoded: dict[str, Any] = self.encode_in_place(images)
         else:
             encoded = self.encode(images)
         encoded_at = time.perf_counter()
-        if self._search is not None:  # [:B]: a lone image was searched as a pair (see _encode_in_place)
+        if self._search is not None:  # [:B]: a lone image was searched as a pair (see encode_in_place)
             captions = [self._to_caption([found]) for found in self._graph_search(encoded)][: len(images)]
         else:
             state = {name: encoded[name] for name in self.bundle.state_names}
@@ -302,11 +302,12 @@ class Captioner:
             self.seconds["decode"] += time.perf_counter() - encoded_at
         return captions
 
-    def _encode_in_place(self, images: np.ndarray) -> dict[str, ort.OrtValue]:
-        """:meth:`encode` with its outputs left in the context's memory (the GPU under CUDA), where the search
-        graph reads them: the images go up once, and only the captions come back.  A lone image is encoded
-        as a pair, as :meth:`encode` does, so the outputs hold two rows then."""
-        assert self._context_memory is not None
+    def encode_in_place(self, images: np.ndarray) -> dict[str, ort.OrtValue]:
+        """:meth:`encode` with its outputs left on the GPU (CUDA only), where the search graph reads them: the
+        images go up once, and only the captions come back.  A lone image is encoded as a pair, as
+        :meth:`encode` does, so the outputs hold two rows then."""
+        if self._context_memory is None:
+            raise ValueError("encode_in_place() is for a captioner on CUDA")
         images = self._check_images(images)
         binding = self._encoder.io_binding()
         binding.bind_cpu_input("image", np.concatenate([images, images]) if len(images) == 1 else images)

@@ -157,3 +157,31 @@ def test_bench_float16_measures_the_float16_encoder_everywhere(tiny_bundle: Path
     assert {"limit", "greedy", "beam3"} <= set(ran)
     for key in ("limit", "greedy", "beam3"):
         assert ran[key]["info"]["encoder"] == "float16" and ran[key]["info"]["decoder"] == "float", key
+
+
+def test_under_cuda_the_limit_also_times_the_encoder_with_its_outputs_left_on_the_gpu(
+    tiny_bundle: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search graph reads the encoder's outputs on the GPU, so the limit must not charge their copy back:
+    under CUDA it times every arrangement both ways and takes the fastest (simulated here on the CPU
+    provider, as the runtime's tests do)."""
+    from capcli.bench.scenarios import Scenario
+    from capcli.bench.worker import _limit
+    from capcli.runtime import Captioner
+
+    made = Captioner.__init__
+
+    def as_on_cuda(self: Captioner, *args: object, **kwargs: object) -> None:
+        made(self, *args, **kwargs)
+        self._cuda_id, self._context_memory = 0, ("cpu", 0)  # what CUDA sets to 0 and ("cuda", 0)
+
+    monkeypatch.setattr(Captioner, "__init__", as_on_cuda)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(map(str, photos.iterdir()))[:4]))
+    spec = {"listing": str(listing), "model": str(tiny_bundle), "device": "cpu", "precision": "auto"}
+    spec |= {"batch_size": 2, "workers": 1, "threads": 1, "lanes": 2}
+    result = _limit(Scenario("limit", "limit", "limit", "photos", 1, 4), spec)
+    rates = result.info["rates_by_arrangement"]
+    assert set(rates) == {"2x1", "1x2", "2x1 in place", "1x2 in place"}
+    assert result.info["arrangement"] in rates and result.info["device"] == "cuda:0"
+    assert result.images == 4 and result.seconds == pytest.approx(4 / max(rates.values()), rel=1e-2)

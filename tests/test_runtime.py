@@ -231,7 +231,7 @@ def test_the_gpu_paths_encoder_outputs_in_place_give_the_graphs_captions(beam: i
     plain = Captioner(shipped, device="cpu", beam=beam, search="graph", tags=3, lanes=1)
     in_place = Captioner(shipped, device="cpu", beam=beam, search="graph", tags=3, lanes=1)
     in_place._context_memory = ("cpu", 0)  # what CUDA sets to ("cuda", N)
-    assert all(isinstance(v, ort.OrtValue) for v in in_place._encode_in_place(photos[:2]).values())
+    assert all(isinstance(v, ort.OrtValue) for v in in_place.encode_in_place(photos[:2]).values())
     for batch in (photos, photos[:1]):
         expected, got = plain.caption(batch), in_place.caption(batch)
         assert len(got) == len(batch) and all(c.tags and len(c.tags) == 3 for c in got)
