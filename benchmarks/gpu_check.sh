@@ -3,15 +3,16 @@
 #
 #   benchmarks/gpu_check.sh OUT_DIR [DEVICE]        # DEVICE: cuda (default), or cpu for a dry run here
 #
-# Needs capcli importable with onnxruntime-gpu (pip install --no-deps the wheel, as
-# /work/.library/device/README.md describes) and the Flickr8k photos in $IMAGES (default
-# ../shared/data/flickr8k/images; on a device machine, a git-ignored folder of the checkout named in
-# `carry`: 200 photos are about 25 MB, and capcli bench cycles a folder with fewer than N).
+# Needs capcli importable with onnxruntime-gpu (on a lent machine: benchmarks/pack_onnxruntime_gpu.py),
+# the Flickr8k photos in $IMAGES (default ../shared/data/flickr8k/images; on a lent machine, a
+# git-ignored folder of the checkout named in `carry`: 400 photos are 11 MB, and capcli bench cycles a
+# folder with fewer than N) and the model in $MODEL (default: the shipped one). docs/performance.md has
+# the two calls that bring all of it to a lent machine.
 # Writes into OUT_DIR:
 #   info.json              capcli info: the providers really used
+#   bench-search.json      capcli bench --search both: limit, reading alone, greedy / beam 3 numpy and graph
 #   parity-search.json     search graph vs numpy loop on 320 dev photos (must be identical)
 #   parity-float16.json    float16 encoder vs float encoder: captions kept, score moves
-#   bench-search.json      capcli bench --search both: limit, reading alone, greedy / beam 3 numpy and graph
 #   bench-float16.json     the same photos with --precision float16 (encoder in float16)
 # then sets nothing: the figures go into GRAPH_BY_DEFAULT["cuda"], the README's GPU table and
 # docs/performance.md by hand.
@@ -24,11 +25,12 @@ capcli=${CAPCLI:-capcli}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+if [ -n "${MODEL:-}" ]; then export CAPCLI_MODEL=$MODEL; fi  # capcli's commands read it; parity.py gets --model
+parity=($python benchmarks/parity.py ${MODEL:+--model "$MODEL"} --device "$device" --images "$images" -n "${PARITY_N:-320}")
+bench=($capcli bench --device "$device" --search both --no-big -n "$n" --rounds 2 --images "$images")
+# In order of need, each file written as it is done, so a call cut at its limit still brings back the first.
 $capcli info --device "$device" --json > "$out/info.json"
-$python benchmarks/parity.py --device "$device" --images "$images" -n "${PARITY_N:-320}" > "$out/parity-search.json" || true
-$python benchmarks/parity.py --check float16 --device "$device" --images "$images" -n "${PARITY_N:-320}" \
-    > "$out/parity-float16.json"
-$capcli bench --device "$device" --search both --no-big -n "$n" --rounds 2 --images "$images" \
-    --json "$out/bench-search.json"
-$capcli bench --device "$device" --precision float16 --search both --no-big -n "$n" --rounds 2 --images "$images" \
-    --json "$out/bench-float16.json"
+"${bench[@]}" --json "$out/bench-search.json"
+"${parity[@]}" > "$out/parity-search.json" || true  # exit 1 when a caption differs: the report says which
+"${parity[@]}" --check float16 > "$out/parity-float16.json"
+"${bench[@]}" --precision float16 --json "$out/bench-float16.json"
