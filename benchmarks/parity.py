@@ -45,7 +45,7 @@ def dev_photos(folder: Path, n: int) -> list[Path]:
 def compare(
     bundle, pixels: np.ndarray, ways: dict[str, dict[str, Any]], beam: int, batch_size: int, device: str
 ) -> dict[str, object]:
-    """Caption ``pixels`` (N, 3, H, W) each of the two ``ways`` (Captioner options); what agrees, the first
+    """Caption ``pixels`` (N, H, W, 3) uint8 each of the two ``ways`` (Captioner options); what agrees, the first
     difference, each way's seconds (encoder included)."""
     found, seconds = {}, {}
     for name, options in ways.items():
@@ -86,7 +86,8 @@ def main() -> int:
     args = parser.parse_args()
     bundle = load_bundle(args.model)
     photos = dev_photos(args.images, args.n)
-    pixels = np.stack([load(str(p), bundle.preprocess).array for p in photos])  # (N, 3, H, W)
+    # (N, H, W, 3) uint8: what every captioner takes (a float encoder gets them normalised as the reader does)
+    pixels = np.stack([load(str(p), bundle.preprocess, pixels=True).array for p in photos])
     if args.check == "search":
         int8 = INT8_DECODER in bundle.files and args.device == "cpu"
         plans = [

@@ -163,7 +163,8 @@ class Model:
     """A loaded captioner; :func:`load` makes one.
 
     ``Model(captioner, preprocess)`` also wraps any object with
-    ``caption(images (B, 3, H, W)) -> [objects with .text and .score]`` (tests use fakes).
+    ``caption(images (B, 3, H, W)) -> [objects with .text and .score]`` (tests use fakes; one whose
+    ``takes_pixels`` is true gets (B, H, W, 3) uint8 pixels instead).
     """
 
     def __init__(
@@ -227,7 +228,12 @@ class Model:
     def reader(self, thumbnail: int | None = None, keep: Keep | None = None) -> Reader:
         """The function that reads one :class:`~capcli.sources.Item` into the model's input array."""
         return make_reader(
-            self.preprocess, max_pixels=self.max_pixels, fetch=self._fetch(), thumbnail=thumbnail, keep=keep
+            self.preprocess,
+            max_pixels=self.max_pixels,
+            fetch=self._fetch(),
+            thumbnail=thumbnail,
+            keep=keep,
+            pixels=getattr(self.captioner, "takes_pixels", False),
         )
 
     def _fetch(self) -> Fetch:

@@ -1,4 +1,4 @@
-"""Image file or bytes -> RGB -> float32 array ``(3, H, W)`` per a bundle's preprocessing.
+"""Image file or bytes -> RGB -> float32 array ``(3, H, W)`` per a bundle's preprocessing (or its uint8 pixels).
 
 Every failure raises :class:`~capcli.errors.ItemError` with one of the kinds in
 :data:`ERROR_KINDS`; nothing else escapes. Global Pillow state
@@ -57,21 +57,26 @@ _AVIF_BRANDS = {b"avif", b"avis"}
 
 @dataclass(frozen=True)
 class Loaded:
-    array: np.ndarray  # (3, H, W) float32, normalised
+    array: np.ndarray  # (3, H, W) float32, normalised; with pixels=True the resized (H, W, 3) uint8 pixels
     n_frames: int  # > 1 for animations and multi-page files; only the first frame is used
     thumbnail: np.ndarray | None = None  # (h, w, 3) uint8 upright RGB copy, only when asked for
 
 
 def load(
-    source: str | bytes, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, thumbnail: int | None = None
+    source: str | bytes,
+    pre: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    thumbnail: int | None = None,
+    pixels: bool = False,
 ) -> Loaded:
     """Read a path or encoded bytes and preprocess it for the model.
 
     ``thumbnail``: also keep a copy of the photo whose longest side is at most
     this many pixels (for attention figures: URLs cannot be read twice).
+    ``pixels``: stop at the resized uint8 pixels (see :func:`to_array`).
     """
     image, n_frames = open_rgb(source, max_pixels=max_pixels, draft_to=max(*pre.size, thumbnail or 0))
-    return Loaded(to_array(image, pre), n_frames, _thumbnail(image, thumbnail))
+    return Loaded(to_array(image, pre, pixels), n_frames, _thumbnail(image, thumbnail))
 
 
 def load_picture(
@@ -79,6 +84,7 @@ def load_picture(
     pre: Preprocess,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail: int | None = None,
+    pixels: bool = False,
 ) -> Loaded:
     """Preprocess an image already in memory: a PIL image, or an array ``(H, W)``, ``(H, W, 3)``
     or ``(H, W, 4)`` (uint8, or float in 0..1), like :func:`load` does a file's."""
@@ -100,7 +106,7 @@ def load_picture(
         rgb = _to_rgb(image)
     except Exception as exc:  # Pillow raises many types for modes it cannot convert
         raise ItemError("decode_error", f"cannot convert a {image.mode} image to RGB: {exc}") from None
-    return Loaded(to_array(rgb, pre), n_frames, _thumbnail(rgb, thumbnail))
+    return Loaded(to_array(rgb, pre, pixels), n_frames, _thumbnail(rgb, thumbnail))
 
 
 def _thumbnail(image: Image.Image, size: int | None) -> np.ndarray | None:
@@ -128,23 +134,36 @@ def open_rgb(
         return _decode(fp, max_pixels, draft_to)
 
 
-def to_array(image: Image.Image, pre: Preprocess) -> np.ndarray:
-    """RGB image -> resized, normalised float32 ``(3, H, W)``."""
+def to_array(image: Image.Image, pre: Preprocess, pixels: bool = False) -> np.ndarray:
+    """RGB image -> resized, normalised float32 ``(3, H, W)``; with ``pixels``, the resized uint8
+    ``(H, W, 3)`` pixels, for an encoder that normalises them itself (:mod:`capcli.pixel_input`)."""
     if pre.resize != "squash":
         raise BundleError(f"unsupported resize rule {pre.resize!r} (capcli knows 'squash')")
     if pre.interpolation not in _RESAMPLE:
         raise BundleError(f"unsupported interpolation {pre.interpolation!r}")
     height, width = pre.size
     image = image.resize((width, height), _RESAMPLE[pre.interpolation])
-    pixels = np.asarray(image)  # (H, W, 3) uint8
+    rgb = np.asarray(image)  # (H, W, 3) uint8
+    return rgb if pixels else normalise(rgb, pre)
+
+
+def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """uint8 pixels ``(..., H, W, 3)`` -> the model's float32 input ``(..., 3, H, W)``."""
     # (x/255 - mean) / std as one multiply-add per channel written straight into CHW:
     # several times cheaper than float conversion, two broadcasts and a transposed copy.
-    out = np.empty((3, height, width), dtype=np.float32)
-    for c in range(3):
-        scale = np.float32(1.0 / (255.0 * pre.std[c]))
-        np.multiply(pixels[:, :, c], scale, out=out[c])
-        out[c] += np.float32(-pre.mean[c] / pre.std[c])
-    return out  # (3, H, W)
+    out = np.empty((*pixels.shape[:-3], 3, *pixels.shape[-3:-1]), dtype=np.float32)
+    for c, (scale, offset) in enumerate(zip(*channel_constants(pre))):
+        np.multiply(pixels[..., c], scale, out=out[..., c, :, :])
+        out[..., c, :, :] += offset
+    return out
+
+
+def channel_constants(pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset), each (3,) float32: a normalised value is ``pixel * scale + offset``, computed in
+    float32 as one multiply, then one add (the pixel-input encoder repeats exactly this)."""
+    scale = np.array([1.0 / (255.0 * s) for s in pre.std], dtype=np.float32)
+    offset = np.array([-m / s for m, s in zip(pre.mean, pre.std)], dtype=np.float32)
+    return scale, offset
 
 
 def _open_file(path: str) -> IO[bytes]:

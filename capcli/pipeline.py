@@ -46,8 +46,9 @@ ERROR_KINDS = {
 class BatchCaptioner(Protocol):
     """What the pipeline captions with (:class:`capcli.runtime.Captioner`, or a test's fake).
 
-    Optionally with ``lanes``: how many batches it may caption at once, from different threads; and
-    with ``takes_indices`` true: ``caption(images, indices=...)`` gets each image's index in the input."""
+    Optionally with ``lanes``: how many batches it may caption at once, from different threads; with
+    ``takes_indices`` true: ``caption(images, indices=...)`` gets each image's index in the input; and
+    with ``takes_pixels`` true, images come as (B, H, W, 3) uint8 pixels (see :mod:`capcli.pixel_input`)."""
 
     def caption(self, images: np.ndarray) -> list[Any]: ...  # (B, 3, H, W) -> B objects with .text, .score
 
@@ -61,10 +62,12 @@ def make_reader(
     fetch: Fetch | None = None,
     thumbnail: int | None = None,
     keep: Keep | None = None,
+    pixels: bool = False,
 ) -> Reader:
     """The standard reader: files through capcli.images, URLs through ``fetch`` first.
 
     ``thumbnail``: keep a small RGB copy of each image (see :func:`capcli.images.load`).
+    ``pixels``: read each image into uint8 pixels, for a captioner that normalises them itself.
     ``keep(item, data)``: called with a download's bytes once they decoded (``url-list --save-images``).
     """
 
@@ -72,17 +75,17 @@ def make_reader(
         if item.error is not None:
             raise item.error
         if item.image is not None:
-            return images.load_picture(item.image, pre, max_pixels, thumbnail)
+            return images.load_picture(item.image, pre, max_pixels, thumbnail, pixels)
         if item.url is not None:
             if fetch is None:
                 raise ItemError("unsupported_source", "URL inputs are not supported here")
             data = fetch(item.url)
-            loaded = images.load(data, pre, max_pixels, thumbnail)
+            loaded = images.load(data, pre, max_pixels, thumbnail, pixels)
             if keep is not None:
                 keep(item, data)
             return loaded
         assert item.path is not None
-        return images.load(item.path, pre, max_pixels, thumbnail)
+        return images.load(item.path, pre, max_pixels, thumbnail, pixels)
 
     return read
 
@@ -223,7 +226,7 @@ def _caption_batch(captioner: BatchCaptioner, batch: Batch) -> list[Any]:
     arrays = [array for _, array in loaded]
     # Seeded sampling draws an image's words by its index in the input, whatever batch it is in.
     indices = {"indices": [index for index, _ in loaded]} if getattr(captioner, "takes_indices", False) else {}
-    captions = captioner.caption(np.stack(arrays), **indices)  # (B, 3, H, W) in
+    captions = captioner.caption(np.stack(arrays), **indices)  # (B, 3, H, W) float32 or (B, H, W, 3) uint8 in
     if len(captions) != len(arrays):
         raise FatalError(f"the captioner returned {len(captions)} captions for {len(arrays)} images")
     return captions

@@ -20,7 +20,9 @@ the images still searching, when some finish) and bound to every step with
 IOBinding; the small recurrent state travels with the step because the beam
 search reorders it on the host.  With the search graph the encoder's outputs
 stay on the GPU where the graph reads them: a batch's images go up once and
-only its captions come back.
+only its captions come back.  The images go up as uint8 pixels, a quarter of
+the float input, and the encoder normalises them itself, bit for bit as the
+reader does on the CPU (:mod:`capcli.pixel_input`; :attr:`Captioner.takes_pixels`).
 
 Precision: on the CPU the decoder step is mostly matrix products, which run
 2-3x faster in int8 (the whole step about 1.6x), so ``precision="auto"``
@@ -46,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,8 @@ from capcli.device import parse_device
 from capcli.errors import FatalError
 from capcli.float16 import float16_encoder
 from capcli.graph_search import GRAPH_BY_DEFAULT, hypotheses, search_feeds, search_session
+from capcli.images import normalise
+from capcli.pixel_input import PIXELS, pixel_input_encoder
 from capcli.text import detokenize
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -94,6 +98,8 @@ class Captioner:
     ``decoding`` holds every search option (:class:`capcli.decode.Decoding`); without it,
     ``beam`` .. ``allow_dangling_end`` make one (they are not read when it is given).
     ``spec.graph_compatible`` says whether the search keeps to capcli's standard rules.
+    ``pixel_input``: whether the encoder takes uint8 pixels and normalises them itself
+    (:mod:`capcli.pixel_input`); None: under CUDA, where the onnx package is installed.
     """
 
     takes_indices = True  # caption() takes each image's index in the input (seeded sampling draws by it)
@@ -113,6 +119,7 @@ class Captioner:
         tags: int = 0,
         decoding: Decoding | None = None,
         search: str = "auto",
+        pixel_input: bool | None = None,
     ) -> None:
         # Bad values raise UsageError (a ValueError) before anything is loaded.
         decoding = decoding or Decoding(
@@ -152,7 +159,9 @@ class Captioner:
             bundle.files[ENCODER] if self.encoder_precision == "float" else float16_encoder(bundle.files[ENCODER])
         )
         if kind in ("auto", "cuda") and CUDA in ort.get_available_providers():
-            sessions, problem = _cuda_sessions(bundle, device_id, encoder_graph)
+            sessions, problem = _cuda_sessions(
+                bundle, device_id, lambda: _with_pixel_input(encoder_graph, bundle, pixel_input)
+            )
             if sessions is not None:
                 self._encoder, self._decoder = sessions
                 self._cuda_id = device_id
@@ -176,9 +185,13 @@ class Captioner:
             int8 = precision == "int8" or (precision == "auto" and int8_by_default(bundle))
             self.precision = "int8" if int8 else "float"
             decoder = INT8_DECODER if int8 else DECODER
-            self._encoder = ort.InferenceSession(encoder_graph, options, providers=[CPU])
+            cpu_graph = _with_pixel_input(encoder_graph, bundle, True) if pixel_input else encoder_graph
+            self._encoder = ort.InferenceSession(cpu_graph, options, providers=[CPU])
             self._decoder = ort.InferenceSession(bundle.files[decoder], options, providers=[CPU])
         self.providers: list[str] = self._encoder.get_providers()
+        # Whether caption() and encode() take (B, H, W, 3) uint8 pixels straight to the encoder (they
+        # always accept them; float32 (B, 3, H, W) only when this is False).
+        self.takes_pixels = self._encoder.get_inputs()[0].name == PIXELS
         # Where bind_context() uploads each image's context for the decoder steps to bind (IOBinding):
         # the GPU under CUDA; None on the CPU, where plain runs read the numpy arrays in place.
         self._context_memory: tuple[str, int] | None = None if self._cuda_id is None else ("cuda", self._cuda_id)
@@ -233,24 +246,25 @@ class Captioner:
         return f"cuda:{self._cuda_id}" if self._cuda_id is not None else "cpu"
 
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Images (B, 3, H, W) -> {"features" (B, L, D), "keys" (B, A, L), "h" (B, H)[, "c"][, "concept" (B, C)]
-        [, "tags" (B, K)]}."""
-        images = self._check_images(images)
-        if self._cuda_id is None and len(images) > ENCODE_CHUNK:
+        """Images (B, H, W, 3) uint8 pixels, or (B, 3, H, W) float32 normalised unless :attr:`takes_pixels`
+        -> {"features" (B, L, D), "keys" (B, A, L), "h" (B, H)[, "c"][, "concept" (B, C)][, "tags" (B, K)]}."""
+        [(name, x)] = self._encoder_feed(images).items()
+        if self._cuda_id is None and len(x) > ENCODE_CHUNK:
             # On the CPU a big batch's early convolutions take up to a second each, and cancel() is
             # seen only between graph nodes: chunks keep a second Ctrl-C prompt at no cost in speed.
-            parts = [self.encode(images[i : i + ENCODE_CHUNK]) for i in range(0, len(images), ENCODE_CHUNK)]
-            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        if len(images) == 1:
+            parts = [self._encode(name, x[i : i + ENCODE_CHUNK]) for i in range(0, len(x), ENCODE_CHUNK)]
+            return {output: np.concatenate([part[output] for part in parts]) for output in parts[0]}
+        return self._encode(name, x)
+
+    def _encode(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        if len(x) == 1:
             # onnxruntime's ReduceMean (the initial state's mean over regions) sums a batch of one in
             # another order than a bigger batch, which moves h by ~1e-7, enough to flip a score's last
             # printed digit.  Every batch of two or more gives each image the same bits, so a lone image
             # is encoded as a pair: a photo's record does not depend on the batch it came in.
-            outputs = self._encoder.run(
-                self._encoder_outputs, {"image": np.concatenate([images, images])}, self._run_options
-            )
-            return {name: value[:1] for name, value in zip(self._encoder_outputs, outputs)}
-        outputs = self._encoder.run(self._encoder_outputs, {"image": images}, self._run_options)
+            outputs = self._encoder.run(self._encoder_outputs, {name: np.concatenate([x, x])}, self._run_options)
+            return {output: value[:1] for output, value in zip(self._encoder_outputs, outputs)}
+        outputs = self._encoder.run(self._encoder_outputs, {name: x}, self._run_options)
         return dict(zip(self._encoder_outputs, outputs))
 
     def bind_context(self, encoded: dict[str, np.ndarray], images: np.ndarray | None = None) -> Context:
@@ -274,7 +288,7 @@ class Captioner:
         return out["logprobs"], new_state, out["alpha"]
 
     def caption(self, images: np.ndarray, indices: Sequence[int] | None = None) -> list[Caption]:
-        """Images (B, 3, H, W) float32, preprocessed per ``bundle.preprocess`` -> B captions
+        """Images (B, H, W, 3) uint8 pixels or (B, 3, H, W) float32, as :meth:`encode` takes them -> B captions
         (with the tagger's top ``tags`` classes when the captioner was made with ``tags``).
 
         ``indices``: each image's index in the input (default 0..B-1); sampling draws image i's
@@ -308,9 +322,9 @@ class Captioner:
         :meth:`encode` does, so the outputs hold two rows then."""
         if self._context_memory is None:
             raise ValueError("encode_in_place() is for a captioner on CUDA")
-        images = self._check_images(images)
+        [(name, x)] = self._encoder_feed(images).items()
         binding = self._encoder.io_binding()
-        binding.bind_cpu_input("image", np.concatenate([images, images]) if len(images) == 1 else images)
+        binding.bind_cpu_input(name, np.concatenate([x, x]) if len(x) == 1 else x)
         for name in self._encoder_outputs:
             binding.bind_output(name, *self._context_memory)
         self._encoder.run_with_iobinding(binding, self._run_options)
@@ -368,11 +382,19 @@ class Captioner:
             caption.n_best = [(detokenize([tokens[i] for i in h.ids]), h.score) for h in found]
         return caption
 
-    def _check_images(self, images: np.ndarray) -> np.ndarray:
-        h, w = self.bundle.preprocess.size
-        if images.ndim != 4 or images.shape[1:] != (3, h, w):
-            raise ValueError(f"images must be (B, 3, {h}, {w}), got {images.shape}")
-        return np.ascontiguousarray(images, dtype=np.float32)
+    def _encoder_feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The encoder's input: pixels (B, H, W, 3) uint8 as they are, or normalised here for an encoder
+        that takes float32 (B, 3, H, W), which it also takes ready-made."""
+        pre = self.bundle.preprocess
+        h, w = pre.size
+        if images.ndim == 4 and images.shape[1:] == (h, w, 3) and images.dtype == np.uint8:
+            if self.takes_pixels:
+                return {PIXELS: np.ascontiguousarray(images)}
+            return {"image": normalise(images, pre)}
+        if images.ndim == 4 and images.shape[1:] == (3, h, w) and not self.takes_pixels:
+            return {"image": np.ascontiguousarray(images, dtype=np.float32)}
+        also = "" if self.takes_pixels else f", or (B, 3, {h}, {w}) float32 normalised"
+        raise ValueError(f"images must be (B, {h}, {w}, 3) uint8 pixels{also}; got {images.shape} {images.dtype}")
 
 
 def int8_by_default(bundle: Bundle) -> bool:
@@ -414,21 +436,32 @@ def _cuda_providers(device_id: int) -> list[Any]:
 
 
 def _cuda_sessions(
-    bundle: Bundle, device_id: int, encoder_graph: bytes
+    bundle: Bundle, device_id: int, encoder_graph: Callable[[], bytes]
 ) -> tuple[tuple[ort.InferenceSession, ort.InferenceSession] | None, str]:
-    """Sessions of ``encoder_graph`` and the float decoder on CUDA, or (None, the reason onnxruntime gave for
-    falling back)."""
+    """Sessions of the float decoder and ``encoder_graph()`` on CUDA, or (None, the reason onnxruntime gave
+    for falling back).  The decoder comes first: the encoder's graph is made only once CUDA works."""
     providers = _cuda_providers(device_id)
-    with _native_stderr() as log:
+    encoder = None
+    with _native_stderr() as log:  # what onnxruntime logs is read when the block ends
         _preload_cuda_libraries()
         try:
-            encoder = ort.InferenceSession(encoder_graph, _session_options(None), providers=providers)
             decoder = ort.InferenceSession(bundle.files[DECODER], _session_options(None), providers=providers)
+            if decoder.get_providers()[0] == CUDA:
+                encoder = ort.InferenceSession(encoder_graph(), _session_options(None), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeError/Fail
             return None, f"creating a CUDA session failed: {exc}"
-    if encoder.get_providers()[0] == CUDA and decoder.get_providers()[0] == CUDA:
+    if encoder is not None and encoder.get_providers()[0] == CUDA:
         return (encoder, decoder), ""
     return None, _cuda_reason(log.getvalue())
+
+
+def _with_pixel_input(graph: bytes, bundle: Bundle, wanted: bool | None) -> bytes:
+    """``graph`` taking uint8 pixels (:mod:`capcli.pixel_input`): when ``wanted``, or with None where the
+    onnx package is installed."""
+    rewritten = None if wanted is False else pixel_input_encoder(graph, bundle.preprocess)
+    if rewritten is None and wanted:
+        raise FatalError("an encoder taking pixels is made with the onnx package: pip install onnx")
+    return graph if rewritten is None else rewritten
 
 
 def _cuda_reason(log: str) -> str:

@@ -61,6 +61,7 @@ def _session_info(captioner: Any) -> dict[str, Any]:
         "model": str(bundle.path),
         "decoder": captioner.precision,
         "encoder": captioner.encoder_precision,
+        "encoder_input": "pixels" if captioner.takes_pixels else "float",
         "search": captioner.search,
         "providers": captioner.providers,
         "device": captioner.device,
@@ -71,8 +72,9 @@ def _session_info(captioner: Any) -> dict[str, Any]:
 
 def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
     """The encoder alone, arranged as capcli arranges it (``lanes`` batches at once) and as one
-    session on all its threads; under CUDA each also with its outputs left on the GPU, as the search
-    graph reads them.  The fastest is the limit."""
+    session on all its threads; where the encoder takes pixels (CUDA) also on float input, to show
+    what the pixels save; under CUDA each also with its outputs left on the GPU, as the search graph
+    reads them.  The fastest is the limit."""
     import numpy as np
 
     from capcli.images import load
@@ -81,27 +83,38 @@ def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
     started = time.perf_counter()
     captioner = _model(spec, beam=1).captioner
     arrangements = [captioner]
-    if captioner.lanes > 1 and captioner.threads is not None:
-        arrangements.append(
-            Captioner(
-                captioner.bundle,
-                device=spec["device"],
-                beam=1,
-                lanes=1,
-                threads=captioner.lanes * captioner.threads,
-                precision=spec["precision"],
-            )
-        )
-    pre = captioner.bundle.preprocess
-    arrays = [load(p, pre).array for p in read_paths(spec["listing"])]  # ready-made: not timed
-    size = spec["batch_size"]
-    batches = [np.stack(arrays[i : i + size]) for i in range(0, len(arrays), size)]  # each (B, 3, H, W)
-    count = len(arrays)
-    del arrays
 
-    ways = [(f"{c.lanes}x{c.threads}", c, c.encode) for c in arrangements]
+    def another(lanes: int, threads: int | None, pixel_input: bool | None = None) -> Captioner:
+        return Captioner(
+            captioner.bundle,
+            device=spec["device"],
+            beam=1,
+            lanes=lanes,
+            threads=threads,
+            precision=spec["precision"],
+            pixel_input=pixel_input,
+        )
+
+    if captioner.lanes > 1 and captioner.threads is not None:
+        arrangements.append(another(1, captioner.lanes * captioner.threads))
+    if captioner.takes_pixels:
+        arrangements.append(another(captioner.lanes, captioner.threads, pixel_input=False))
+    pre = captioner.bundle.preprocess
+    paths = read_paths(spec["listing"])
+    size = spec["batch_size"]
+    batches = {}  # ready-made (not timed), as each encoder takes them: {takes pixels: [(B, H, W, 3) or (B, 3, H, W)]}
+    for pixels in {c.takes_pixels for c in arrangements}:
+        arrays = [load(p, pre, pixels=pixels).array for p in paths]
+        batches[pixels] = [np.stack(arrays[i : i + size]) for i in range(0, len(arrays), size)]
+    del arrays
+    count = len(paths)
+
+    def name(c: Captioner) -> str:
+        return f"{c.lanes}x{c.threads}" + (" pixels" if c.takes_pixels else "")
+
+    ways = [(name(c), c, c.encode) for c in arrangements]
     if captioner.device != "cpu":
-        ways += [(f"{c.lanes}x{c.threads} in place", c, c.encode_in_place) for c in arrangements]
+        ways += [(f"{name(c)} in place", c, c.encode_in_place) for c in arrangements]
 
     def encode_all(lanes: int, encode: Callable[[Any], Any], some: list[Any]) -> None:
         """Encode ``some`` batches as capcli arranges them: ``lanes`` at once."""
@@ -109,16 +122,16 @@ def _limit(s: Scenario, spec: dict[str, Any]) -> Result:
             list(pool.map(encode, some))
 
     for _, c, encode in ways:  # warm-up, as timed: one batch per lane
-        encode_all(c.lanes, encode, batches[: c.lanes])
+        encode_all(c.lanes, encode, batches[c.takes_pixels][: c.lanes])
     result = Result(s.key, s.label, images=count, load_seconds=time.perf_counter() - started)
-    rates = {}  # "lanes x threads[ in place]" -> images/s
-    for name, c, encode in ways:
+    rates = {}  # "lanes x threads[ pixels][ in place]" -> images/s
+    for way, c, encode in ways:
         clock = time.perf_counter()
-        encode_all(c.lanes, encode, batches)
+        encode_all(c.lanes, encode, batches[c.takes_pixels])
         seconds = time.perf_counter() - clock
-        rates[name] = round(count / seconds, 3)
+        rates[way] = round(count / seconds, 3)
         if not result.seconds or seconds < result.seconds:
-            result.seconds, result.info = seconds, {**_session_info(c), "arrangement": name}
+            result.seconds, result.info = seconds, {**_session_info(c), "arrangement": way}
     result.info["rates_by_arrangement"] = rates
     result.stages = {"encode": result.seconds}
     return result

@@ -69,6 +69,7 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
             "providers_used": captioner.providers,
             "device": captioner.device,
             "decoder_precision": captioner.precision,
+            "encoder_input": "uint8 pixels" if captioner.takes_pixels else "float32",  # what goes to the device
             "search": captioner.search,  # the decode loop --search auto takes here
             "search_graphs": [graph for graph in map(bundle.search_graph, SEARCH_GRAPHS) if graph],
         }
