@@ -325,8 +325,8 @@ class Captioner:
         [(name, x)] = self._encoder_feed(images).items()
         binding = self._encoder.io_binding()
         binding.bind_cpu_input(name, np.concatenate([x, x]) if len(x) == 1 else x)
-        for name in self._encoder_outputs:
-            binding.bind_output(name, *self._context_memory)
+        for output in self._encoder_outputs:
+            binding.bind_output(output, *self._context_memory)
         self._encoder.run_with_iobinding(binding, self._run_options)
         return dict(zip(self._encoder_outputs, binding.get_outputs()))
 
@@ -448,6 +448,8 @@ def _cuda_sessions(
             decoder = ort.InferenceSession(bundle.files[DECODER], _session_options(None), providers=providers)
             if decoder.get_providers()[0] == CUDA:
                 encoder = ort.InferenceSession(encoder_graph(), _session_options(None), providers=providers)
+        except FatalError:
+            raise  # the encoder's graph could not be made: not a CUDA problem
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeError/Fail
             return None, f"creating a CUDA session failed: {exc}"
     if encoder is not None and encoder.get_providers()[0] == CUDA:

@@ -8,8 +8,9 @@ from rich.table import Table
 from capcli.bench.scenarios import BIG_UNIQUE, STAGES, Report, Result
 
 LEGEND = f"""\
-limit: encoder.onnx alone on ready-made input tensors (same photos and batch size), the faster of capcli's
-lanes and one session on all cores. reading alone: the photos read and preprocessed by capcli's reader
+limit: encoder.onnx alone on ready-made input tensors (same photos and batch size), the fastest of capcli's
+lanes and one session on all cores (under CUDA also on float input, and with the outputs left on the GPU).
+reading alone: the photos read and preprocessed by capcli's reader
 threads, no model (also on one thread, to show how reading scales).
 capcli: files on disk -> JSONL records, as `capcli caption -` runs (big JPEGs: {BIG_UNIQUE} distinct ones made
 from the photos, upscaled, with grain, cycled). tutorial: the PyTorch checkpoint, one image at a time, eager.
