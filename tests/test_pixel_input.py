@@ -123,3 +123,16 @@ def test_without_onnx_pixel_input_is_refused_and_the_cpu_never_loads_onnx(
         "assert (c.device == 'cpu') == ('onnx' not in sys.modules) and c.takes_pixels == (c.device != 'cpu')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)  # importing onnx costs 0.6 s a run
+
+
+def test_the_cuda_path_end_to_end_gives_the_cpu_records(shipped, photos: Path) -> None:
+    """capcli's pipeline as it runs under CUDA (two lanes, pixels read for the encoder, its outputs left in
+    place for the search graph, beam 3, tags), simulated on the CPU provider: the CPU default's records."""
+    paths = sorted(str(p) for p in photos.iterdir())
+    on_device = Captioner(shipped, device="cpu", beam=3, tags=3, search="graph", pixel_input=True, precision="float")
+    on_device._context_memory = ("cpu", 0)  # what CUDA sets to ("cuda", N)
+    default = Captioner(shipped, device="cpu", beam=3, tags=3, precision="float")  # CUDA's decoder is float
+    got = list(Model(on_device, shipped.preprocess, bundle=shipped, batch_size=2).caption(paths))
+    want = list(Model(default, shipped.preprocess, bundle=shipped, batch_size=2).caption(paths))
+    assert on_device.lanes == 2 and len(got) == len(paths) and all(r["status"] == "ok" for r in got)
+    assert got == want
