@@ -94,9 +94,12 @@ def test_inputs_each_captioner_takes(tiny_bundle: Path) -> None:
 
 
 def test_the_reader_gives_a_pixel_captioner_pixels(tiny_bundle: Path, photos: Path) -> None:
-    """``capcli.load``'s pipeline reads each image into what the captioner takes: the same records."""
+    """``capcli.load``'s pipeline reads each input (files, a PIL image, an array) into what the captioner
+    takes: the same records."""
     bundle = load_bundle(tiny_bundle)
-    paths = sorted(str(p) for p in photos.iterdir())
+    files = sorted(str(p) for p in photos.iterdir())
+    picture = Image.open(files[0]).convert("RGB")
+    paths = [*files, picture, np.asarray(picture)]
     seen = []
     pixel = Captioner(bundle, device="cpu", pixel_input=True)
     caption = pixel.caption
