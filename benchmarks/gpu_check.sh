@@ -14,6 +14,7 @@
 #   parity-search.json     search graph vs numpy loop on 320 dev photos (must be identical)
 #   parity-float16.json    float16 encoder vs float encoder: captions kept, score moves
 #   bench-float16.json     the same photos with --precision float16 (encoder in float16)
+#   search-placement.txt   where onnxruntime placed the search graph's nodes (any on the CPU cost copies)
 # then sets nothing: the figures go into GRAPH_BY_DEFAULT["cuda"], the README's GPU table and
 # docs/performance.md by hand.
 set -euo pipefail
@@ -34,3 +35,18 @@ $capcli info --device "$device" --json > "$out/info.json"
 "${parity[@]}" > "$out/parity-search.json" || true  # exit 1 when a caption differs: the report says which
 "${parity[@]}" --check float16 > "$out/parity-float16.json"
 "${bench[@]}" --precision float16 --json "$out/bench-float16.json"
+# onnxruntime's verbose log names the nodes it could not place on the device (its placement lines only).
+$python - "$device" > "$out/search-placement.txt" 2>&1 <<'EOF'
+import sys
+import onnxruntime as ort
+from capcli.bundle import DECODER, load_bundle
+from capcli.graph_search import search_session
+from capcli.runtime import CPU, _cuda_providers, _native_stderr
+bundle = load_bundle(None)
+providers = [CPU] if sys.argv[1] == "cpu" else _cuda_providers(int((sys.argv[1] + ":0").split(":")[1]))
+options = ort.SessionOptions()
+options.log_severity_level = 0
+with _native_stderr() as log:  # the float decoder's graph: the one CUDA runs
+    search_session(bundle.files[bundle.search_graph(DECODER)], bundle.path, options, providers)
+print("".join(line for line in log.getvalue().splitlines(True) if "VerifyEachNodeIsAssignedToAnEp" in line))
+EOF
