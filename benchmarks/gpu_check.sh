@@ -12,6 +12,8 @@
 #   info.json              capcli info: the providers really used
 #   bench-search.json      capcli bench --search both: limit, reading alone, greedy / beam 3 numpy and graph
 #   parity-search.json     search graph vs numpy loop on 320 dev photos (must be identical)
+#   bench-graph-b64.json   the search graph alone with batches of 64, and
+#   bench-graph-b256.json  of 256
 #   parity-float16.json    float16 encoder vs float encoder: captions kept, score moves
 #   bench-float16.json     the same photos with --precision float16 (encoder in float16)
 #   search-placement.txt   where onnxruntime placed the search graph's nodes (any on the CPU cost copies)
@@ -33,6 +35,11 @@ bench=($capcli bench --device "$device" --search both --no-big -n "$n" --rounds 
 $capcli info --device "$device" --json > "$out/info.json"
 "${bench[@]}" --json "$out/bench-search.json"
 "${parity[@]}" > "$out/parity-search.json" || true  # exit 1 when a caption differs: the report says which
+# The search graph's Loop launches its body's ~280 nodes once per word whatever the batch, so on a GPU
+# bigger batches may pay: the graph alone at 64 and 256 photos a batch (twice the photos, one round).
+for b in 64 256; do
+    "${bench[@]}" --search graph --batch-size "$b" -n "$((2 * n))" --rounds 1 --json "$out/bench-graph-b$b.json"
+done
 "${parity[@]}" --check float16 > "$out/parity-float16.json"
 "${bench[@]}" --precision float16 --json "$out/bench-float16.json"
 # onnxruntime's verbose log names the nodes it could not place on the device (its placement lines only).
