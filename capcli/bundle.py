@@ -187,6 +187,19 @@ def load_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     return bundle
 
 
+def install_bundle(name: str, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Copy the bundle directory ``path`` into the model store as ``name``, validated; its new path.
+
+    The copy is validated again before it is renamed into place; an installed
+    model of that name is replaced only with ``force``.
+    """
+    store.refuse_existing(store.check_name(name), force)  # before the slow validation
+    source = load_bundle(path)  # errors name the user's folder, not a temporary copy
+    # the bytes whose sha256 was checked
+    files = {MODEL_JSON: (source.path / MODEL_JSON).read_bytes(), **source.files}
+    return store.add(name, files, check=load_bundle, force=force)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from capcli.atomic import move_into_place, temp_dir_beside
@@ -77,24 +77,20 @@ def installed() -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and NAME_RULE.fullmatch(p.name)}
 
 
-def add(name: str, bundle: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """Copy the bundle directory ``bundle`` into the store as ``name``, validated; its new path.
+def add(name: str, files: Mapping[str, bytes], *, check: Callable[[Path], object], force: bool = False) -> Path:
+    """Write ``files`` (file name -> bytes) into the store as the model ``name``; its path.
 
-    The copy is validated again before it is renamed into place; an installed
-    model of that name is replaced only with ``force``.
+    ``check`` validates the written folder before it is renamed into place (it
+    raises on a bad copy); an installed model of that name is replaced only with
+    ``force``.  :func:`capcli.bundle.install_bundle` is the caller that copies a bundle.
     """
-    # capcli.bundle imports this module to resolve names: imported here, not at the top
-    from capcli.bundle import MODEL_JSON, load_bundle
-
     target = models_dir() / check_name(name)
     refuse_existing(name, force)
-    source = load_bundle(bundle)  # errors name the user's folder, not a temporary copy
     target.parent.mkdir(parents=True, exist_ok=True)
     with temp_dir_beside(target) as tmp:
-        shutil.copyfile(source.path / MODEL_JSON, tmp / MODEL_JSON)
-        for file_name, data in source.files.items():
-            (tmp / file_name).write_bytes(data)  # the bytes whose sha256 was checked
-        load_bundle(tmp)
+        for file_name, data in files.items():
+            (tmp / file_name).write_bytes(data)
+        check(tmp)
         move_into_place(tmp, target)
     return target
 

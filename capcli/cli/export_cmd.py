@@ -161,7 +161,9 @@ def export_command(
         _echo_float16(path)
     click.echo(f"bundle written to {path}", err=True)
     if install is not None:
-        click.echo(f"installed as {install!r} at {store.add(install, path, force=force)}", err=True)
+        from capcli.bundle import install_bundle
+
+        click.echo(f"installed as {install!r} at {install_bundle(install, path, force=force)}", err=True)
 
 
 def _echo_upgrade(path: Path) -> None:

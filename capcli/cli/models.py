@@ -49,7 +49,9 @@ def add_command(name: str, bundle: str, force: bool) -> None:
 
     NAME: 1 to 64 lower-case letters, digits, '.', '_' or '-', not `default`.
     """
-    path = store.add(name, Path(bundle).absolute(), force=force)
+    from capcli.bundle import install_bundle
+
+    path = install_bundle(name, Path(bundle).absolute(), force=force)
     click.echo(f"installed {name!r} at {path}", err=True)
 
 
