@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from capcli.export.parity import check_parity
 from onnx import numpy_helper
 from torch import nn
 
 from capcli.bundle import DECODER, ENCODER, Bundle, load_bundle
 from capcli.train.model import CaptionModel, ModelConfig
-from capcli.export.parity import check_parity
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO / "examples"

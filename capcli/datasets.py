@@ -64,7 +64,7 @@ class Split:
     def n_captions(self) -> int:
         return sum(len(s.captions) for s in self.samples)
 
-    def limited(self, limit: int | None) -> "Split":
+    def limited(self, limit: int | None) -> Split:
         """The first ``limit`` images (debug runs); counts are kept."""
         if limit is None:
             return self

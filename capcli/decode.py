@@ -129,12 +129,12 @@ class SearchSpec:
     sampling: Sampling | None = None  # draw words (see :func:`sample`) instead of searching
 
     @classmethod
-    def for_vocab(cls, vocab: "Vocab", max_len: int, **rules: Any) -> "SearchSpec":
+    def for_vocab(cls, vocab: Vocab, max_len: int, **rules: Any) -> SearchSpec:
         """The spec of a model's vocabulary: its <start> and <end>, its other specials banned."""
         return cls(vocab.start_id, vocab.end_id, (vocab.pad_id, vocab.start_id, vocab.unk_id), max_len, **rules)
 
     @classmethod
-    def runtime(cls, vocab: "Vocab", max_len: int, length_penalty: float = 0.7) -> "SearchSpec":
+    def runtime(cls, vocab: Vocab, max_len: int, length_penalty: float = 0.7) -> SearchSpec:
         """The rules capcli captions by: the vocabulary's specials banned, no repeated
         :data:`NO_REPEAT_NGRAM`-grams, no caption ending on one of :data:`DANGLING_WORDS`."""
         return cls.for_vocab(

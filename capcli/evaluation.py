@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capcli.datasets import Split
 from capcli.decode import Decoding
 from capcli.errors import FatalError
 from capcli.hallucination import hallucination
 from capcli.metrics import METRICS, PROTOCOL, coco_scores
-from capcli.datasets import Split
 from capcli.writers import COLUMNS, read_records
 
 

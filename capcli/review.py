@@ -629,8 +629,7 @@ def _with_thumbnails(cards: list[Card], link: bool, size: int, quality: int, wor
     pending: deque[tuple[Card, Future | None]] = deque()
     todo = iter(cards)
     try:
-        for card in _fill(pending, todo, pool, window, size, quality):
-            yield card
+        yield from _fill(pending, todo, pool, window, size, quality)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

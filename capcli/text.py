@@ -47,7 +47,7 @@ class Vocab:
     unk_id = 3
 
     @classmethod
-    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> "Vocab":
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> Vocab:
         """Words seen at least ``min_count`` times, most frequent first (ties by word)."""
         counts = Counter(w for words in captions for w in words)
         kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))

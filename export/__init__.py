@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from capcli.bundle import sha256_bytes
-from capcli.train.checkpoint import Checkpoint, load_checkpoint
 from capcli.export.onnx_export import DEFAULT_OPSET, base_provenance, export_bundle
 from capcli.export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity, find_images
+
+from capcli.bundle import sha256_bytes
+from capcli.train.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = [
     "DEFAULT_OPSET",

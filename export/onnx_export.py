@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from capcli.export.search_graph import add_search_graphs
 from torch import nn
 
 from capcli import __version__
@@ -41,7 +42,6 @@ from capcli.errors import FatalError
 from capcli.text import Vocab
 from capcli.train.model import CaptionModel, Decoder, ModelConfig
 from capcli.train.tagger import labels_for
-from capcli.export.search_graph import add_search_graphs
 
 DEFAULT_OPSET = 17
 BATCH = "batch"  # images, in encoder.onnx and in the decoder's context inputs

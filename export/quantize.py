@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle, sha256_bytes
 from capcli.export import _training_photos
-from capcli.export.onnx_export import _prepare_target, _move_into_place, _temp_dir_beside, write_meta
+from capcli.export.onnx_export import _move_into_place, _prepare_target, _temp_dir_beside, write_meta
 from capcli.export.parity import check_pixels
 from capcli.export.search_graph import add_search_graphs
+
+from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle, sha256_bytes
 
 OP_TYPES = ["MatMul", "Gemm"]
 ACTIVATION_SCALE = "per-row"  # provenance.quantization.activation_scale; the runtime's auto precision needs it

@@ -35,6 +35,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from capcli.export.onnx_export import (
+    DEFAULT_OPSET,
+    _fix_context_sizes,
+    _move_into_place,
+    _prepare_target,
+    _temp_dir_beside,
+    export_decoder,
+    write_meta,
+)
+from capcli.export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
+from capcli.export.search_graph import add_search_graphs
 
 from capcli import __version__
 from capcli.bundle import (
@@ -50,17 +61,6 @@ from capcli.bundle import (
 )
 from capcli.errors import FatalError
 from capcli.train.model import Decoder, ModelConfig
-from capcli.export.onnx_export import (
-    DEFAULT_OPSET,
-    _prepare_target,
-    _fix_context_sizes,
-    _move_into_place,
-    _temp_dir_beside,
-    export_decoder,
-    write_meta,
-)
-from capcli.export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
-from capcli.export.search_graph import add_search_graphs
 
 OLD_VERSION = 1
 STEPS = 5  # decoder steps compared

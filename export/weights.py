@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from capcli.bundle import DECODER, ENCODER, load_bundle, sha256_bytes
 from capcli.export import _training_photos
-from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.export.onnx_export import _prepare_target, write_meta
 from capcli.export.quantize import compare_captioners
 from capcli.export.search_graph import add_search_graphs
+
+from capcli.atomic import move_into_place, temp_dir_beside
+from capcli.bundle import DECODER, ENCODER, load_bundle, sha256_bytes
 
 MIN_ELEMENTS = 1024  # smaller tensors (biases, norms) stay float32: they weigh nothing
 

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from example_photos import copy_photos
 
+from capcli import Model, captioning
+from capcli.bundle import Preprocess
+
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
@@ -77,3 +80,19 @@ class FakeCaptioner:
         if self.on_batch:
             self.on_batch(self.calls)
         return [FakeCaption(self.name(x), self.score) for x in images]
+
+
+# The fake captioner behind ``capcli caption`` in the CLI tests (``capcli.captioning.load_model`` replaced).
+PRE = Preprocess(size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def fake_captioner(on_batch: Callable[[int], None] | None = None) -> FakeCaptioner:
+    """Captions an image by its mean brightness; ``on_batch`` lets a test act mid-run."""
+    return FakeCaptioner(on_batch=on_batch, shape=(3, 8, 8))
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCaptioner:
+    captioner = fake_captioner()
+    monkeypatch.setattr(captioning, "load_model", lambda settings: Model(captioner, PRE))
+    return captioner

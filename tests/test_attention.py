@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from httpserver import LocalServer
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -21,7 +22,6 @@ from capcli import images
 from capcli.attention import COLUMNS, GAP, LABEL, STEM_CHARS, figure_name, figure_size, heat, render
 from capcli.bundle import Preprocess
 from capcli.cli import main
-from httpserver import Handler, LocalServer
 
 # --- weights from the runtime ------------------------------------------------------------
 
@@ -326,11 +326,12 @@ def test_a_model_trained_to_look_at_the_square_puts_its_attention_there(tmp_path
     and never look.
     """
     torch = pytest.importorskip("torch")
+    from capcli.export import export_bundle
+    from tiny_bundle import make_tiny_model
+
     from capcli.bundle import load_bundle
     from capcli.runtime import Captioner
     from capcli.text import Vocab, tokenize
-    from capcli.export import export_bundle
-    from tiny_bundle import make_tiny_model
 
     texts = [f"{c} square" for c in COLOURS] + ["no square"]
     vocab = Vocab.build([tokenize(t) for t in texts], min_count=1)

@@ -13,15 +13,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 from example_photos import EXAMPLES  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 from tiny_bundle import make_tiny_model, tiny_vocab  # noqa: E402
 
 from capcli.bundle import Preprocess, load_bundle  # noqa: E402
 from capcli.cli import main  # noqa: E402
 from capcli.train import backbones  # noqa: E402
 from capcli.train.backbones import WeightsUnavailable, build_backbone, check_name, describe, stages  # noqa: E402
-from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
+from capcli.train.model import ModelConfig  # noqa: E402
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "capcli" / "models" / "default" / "model.json"
 PHOTOS = [EXAMPLES]

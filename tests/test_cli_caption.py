@@ -22,30 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FakeCaptioner
 from PIL import Image
 
-from capcli import Model, captioning, progress
-from capcli.bundle import Preprocess
+from capcli import captioning, progress
 from capcli.cli import main
 from capcli.writers import read_records
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-PRE = Preprocess(size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-
-
-def fake_captioner(on_batch=None) -> FakeCaptioner:
-    """Captions an image by its mean brightness; ``on_batch`` lets a test act mid-run."""
-    return FakeCaptioner(on_batch=on_batch, shape=(3, 8, 8))
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCaptioner:
-    captioner = fake_captioner()
-    monkeypatch.setattr(captioning, "load_model", lambda settings: Model(captioner, PRE))
-    return captioner
 
 
 def run(*args: str, input: bytes | None = None):
@@ -348,7 +331,7 @@ def test_no_progress_in_a_log_unless_asked(tmp_path: Path, fake, ticking) -> Non
 FAKE_MAIN = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {tests!r})
-    from test_cli_caption import fake_captioner, PRE
+    from conftest import fake_captioner, PRE
     from capcli import Model, captioning
     from capcli.cli import main
     delay, hold, gate = float({delay!r}), {hold!r}, {gate!r}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_cli_caption import fake, jsonl, make_pngs, run  # noqa: F401 (fake: the fixture)
+from test_cli_caption import jsonl, make_pngs, run
 
 from capcli.cli import main
 

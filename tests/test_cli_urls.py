@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import FakeCaptioner
+from httpserver import Handler, LocalServer
 from PIL import Image
 
 from capcli import Model, captioning
 from capcli.cli import main
-from conftest import FakeCaptioner
-from httpserver import Handler, LocalServer
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from capcli.errors import FatalError
 from capcli.datasets import load_split
+from capcli.errors import FatalError
 
 
 def _jpeg(path: Path) -> None:

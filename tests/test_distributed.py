@@ -21,8 +21,9 @@ torch = pytest.importorskip("torch")
 if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-from capcli.train import checkpoint  # noqa: E402
 from example_photos import CAPTIONS, NAMES, copy_photos  # noqa: E402
+
+from capcli.train import checkpoint  # noqa: E402
 from capcli.train.backbones import build_backbone  # noqa: E402
 from capcli.train.distributed import Ranks  # noqa: E402
 from capcli.train.features import module_fingerprint  # noqa: E402

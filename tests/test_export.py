@@ -9,13 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="export needs the train extra")
 
+from capcli.export import check_parity, export_bundle, load_checkpoint  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from example_photos import EXAMPLES  # noqa: E402
 from tiny_bundle import make_tiny_checkpoint, make_tiny_model, tiny_vocab  # noqa: E402
 
 from capcli.bundle import load_bundle, sha256_bytes  # noqa: E402
 from capcli.cli import main  # noqa: E402
-from capcli.export import check_parity, export_bundle, load_checkpoint  # noqa: E402
 
 REAL = [EXAMPLES]  # the example photos shipped in the repository
 

@@ -8,8 +8,8 @@ import queue
 import random
 import shutil
 import socket
-import subprocess
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,12 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from httpserver import Handler, LocalServer, drip
 from PIL import Image
 
 from capcli import __version__
 from capcli.errors import ItemError
 from capcli.fetch import FetchOptions, fetch_bytes, parse_url
-from httpserver import Handler, LocalServer, drip
 
 PUBLIC_IP = "93.184.216.34"  # what the guard sees; the test connector reaches 127.0.0.1
 

@@ -11,12 +11,13 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
+from tiny_bundle import make_tiny_model, tiny_vocab  # noqa: E402
+
+from capcli.datasets import load_split, load_text_captions  # noqa: E402
 from capcli.errors import FatalError  # noqa: E402
 from capcli.text import tokenize  # noqa: E402
 from capcli.train import checkpoint  # noqa: E402
 from capcli.train.concepts import ConceptModel, name_index, singular, top_concepts  # noqa: E402
-from capcli.datasets import load_split, load_text_captions  # noqa: E402
-from tiny_bundle import make_tiny_model, tiny_vocab  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -115,8 +116,9 @@ def _options(data: dict[str, Path], out: Path, **kw):
 
 
 def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_path: Path) -> None:
-    from capcli.train import grounded
     from capcli.export import export_bundle
+
+    from capcli.train import grounded
 
     straight = grounded.train_grounded(_options(data, tmp_path / "straight"))
     history = straight["history"]
@@ -254,8 +256,9 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     # The trained model exports with its tagger and concept input, and onnxruntime matches PyTorch.
     ck = checkpoint.load_checkpoint(tmp_path / "straight" / "best.pt")
     bundle_dir = export_bundle(ck.model, ck.vocab, tmp_path / "bundle", provenance={"dataset": "test"})
-    from capcli.bundle import load_bundle
     from capcli.export.parity import check_parity
+
+    from capcli.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     assert bundle.context_names == ("features", "keys", "concept") and len(bundle.tag_labels) == 10
@@ -281,10 +284,10 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path: Path, monkeypatch: py
 
 
 def test_tags_in_records_and_csv(tmp_path: Path) -> None:
+    from capcli.export import export_bundle
     from click.testing import CliRunner
 
     from capcli.cli import main
-    from capcli.export import export_bundle
 
     vocab = tiny_vocab()
     bundle = export_bundle(

@@ -9,8 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from capcli.train.backbones import build_backbone, describe  # noqa: E402
 from example_photos import EXAMPLES  # noqa: E402
+
+from capcli.train.backbones import build_backbone, describe  # noqa: E402
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 
 # Example photos and the ImageNet classes they show: domestic cats (281-285); coffee mug, espresso, cup; tripod.

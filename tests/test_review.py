@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from capcli.cli import main
-from capcli.review import read_output, render_card, plan_card, thumbnail_jpeg
+from capcli.review import plan_card, read_output, render_card, thumbnail_jpeg
 from capcli.writers import open_output
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"

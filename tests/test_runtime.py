@@ -16,10 +16,9 @@ from example_photos import example_paths
 
 from capcli.bundle import load_bundle
 from capcli.cli import main
-from capcli.decode import block_dangling_end, block_repeats
+from capcli.decode import DANGLING_WORDS, block_dangling_end, block_repeats
 from capcli.errors import FatalError
 from capcli.images import load
-from capcli.decode import DANGLING_WORDS
 from capcli.runtime import CPU, CUDA, ENCODE_CHUNK, Captioner, parse_device
 from capcli.text import SPECIALS, detokenize
 
@@ -128,9 +127,8 @@ def test_batch_size_does_not_change_the_records(tmp_path: Path) -> None:
 def test_greedy_equals_greedy_decoding_in_pytorch(tmp_path: Path, images: np.ndarray) -> None:
     """onnxruntime + numpy search pick the words PyTorch picks under the same masking rules."""
     torch = pytest.importorskip("torch")
-    from tiny_bundle import make_tiny_model, tiny_vocab
-
     from capcli.export import export_bundle
+    from tiny_bundle import make_tiny_model, tiny_vocab
 
     vocab = tiny_vocab()
     model = make_tiny_model(vocab, "lstm", seed=3)

@@ -12,15 +12,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from capcli.errors import FatalError  # noqa: E402
 from example_photos import CAPTIONS, NAMES, copy_photos, synthetic_captions  # noqa: E402
 from resume_check import assert_same_training_state, train_one_epoch_then_stop  # noqa: E402
+from tiny_bundle import TINY_TRAINING as TINY  # noqa: E402
+
+from capcli.errors import FatalError  # noqa: E402
 from capcli.text import Vocab, tokenize  # noqa: E402
 from capcli.train import checkpoint, scst  # noqa: E402
 from capcli.train.loop import ARCHITECTURE, TrainOptions, search_spec, train  # noqa: E402
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 from capcli.train.reward import CiderD  # noqa: E402
-from tiny_bundle import TINY_TRAINING as TINY  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

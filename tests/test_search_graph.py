@@ -16,14 +16,13 @@ import pytest
 
 pytest.importorskip("onnx", reason="building a search graph needs the train extra")
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 import onnxruntime as ort
+from capcli.export.search_graph import build_search_graph
+from onnx import TensorProto, helper, numpy_helper
 
 from capcli.bundle import DECODER, SEARCH_GRAPHS
 from capcli.decode import SearchSpec, beam_search, greedy
 from capcli.errors import FatalError
-from capcli.export.search_graph import build_search_graph
 from capcli.graph_search import hypotheses, search_feeds, search_session
 
 V = 9  # 4 specials + 5 words

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from test_cli_caption import make_pngs
 
 from capcli.cli import main
 from capcli.shard import parse_shard, shard_of, take_shard
 from capcli.sources import Item
-from test_cli_caption import fake, make_pngs  # noqa: F401 - the fake captioner fixture
 
 
 def caption(*args: str):

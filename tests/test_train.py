@@ -10,16 +10,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from capcli.errors import FatalError  # noqa: E402
 from example_photos import CAPTIONS, copy_photos  # noqa: E402
 from resume_check import assert_same_training_state, train_one_epoch_then_stop  # noqa: E402
+from tiny_bundle import TINY_TRAINING as TINY  # noqa: E402
+
+from capcli.errors import FatalError  # noqa: E402
 from capcli.text import detokenize, tokenize  # noqa: E402
 from capcli.train import checkpoint  # noqa: E402
 from capcli.train.backbones import preprocess_for  # noqa: E402
 from capcli.train.features import cached_features, module_fingerprint  # noqa: E402
 from capcli.train.loop import TrainOptions, train  # noqa: E402
-from tiny_bundle import TINY_TRAINING as TINY  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

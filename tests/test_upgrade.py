@@ -47,10 +47,10 @@ class _StepV1(torch.nn.Module):
 
 def _format1_bundle(folder: Path) -> tuple[Path, object]:
     """The tiny model exported as capcli 0.1 did (same graphs, names and model.json, format_version 1)."""
+    from capcli.export.onnx_export import _quiet_exporter, bundle_meta, write_meta
     from tiny_bundle import make_tiny_model, tiny_vocab
 
     from capcli.bundle import sha256_bytes
-    from capcli.export.onnx_export import _quiet_exporter, bundle_meta, write_meta
 
     vocab = tiny_vocab()
     model = make_tiny_model(vocab, "gru")

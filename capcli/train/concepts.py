@@ -81,7 +81,7 @@ class ConceptModel:
         k: int,
         smoothing: float = 5.0,
         min_photos: int = 2,
-    ) -> "ConceptModel":
+    ) -> ConceptModel:
         """``probs`` (N, K): the tagger on N paired photos; ``captions[i]``: photo i's tokenised captions."""
         probs = probs.astype(np.float64)
         prior = probs.mean(axis=0) + 1e-8  # (K,)

@@ -11,9 +11,9 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from capcli.datasets import Sample, Split
 from capcli.text import Vocab, tokenize
 from capcli.train.backbones import preprocess_for
-from capcli.datasets import Sample, Split
 from capcli.train.features import cached_features
 
 

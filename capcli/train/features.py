@@ -32,9 +32,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from capcli import images
+from capcli.atomic import atomic_write_text, replacing
 from capcli.bundle import Preprocess
 from capcli.errors import ItemError
-from capcli.atomic import atomic_write_text, replacing
 
 FORMAT_VERSION = 1
 

@@ -40,19 +40,19 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from capcli import decode
+from capcli.atomic import atomic_write_text
+from capcli.datasets import Split, load_split, load_text_captions
+from capcli.decode import NO_REPEAT_NGRAM, dangling_ids
 from capcli.errors import FatalError
 from capcli.hallucination import hallucination, objects_in
 from capcli.metrics import quick_scores
-from capcli.decode import NO_REPEAT_NGRAM, dangling_ids
 from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint, scst
 from capcli.train.backbones import preprocess_for
-from capcli.atomic import atomic_write_text
 from capcli.train.concepts import ConceptModel, top_concepts
-from capcli.datasets import Split, load_split, load_text_captions
 from capcli.train.features import cached_features, module_fingerprint
 from capcli.train.loop import one_cycle
-from capcli.train.model import CaptionModel, ModelConfig, region_grid
+from capcli.train.model import CaptionModel, region_grid
 from capcli.train.record import hardware
 from capcli.train.reward import CiderD
 from capcli.train.tagger import build_tagger, labels_for

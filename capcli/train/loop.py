@@ -47,16 +47,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from capcli.atomic import atomic_write_text
+from capcli.datasets import Split, load_split
 from capcli.errors import FatalError
 from capcli.text import Vocab, tokenize
 from capcli.train import checkpoint, scst
-from capcli.atomic import atomic_write_text
 from capcli.train.data import TrainData, batches, prepare
-from capcli.datasets import Split, load_split
+from capcli.train.dev import evaluate, search_spec
 from capcli.train.distributed import Ranks, session
 from capcli.train.features import default_cache_dir, module_fingerprint
 from capcli.train.model import CaptionModel
-from capcli.train.dev import evaluate, search_spec
 from capcli.train.objectives import Forward, StepLoss, cross_entropy_step, self_critical_step
 from capcli.train.options import ARCHITECTURE, LOCAL_OPTIONS, TrainOptions
 from capcli.train.record import RunInfo

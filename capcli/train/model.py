@@ -56,7 +56,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return cls(**data)
 
     @property
@@ -242,7 +242,7 @@ class CaptionModel(nn.Module):
     def trainable_backbone_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.frozen_and_trainable_backbone()[1].parameters()]
 
-    def encode(self, images: torch.Tensor) -> "Encoded":
+    def encode(self, images: torch.Tensor) -> Encoded:
         """Images (B, 3, H, W) -> what encoder.onnx computes once per image."""
         if self.tagger is None:
             grid, tags = self.backbone_grid(images), None  # (B, L, C)

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from capcli import __version__
+from capcli.datasets import Split
 from capcli.machine import cpu_name
 from capcli.metrics import QUICK_PROTOCOL
-from capcli.datasets import Split
 
 LICENCES = {
     "flickr8k": "Flickr8k: research use only (Hodosh, Young & Hockenmaier 2013); photos from Flickr",

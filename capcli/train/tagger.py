@@ -49,7 +49,7 @@ class Tagger(nn.Module):
         self.top = nn.ModuleList(top)
         self.classifier = classifier
 
-    def train(self, mode: bool = True) -> "Tagger":
+    def train(self, mode: bool = True) -> Tagger:
         return super().train(False)  # always eval: its batch norms keep their ImageNet statistics
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Put on PYTHONPATH, this makes the train extra (and timm) look uninstalled: a plain `pip install capcli`."""
 
-import sys, importlib.abc
+import importlib.abc
+import sys
 
 BLOCKED = {
     "torch",

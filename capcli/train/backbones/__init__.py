@@ -28,7 +28,6 @@ whether pretrained weights are loaded, so a checkpoint rebuilds (with
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -119,7 +118,7 @@ def check_name(name: str) -> None:
         family.check(arch)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def describe(name: str) -> BackboneSpec:
     """The spec of backbone ``name``: preprocessing, channels and grid (no weights are loaded)."""
     check_name(name)
