@@ -11,7 +11,7 @@ name prefixes and takes the rest from the last checkpoint: what the runs trained
 are the same function in other numbers (a checkpoint rebuilt from a bundle has its batch norms folded
 into the convolutions, so averaging its frozen tagger with a training checkpoint's would break both).  The optimizer and scheduler states are
 dropped: the result is for ``capcli export`` and ``capcli eval``, not for ``--resume``.  Its provenance
-names the files averaged and their SHA-256.
+names the files averaged, their SHA-256 and each one's own provenance.
 """
 
 from __future__ import annotations
@@ -39,10 +39,14 @@ def average(paths: list[Path], only: tuple[str, ...] = ()) -> dict:
     averaged = {k: v for k, v in last.items() if k not in ("optimizer", "scheduler")}
     averaged["model"] = model
     averaged["finished"] = True
-    provenance = dict(last.get("provenance", {}))
+    # The sources' own records (commands, times, quick dev figures) stay whole under "averaged"; only what
+    # holds for the mean too (its data, the machine) is lifted to the top.
+    sources = [q.get("provenance", {}) for q in payloads]
+    provenance = {key: sources[-1][key] for key in ("data", "repeat", "hardware") if key in sources[-1]}
+    provenance["recipe"] = "weight average"
     provenance["averaged"] = [
-        {"file": str(p), "sha256": sha256_bytes(p.read_bytes()), "epoch": q.get("epoch")}
-        for p, q in zip(paths, payloads)
+        {"file": str(p), "sha256": sha256_bytes(p.read_bytes()), "epoch": q.get("epoch"), "provenance": source}
+        for p, q, source in zip(paths, payloads, sources)
     ]
     if only:
         provenance["averaged_only"] = list(only)
