@@ -283,6 +283,23 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path: Path, monkeypatch: py
     assert result.stderr == f"interrupted; continue with the same command plus --resume (--out {tmp_path / 'run'})\n"
 
 
+def test_one_reference_objects_reach_the_options_and_unknown_names_are_refused(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from capcli.cli import main
+    from capcli.train import grounded
+
+    seen: list[grounded.GroundedOptions] = []
+    monkeypatch.setattr(grounded, "train_grounded", lambda options, resume=False: seen.append(options) or {})
+    (tmp_path / "init.pt").write_bytes(b"")
+    args = ["train-grounded", "--init", str(tmp_path / "init.pt"), "--flickr", str(tmp_path)]
+    args += ["--everyday", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(main, [*args, "--one-reference-objects", "person, dog"]).exit_code == 0
+    assert seen[0].one_reference_objects == ["person", "dog"]
+    bad = CliRunner().invoke(main, [*args, "--one-reference-objects", "person,unicorn"])
+    assert bad.exit_code == 2 and "unicorn" in bad.stderr and len(seen) == 1
+
+
 def test_tags_in_records_and_csv(tmp_path: Path) -> None:
     from capcli.export import export_bundle
     from click.testing import CliRunner
@@ -361,3 +378,24 @@ def test_hallucination_penalty_counts_objects_no_reference_mentions() -> None:
         "a man with a pizza".split(),  # unit 1: unpenalised
     ]
     assert penalty(np.array([0, 0, 0, 1]), words).tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_one_reference_photos_are_penalised_only_for_the_objects_named() -> None:
+    """--one-reference-objects person,dog: a photo with one reference costs a person or dog it does not name,
+    never another object; photos with five references keep the full rule."""
+    from capcli.train.grounded import Unit, hallucination_penalty
+
+    five = [["a", "dog", "on", "a", "couch"]] + [["a", "puppy", "sleeps"]] * 4
+    units = [
+        Unit("flickr8k", 0, np.zeros(1), np.zeros(1), five),
+        Unit("everyday", 1, np.zeros(1), np.zeros(1), [["a", "giraffe", "near", "a", "tree"]]),
+        Unit("everyday", 2, np.zeros(1), np.zeros(1), [["a", "woman", "in", "a", "kitchen"]]),
+    ]
+    penalty = hallucination_penalty(units, 0.5, one_reference_objects=frozenset({"person", "dog"}))
+    words = [
+        "a man and a cat on a couch".split(),  # five references: person and cat both count
+        "a dog and a man near a tree".split(),  # one reference: dog and person, not named by it
+        "a giraffe and a pizza near a tree".split(),  # pizza is not in the list: free
+        "a man with a dog and a pizza".split(),  # the woman is a person: only the dog counts
+    ]
+    assert penalty(np.array([0, 1, 1, 2]), words).tolist() == [1.0, 1.0, 0.0, 0.5]

@@ -20,6 +20,16 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
     return repeat
 
 
+def _objects(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from capcli.hallucination import OBJECTS
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in OBJECTS]
+    if unknown:
+        raise click.BadParameter(f"not in capcli.hallucination's object list: {', '.join(unknown)}")
+    return names
+
+
 @main.command("train-grounded")
 @click.option(
     "--init",
@@ -74,6 +84,14 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> dict[str,
     show_default=True,
     help="--objective cider: reward taken off a sampled caption per object it names that no reference of its "
     "photo mentions (photos with 5 or more references).",
+)
+@click.option(
+    "--one-reference-objects",
+    default="",
+    callback=_objects,
+    metavar="OBJECT,...",
+    help="--hallucination-penalty also on photos with fewer references (the everyday train photos have one), "
+    "for these objects only: ones a single caption seldom leaves unsaid, e.g. person,dog.",
 )
 @click.option(
     "--xent-weight",
