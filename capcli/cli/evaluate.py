@@ -10,8 +10,7 @@ import click
 from rich.console import Console
 
 from capcli.cli import main
-from capcli.cli.options import runtime_options
-from capcli.datasets import DATASETS
+from capcli.cli.options import dataset_options, runtime_options
 
 
 @main.command("eval")
@@ -28,14 +27,7 @@ from capcli.datasets import DATASETS
     default=None,
     help="Score this captions file (capcli JSONL/CSV output, or image,caption) instead of running a model.",
 )
-@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Annotation format of --data.")
-@click.option("--data", type=click.Path(exists=True), required=True, help="Data set folder (or its annotation file).")
-@click.option(
-    "--images",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Folder holding the photos [default: found beside the annotations].",
-)
+@dataset_options
 @click.option("--split", default="dev", show_default=True, help="train, dev (val) or test.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
 @runtime_options(workers=2, workers_help="Threads reading images ahead of the model.")

@@ -4,6 +4,7 @@
 size, workers) and, with ``search``, how captions are decoded (beam, max-len,
 length penalty, the rules, n-best, sampling, prefix: the fields of
 :class:`capcli.decode.Decoding`), for caption, url-list, eval and bench;
+``@dataset_options``: the annotated data set of train and eval;
 ``@caption_options(...)``: those plus the output and run options of caption
 and url-list (their values become :class:`capcli.captioning.CaptionSettings`).
 ``--device`` is checked by :func:`capcli.device.parse_device` while parsing.
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from capcli.bundle import PRECISIONS, SEARCH_MODES
+from capcli.datasets import DATASETS
 from capcli.decode import NO_REPEAT_NGRAM
 from capcli.device import DEVICE_METAVAR, parse_device
 from capcli.errors import UsageError
@@ -56,6 +58,25 @@ def _apply(options: list[Decorator], command: Callable[..., Any]) -> Callable[..
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def dataset_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dataset``, ``--data`` and ``--images``: an annotated data set (train and eval)."""
+    return _apply(
+        [
+            click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Annotation format of --data."),
+            click.option(
+                "--data", type=click.Path(exists=True), required=True, help="Data set folder (or its annotation file)."
+            ),
+            click.option(
+                "--images",
+                type=click.Path(exists=True, file_okay=False),
+                default=None,
+                help="Folder holding the photos [default: found beside the annotations].",
+            ),
+        ],
+        command,
+    )
 
 
 # How captions are decoded, beyond --beam and --max-len (see capcli.decode.Decoding).

@@ -7,8 +7,7 @@ import os
 import click
 
 from capcli.cli import main, on_interrupt
-from capcli.cli.options import device_option
-from capcli.datasets import DATASETS
+from capcli.cli.options import dataset_options, device_option
 
 
 def training_extra_missing(exc: ModuleNotFoundError) -> click.ClickException:
@@ -65,14 +64,7 @@ def _check_backbone(ctx: click.Context, param: click.Parameter, name: str) -> st
     callback=_list_backbones,
     help="List backbone names and whether their weights are here (PATTERN: e.g. 'timm:convnext*'), then exit.",
 )
-@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Annotation format of --data.")
-@click.option("--data", type=click.Path(exists=True), required=True, help="Data set folder (or its annotation file).")
-@click.option(
-    "--images",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Folder holding the photos [default: found beside the annotations].",
-)
+@dataset_options
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
