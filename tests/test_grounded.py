@@ -296,6 +296,7 @@ def test_one_reference_objects_reach_the_options_and_unknown_names_are_refused(t
     args += ["--everyday", str(tmp_path), "--out", str(tmp_path / "run")]
     assert CliRunner().invoke(main, [*args, "--one-reference-objects", "person, dog"]).exit_code == 0
     assert seen[0].one_reference_objects == ["person", "dog"]
+    assert "--one-reference-objects person,dog" in grounded.options_command(seen[0])  # as provenance records it
     bad = CliRunner().invoke(main, [*args, "--one-reference-objects", "person,unicorn"])
     assert bad.exit_code == 2 and "unicorn" in bad.stderr and len(seen) == 1
 

@@ -411,6 +411,8 @@ def options_command(options: GroundedOptions) -> str:
             continue
         if isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ",".join(value)
         args += [flag, str(value)]
     return shlex.join(args)
 
