@@ -297,6 +297,7 @@ def test_one_reference_objects_reach_the_options_and_unknown_names_are_refused(t
     assert CliRunner().invoke(main, [*args, "--one-reference-objects", "person, dog"]).exit_code == 0
     assert seen[0].one_reference_objects == ["person", "dog"]
     assert "--one-reference-objects person,dog" in grounded.options_command(seen[0])  # as provenance records it
+    assert seen[0].one_reference_penalty is None  # the --hallucination-penalty weight
     bad = CliRunner().invoke(main, [*args, "--one-reference-objects", "person,unicorn"])
     assert bad.exit_code == 2 and "unicorn" in bad.stderr and len(seen) == 1
 
@@ -400,3 +401,7 @@ def test_one_reference_photos_are_penalised_only_for_the_objects_named() -> None
         "a man with a dog and a pizza".split(),  # the woman is a person: only the dog counts
     ]
     assert penalty(np.array([0, 1, 1, 2]), words).tolist() == [1.0, 1.0, 0.0, 0.5]
+    heavier = hallucination_penalty(
+        units, 0.5, one_reference_objects=frozenset({"person", "dog"}), one_reference_weight=2
+    )
+    assert heavier(np.array([0, 1, 1, 2]), words).tolist() == [1.0, 4.0, 0.0, 2.0]  # five references keep 0.5

@@ -94,6 +94,12 @@ def _objects(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     "for these objects only: ones a single caption seldom leaves unsaid, e.g. person,dog.",
 )
 @click.option(
+    "--one-reference-penalty",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="The penalty per --one-reference-objects object on those photos [default: --hallucination-penalty].",
+)
+@click.option(
     "--xent-weight",
     type=click.FloatRange(min=0.0),
     default=0.0,

@@ -88,6 +88,7 @@ class GroundedOptions:
     samples: int = 5  # captions sampled per photo by the cider objective
     hallucination_penalty: float = 0.0  # cider objective: reward taken off per object no reference mentions
     one_reference_objects: list[str] = field(default_factory=list)  # ... penalised on one-reference photos too
+    one_reference_penalty: float | None = None  # ... their weight there; None: hallucination_penalty
     xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
     reward_df: str = "pooled"  # cider objective: CIDEr-D document frequencies "pooled" over all photos | "per-set"
     distill: bool = False  # cider objective: the Flickr8k photos' cross-entropy targets the init model's captions
@@ -299,9 +300,12 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
         reward = CiderD([u.references for u in units], mark_end=True, groups=groups)
         penalty = (
             hallucination_penalty(
-                units, options.hallucination_penalty, one_reference_objects=frozenset(options.one_reference_objects)
+                units,
+                options.hallucination_penalty,
+                one_reference_objects=frozenset(options.one_reference_objects),
+                one_reference_weight=options.one_reference_penalty,
             )
-            if options.hallucination_penalty
+            if options.hallucination_penalty or (options.one_reference_objects and options.one_reference_penalty)
             else None
         )
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
@@ -588,20 +592,26 @@ def _unit_plan(units: list[Unit], options: GroundedOptions, rng: np.random.Gener
 
 
 def hallucination_penalty(
-    units: list[Unit], weight: float, min_references: int = 5, one_reference_objects: frozenset[str] = frozenset()
+    units: list[Unit],
+    weight: float,
+    min_references: int = 5,
+    one_reference_objects: frozenset[str] = frozenset(),
+    one_reference_weight: float | None = None,
 ) -> scst.Penalty:
     """``weight`` per object (capcli.hallucination's list) a sampled caption names and no reference of its photo
     does.  Photos with fewer than ``min_references`` references (the everyday train photos have one) are
-    penalised only for ``one_reference_objects``: one caption leaves most of what is in a photo unsaid, but
-    seldom a person (a COCO reference is silent on a person another reference of its photo names 15% of the
-    time, on a dining table 45%)."""
+    penalised only for ``one_reference_objects``, ``one_reference_weight`` each (default ``weight``): one caption
+    leaves most of what is in a photo unsaid, but seldom a person (a COCO reference is silent on a person another
+    reference of its photo names 15% of the time, on a dining table 45%)."""
     known = [frozenset(o for r in u.references for o in objects_in(" ".join(r))) for u in units]
     checked = [None if len(u.references) >= min_references else one_reference_objects for u in units]  # None: all
+    few = weight if one_reference_weight is None else one_reference_weight
+    weights = [weight if c is None else few for c in checked]
 
     def penalty(rows: np.ndarray, words: list[list[str]]) -> np.ndarray:
         wrong = [set(objects_in(" ".join(w))) - known[r] for r, w in zip(rows, words)]
         return np.array(
-            [weight * len(named if checked[r] is None else named & checked[r]) for r, named in zip(rows, wrong)]
+            [weights[r] * len(named if checked[r] is None else named & checked[r]) for r, named in zip(rows, wrong)]
         )
 
     return penalty
