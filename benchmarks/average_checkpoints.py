@@ -9,9 +9,10 @@ one checkpoint).  Floating-point weights are averaged; integer buffers (BatchNor
 from the last checkpoint, as do the other fields.  ``--only`` averages just the weights under the given
 name prefixes and takes the rest from the last checkpoint: what the runs trained, when their frozen parts
 are the same function in other numbers (a checkpoint rebuilt from a bundle has its batch norms folded
-into the convolutions, so averaging its frozen tagger with a training checkpoint's would break both).  The optimizer and scheduler states are
-dropped: the result is for ``capcli export`` and ``capcli eval``, not for ``--resume``.  Its provenance
-names the files averaged, their SHA-256 and each one's own provenance.
+into the convolutions, so averaging its frozen tagger with a training checkpoint's would break both).
+The optimizer and scheduler states are dropped: the result is for ``capcli export`` and ``capcli eval``,
+not for ``--resume``.  Its provenance names the files averaged, their SHA-256 and each one's own
+provenance.
 """
 
 from __future__ import annotations
