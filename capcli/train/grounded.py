@@ -606,13 +606,15 @@ def hallucination_penalty(
     known = [frozenset(o for r in u.references for o in objects_in(" ".join(r))) for u in units]
     checked = [None if len(u.references) >= min_references else one_reference_objects for u in units]  # None: all
     few = weight if one_reference_weight is None else one_reference_weight
-    weights = [weight if c is None else few for c in checked]
 
     def penalty(rows: np.ndarray, words: list[list[str]]) -> np.ndarray:
-        wrong = [set(objects_in(" ".join(w))) - known[r] for r, w in zip(rows, words)]
-        return np.array(
-            [weights[r] * len(named if checked[r] is None else named & checked[r]) for r, named in zip(rows, wrong)]
-        )
+        out = np.zeros(len(rows))
+        for i, (r, w) in enumerate(zip(rows, words)):
+            only = checked[r]
+            if only is None or only:  # a photo with nothing to check costs no caption parsing
+                named = set(objects_in(" ".join(w))) - known[r]
+                out[i] = weight * len(named) if only is None else few * len(named & only)
+        return out
 
     return penalty
 
