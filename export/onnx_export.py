@@ -34,8 +34,7 @@ from torch import nn
 from capcli import __version__
 
 # quantize, upgrade and weights import the directory swap from here under its old private names
-from capcli.atomic import move_into_place as _move_into_place
-from capcli.atomic import temp_dir_beside as _temp_dir_beside
+from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, sha256_bytes
 from capcli.decode import STATE_NAMES
 from capcli.errors import FatalError
@@ -242,7 +241,7 @@ def export_bundle(
     target = Path(out_dir)
     _prepare_target(target, overwrite)
     model.eval()
-    with _temp_dir_beside(target) as tmp:
+    with temp_dir_beside(target) as tmp:
         export_onnx(model, tmp, opset)
         meta = bundle_meta(model, vocab, tmp, opset, dict(provenance or {}))
         add_search_graphs(tmp, meta)
@@ -252,7 +251,7 @@ def export_bundle(
             if result is not None:
                 meta["provenance"]["parity"] = result
                 write_meta(tmp, meta)
-        _move_into_place(tmp, target)
+        move_into_place(tmp, target)
     return target
 
 

@@ -44,10 +44,11 @@ from typing import Any
 
 import numpy as np
 from capcli.export import _training_photos
-from capcli.export.onnx_export import _move_into_place, _prepare_target, _temp_dir_beside, write_meta
+from capcli.export.onnx_export import _prepare_target, write_meta
 from capcli.export.parity import check_pixels
 from capcli.export.search_graph import add_search_graphs
 
+from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.bundle import DECODER, ENCODER, INT8_DECODER, load_bundle, sha256_bytes
 
 OP_TYPES = ["MatMul", "Gemm"]
@@ -85,7 +86,7 @@ def quantize_bundle(
         "activation_scale": ACTIVATION_SCALE,
         "tool": f"onnxruntime {onnxruntime.__version__} quantize_dynamic",
     }
-    with _temp_dir_beside(target) as tmp:
+    with temp_dir_beside(target) as tmp:
         for name in (ENCODER, DECODER):
             (tmp / name).write_bytes(src.files[name])
         quantize_dynamic(
@@ -112,7 +113,7 @@ def quantize_bundle(
         photos = list(images) or _training_photos({"provenance": src.provenance, "train": src.provenance.get("train")})
         provenance["quantization"]["comparison"] = compare_decoders(tmp, photos)
         write_meta(tmp, meta)
-        _move_into_place(tmp, target)
+        move_into_place(tmp, target)
     return target
 
 

@@ -38,9 +38,7 @@ import torch
 from capcli.export.onnx_export import (
     DEFAULT_OPSET,
     _fix_context_sizes,
-    _move_into_place,
     _prepare_target,
-    _temp_dir_beside,
     export_decoder,
     write_meta,
 )
@@ -48,6 +46,7 @@ from capcli.export.parity import DEFAULT_TOLERANCE, ParityError, check_pixels
 from capcli.export.search_graph import add_search_graphs
 
 from capcli import __version__
+from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.bundle import (
     DECODER,
     ENCODER,
@@ -91,7 +90,7 @@ def upgrade_bundle(
     cfg = ModelConfig.from_dict(meta["model_config"])
     target = Path(out_dir)
     _prepare_target(target, overwrite)
-    with _temp_dir_beside(target) as tmp:
+    with temp_dir_beside(target) as tmp:
         (tmp / ENCODER).write_bytes(_transpose_keys(files[ENCODER]))
         _fix_context_sizes(tmp / ENCODER, cfg)
         regions = cfg.grid[0] * cfg.grid[1]
@@ -126,7 +125,7 @@ def upgrade_bundle(
                 f"(tolerance {tolerance:g}); no bundle was written"
             )
         write_meta(tmp, new_meta)
-        _move_into_place(tmp, target)
+        move_into_place(tmp, target)
     return target
 
 
@@ -145,7 +144,7 @@ def add_graphs(
         raise FatalError(f"{source}: format {FORMAT_VERSION} with its search graphs already: nothing to upgrade")
     target = Path(out_dir)
     _prepare_target(target, overwrite)
-    with _temp_dir_beside(target) as tmp:
+    with temp_dir_beside(target) as tmp:
         meta = copy.deepcopy(src.meta)
         for name in (ENCODER, *decoders):
             (tmp / name).write_bytes(src.files[name])
@@ -165,7 +164,7 @@ def add_graphs(
         if not all(check["same"] == check["captions"] for check in upgrade["search_parity"]["checks"]):
             raise ParityError(f"a search graph's captions differ from the numpy search's: {upgrade['search_parity']}")
         write_meta(tmp, meta)
-        _move_into_place(tmp, target)
+        move_into_place(tmp, target)
     return target
 
 
