@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from capcli import store
-from capcli.decode import STATE_NAMES
+from capcli.decode import CONCEPT_WEIGHT, STATE_NAMES, state_names
 from capcli.errors import BundleError, UsageError
 from capcli.onnxinfo import Shape, Signature, read_signature
 from capcli.text import SPECIALS, Vocab
@@ -112,7 +112,12 @@ class Bundle:
     @property
     def state_names(self) -> tuple[str, ...]:
         """Recurrent state tensors: encoder outputs and decoder inputs (``*_out`` outputs)."""
-        return STATE_NAMES[self.decoder]
+        return state_names(self.decoder, bool(self.concept_view))
+
+    @property
+    def concept_view(self) -> float:
+        """A two-view decoder's weight of its concept-only view (0: one view)."""
+        return float(self.meta["decoder"].get("concept_view", 0.0))
 
     @property
     def backbone(self) -> str:
@@ -286,8 +291,10 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
         isinstance(dec, dict)
         and dec.get("kind") in DECODER_KINDS
         and all(type(dec.get(k)) is int and dec[k] > 0 for k in ("hidden", "embed"))
+        and type(dec.get("concept_view", 0.0)) in (int, float)
+        and 0 <= dec.get("concept_view", 0.0) < 1
     ):
-        raise bad("decoder", '{"kind": "gru"|"lstm", "hidden": int, "embed": int}')
+        raise bad("decoder", '{"kind": "gru"|"lstm", "hidden": int, "embed": int[, "concept_view": 0 <= w < 1]}')
     if not (isinstance(meta.get("backbone"), dict) and isinstance(meta["backbone"].get("name"), str)):
         raise bad("backbone", '{"name": string, ...}')
     files = meta.get("files")
@@ -359,7 +366,7 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     hidden = meta["decoder"]["hidden"]
     regions = bundle.grid[0] * bundle.grid[1]
     d, a, v = meta["feature_dim"], meta["attention_dim"], len(bundle.vocab)
-    states = {s: (None, hidden) for s in bundle.state_names}
+    states = {s: (None, 1 if s == CONCEPT_WEIGHT else hidden) for s in bundle.state_names}
     context: dict[str, Shape] = {"features": (None, regions, d), "keys": (None, a, regions)}
     if bundle.concept_dim:
         context["concept"] = (None, bundle.concept_dim)

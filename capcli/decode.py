@@ -56,8 +56,17 @@ if TYPE_CHECKING:
 
 State = dict[str, np.ndarray]
 # The decoder's recurrent state by decoder kind: the names of the state inputs/outputs of
-# decoder.onnx and of the State dicts here (bundle, export and training all read this one).
+# decoder.onnx and of the State dicts here (bundle, export and training all read state_names).
 STATE_NAMES: dict[str, tuple[str, ...]] = {"gru": ("h",), "lstm": ("h", "c")}
+CONCEPT_WEIGHT = "concept_weight"  # a two-view decoder's (N, 1) weight of its concept-only view
+
+
+def state_names(kind: str, concept_view: bool = False) -> tuple[str, ...]:
+    """The state of a ``kind`` decoder; a two-view one (``concept_view``) also carries the concept-only
+    view's state (``h_concept``...) and that view's weight (see capcli.train.model.Decoder.init)."""
+    own = STATE_NAMES[kind]
+    return (*own, *(f"{s}_concept" for s in own), CONCEPT_WEIGHT) if concept_view else own
+
 
 # The search policy the runtime captions by (and training's dev captions too):
 NO_REPEAT_NGRAM = 3  # a caption never holds the same three words twice

@@ -36,7 +36,8 @@ from capcli import __version__
 # quantize, upgrade and weights import the directory swap from here under its old private names
 from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, sha256_bytes
-from capcli.decode import STATE_NAMES
+from capcli.decode import CONCEPT_WEIGHT
+from capcli.decode import state_names as decoder_state_names
 from capcli.errors import FatalError
 from capcli.text import Vocab
 from capcli.train.model import CaptionModel, Decoder, ModelConfig
@@ -81,7 +82,7 @@ class DecoderStep(nn.Module):
 
 
 def state_names(config: ModelConfig) -> list[str]:
-    return list(STATE_NAMES[config.decoder])
+    return list(decoder_state_names(config.decoder, bool(config.concept_view)))
 
 
 def context_names(config: ModelConfig) -> list[str]:
@@ -124,7 +125,7 @@ def export_decoder(
     step = DecoderStep(decoder, cfg.grounded).eval()
     rows = 2 * context[0].size(0)  # (2 rows per image: the rows axis is not tied to the images axis)
     tokens = torch.arange(1, rows + 1, dtype=torch.long) % cfg.vocab_size
-    state = [torch.randn(rows, cfg.hidden_dim) for _ in states]
+    state = [torch.rand(rows, 1) if s == CONCEPT_WEIGHT else torch.randn(rows, cfg.hidden_dim) for s in states]
     dec_in = ["token", *states, *context_names(cfg)]
     dec_out = ["logprobs", *(f"{s}_out" for s in states), "alpha"]
     axes = {name: {0: BATCH if name in context_names(cfg) else ROWS} for name in dec_in + dec_out}
@@ -180,7 +181,12 @@ def bundle_meta(
         "grid": list(spec.grid),
         "feature_dim": cfg.feature_dim,
         "attention_dim": cfg.attention_dim,
-        "decoder": {"kind": cfg.decoder, "hidden": cfg.hidden_dim, "embed": cfg.embed_dim},
+        "decoder": {
+            "kind": cfg.decoder,
+            "hidden": cfg.hidden_dim,
+            "embed": cfg.embed_dim,
+            **({"concept_view": cfg.concept_view} if cfg.concept_view else {}),
+        },
         "backbone": {
             "name": cfg.backbone,
             "source": spec.source,

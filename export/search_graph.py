@@ -43,7 +43,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from capcli.bundle import FORMAT_VERSION, SEARCH_GRAPHS, sha256_bytes
-from capcli.decode import NO_REPEAT_NGRAM, STATE_NAMES
+from capcli.decode import NO_REPEAT_NGRAM
+from capcli.decode import state_names as decoder_state_names
 
 SEARCH_INPUTS = ("beam", "max_len", "min_len", "start_id", "end_id")  # int64 scalars
 MASK_INPUTS = ("banned", "dangling")  # (V,) bool
@@ -457,7 +458,7 @@ def _replace_best(g: _Nodes, where: str, ids: str, t: str, score: str, best: lis
 def add_search_graphs(folder: Path, meta: dict[str, Any]) -> None:
     """Write a search graph over each decoder of the bundle being written in ``folder`` (model.json ``meta``,
     updated here: the graphs' files and sha256, what each was made from, format 4)."""
-    state_names = STATE_NAMES[meta["decoder"]["kind"]]
+    state_names = decoder_state_names(meta["decoder"]["kind"], bool(meta["decoder"].get("concept_view")))
     context_names = ["features", "keys", *(["concept"] if meta.get("concept", {}).get("dim") else [])]
     search = meta.setdefault("search", {})
     for decoder_file, name in SEARCH_GRAPHS.items():

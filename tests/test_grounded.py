@@ -265,6 +265,49 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
     assert check_parity(ck.model, bundle_dir, [data["flickr"] / "images"]).ok
 
 
+def test_fit_view_gate_makes_a_two_view_model(data: dict[str, Path], tmp_path: Path) -> None:
+    """benchmarks/fit_view_gate.py: the gate tells the two data sets apart; the result exports and trains on."""
+    import subprocess
+    import sys
+
+    from capcli.export import export_bundle
+    from capcli.export.parity import check_parity
+
+    from capcli.bundle import load_bundle
+    from capcli.train import grounded
+
+    grounded.train_grounded(_options(data, tmp_path / "xent", epochs=1))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_view_gate.py"
+    out = tmp_path / "two-view.pt"
+    args = [sys.executable, str(script), str(tmp_path / "xent" / "last.pt"), "--weight", "0.3", "-o", str(out)]
+    args += ["--flickr", str(data["flickr"]), "--everyday", str(data["everyday"])]
+    run = subprocess.run([*args, "--cache-dir", str(data["root"] / "cache")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    # Red and green squares (Flickr8k) against blue and yellow ones (everyday): told apart on the dev photos too.
+    for line in (
+        "flickr8k train: 0.0%",
+        "flickr8k dev: 0.0%",
+        "coco-everyday train: 100.0%",
+        "coco-everyday dev: 100.0%",
+    ):
+        assert line in run.stdout
+    payload = checkpoint.load(out)
+    assert payload["config"]["concept_view"] == 0.3 and "decoder.view_gate.weight" in payload["model"]
+    provenance = payload["provenance"]
+    assert provenance["recipe"] == "view gate" and provenance["from"]["provenance"]["recipe"] == "grounded"
+    assert provenance["gate"]["called_everyday"]["coco-everyday dev"] == 1.0
+
+    ck = checkpoint.load_checkpoint(out)
+    bundle_dir = export_bundle(ck.model, ck.vocab, tmp_path / "bundle", provenance={"dataset": "test"})
+    bundle = load_bundle(bundle_dir)
+    assert bundle.concept_view == 0.3 and bundle.meta["model_config"]["concept_view"] == 0.3
+    assert check_parity(ck.model, bundle_dir, [data["everyday"] / "images"]).ok
+    # Training continues its decoder as one view (the gate is fitted again afterwards).
+    more = grounded.train_grounded(_options(data, tmp_path / "more", start=str(out), epochs=1, lr=1e-3))
+    assert np.isfinite(more["history"][0]["train_loss"])
+    assert "decoder.view_gate.weight" not in checkpoint.load(tmp_path / "more" / "last.pt")["model"]
+
+
 def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 

@@ -67,11 +67,15 @@ def make_tiny_checkpoint(path: Path, decoder: str = "gru", backbone: str = "tiny
     return path
 
 
-def make_tiny_bundle(out_dir: Path, decoder: str = "gru", backbone: str = "tiny") -> Path:
+# ModelConfig of a tiny grounded two-view decoder (a tagger of 10 classes, its top 3 as the concept).
+TWO_VIEW = dict(concepts=3, classes=10, concept_dim=8, tagger_stages=1, concept_view=0.4)
+
+
+def make_tiny_bundle(out_dir: Path, decoder: str = "gru", backbone: str = "tiny", **config: Any) -> Path:
     """Export a tiny random model (vocabulary from real captions) as a bundle at ``out_dir``."""
     from capcli.export import export_bundle
 
     vocab = tiny_vocab()
-    model = make_tiny_model(vocab, decoder, backbone)
+    model = make_tiny_model(vocab, decoder, backbone, **config)
     provenance = {"dataset": "none (random weights, test fixture)", "licence": "test only"}
     return export_bundle(model, vocab, out_dir, provenance=provenance)

@@ -62,6 +62,7 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
             "model_from": origin,
             "backbone": bundle.backbone,
             "decoder": bundle.decoder,
+            **({"concept_view": bundle.concept_view} if bundle.concept_view else {}),  # a two-view decoder's weight
             "vocab_size": len(bundle.vocab),
             "grid": list(bundle.grid),
             "image_size": list(bundle.preprocess.size),

@@ -67,7 +67,7 @@ def search(
     with autocast(device):
         features = model.features(grid(tuned, inputs))  # (B, L, D)
         keys, state = model.decoder.init(features)  # (B, A, L), each (B, H)
-    names = decode.STATE_NAMES[model.config.decoder]
+    names = decode.state_names(model.config.decoder)  # no concept: one view
 
     def step(tokens: np.ndarray, st: decode.State, images: np.ndarray) -> tuple[np.ndarray, decode.State, np.ndarray]:
         which = torch.from_numpy(images).to(device)

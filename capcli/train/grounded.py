@@ -232,7 +232,8 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
     vocab = Vocab(tuple(start["vocab"])) if start else Vocab.build(train_text, options.min_count)
     model = encoder_model(options.init, options.concepts, options.concept_dim, vocab, options.max_len, options.dropout)
     if start:
-        model.load_state_dict(start["model"])
+        # a two-view start (benchmarks/fit_view_gate.py) continues as one view: its gate is fitted afterwards
+        model.load_state_dict({k: v for k, v in start["model"].items() if not k.startswith("decoder.view_gate.")})
     labels = labels_for(model.config.backbone)
     console.print(
         f"vocabulary: {len(vocab):,} words (seen >= {options.min_count} times); "

@@ -40,6 +40,9 @@ class ModelConfig:
     concept_dim: int = 256
     classes: int = 0  # the tagger's classes (1,000 for ImageNet); 0 = no tagger
     tagger_stages: int = 0  # top backbone stages the tagger keeps its own pristine copy of
+    # Decoding only (see Decoder.init): on photos its view gate calls everyday scenes, the decoder's words
+    # are a product of two experts, weight ``concept_view`` on the decoder reading the concept alone.
+    concept_view: float = 0.0  # 0 = one view, the models before it
 
     def __post_init__(self) -> None:
         if self.decoder not in ("gru", "lstm"):
@@ -47,6 +50,8 @@ class ModelConfig:
         check_name(self.backbone)
         if self.concepts and not self.classes:
             raise ValueError("a concept input needs the tagger's classes (classes > 0)")
+        if not 0.0 <= self.concept_view < 1.0 or (self.concept_view and not self.concepts):
+            raise ValueError("concept_view is a weight in [0, 1) and needs a concept input")
 
     @property
     def grounded(self) -> bool:
@@ -126,6 +131,9 @@ class Decoder(nn.Module):
         self.init_state = nn.ModuleList(nn.Linear(d + c, h) for _ in range(n_states))
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(h, cfg.vocab_size)
+        self.concept_view = cfg.concept_view
+        if cfg.concept_view:  # a logistic "everyday scene?" gate on what the initial state reads
+            self.view_gate = nn.Linear(d + c, 1)
 
     def concept(self, classes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Top classes (B, k) with weights (B, k) summing to 1 -> concept vector (B, C)."""
@@ -142,6 +150,10 @@ class Decoder(nn.Module):
         """Per-image work done once: attention keys (B, A, L) and the initial state.
 
         ``features=None``: captions without a photo (training on text alone), from the concept only.
+
+        A two-view decoder (``concept_view`` > 0) on photos returns the state of both views and the
+        weight of the second: the photo's own state, the concept-only state, then (B, 1) ``concept_view``
+        where the view gate calls the photo an everyday scene, else 0 (see :meth:`step`).
         """
         if features is None:
             assert concept is not None
@@ -152,6 +164,10 @@ class Decoder(nn.Module):
         if concept is not None:
             mean = torch.cat([mean, concept], dim=1)  # (B, D + C)
         state = tuple(torch.tanh(layer(mean)) for layer in self.init_state)  # each (B, H)
+        if self.concept_view and features is not None:
+            _, alone = self.init(None, concept)
+            weight = self.concept_view * (self.view_gate(mean) > 0).to(mean.dtype)  # (B, 1)
+            state = (*state, *alone, weight)
         return keys, state
 
     def step(
@@ -167,6 +183,9 @@ class Decoder(nn.Module):
         tokens (N,), state each (N, H), features (M, L, D), keys (M, A, L),
         concept (M, C) for a grounded decoder -> (logits (N, V), new state,
         attention weights (N, L)).
+
+        A two-view decoder's state is :meth:`init`'s; its "logits" are then the log-probabilities
+        ``(1 - w) log p(word | photo) + w log p(word | concept)``, renormalised (a product of experts).
         """
         h = state[0]  # (N, H)
         if features is None:  # no photo (training on text alone): no regions to attend to
@@ -182,12 +201,27 @@ class Decoder(nn.Module):
         if concept is not None:
             parts.append(concept.unsqueeze(1).expand(m, h.size(0) // m, -1).reshape(h.size(0), -1))  # (N, C)
         x = torch.cat(parts, dim=1)  # (N, E + D [+ C])
+        if not (self.concept_view and features is not None):
+            new_state = self._cell(x, state)
+            return self.out(self.dropout(new_state[0])), new_state, alpha  # (N, V)
+        # Two views: the concept-only rows read no regions (context 0, as text-only training had it).
+        # Both go through the cell and the output layer as one stack of 2N rows: one product per weight.
+        n, rows = len(state) // 2, h.size(0)
+        alone_x = torch.cat([parts[0], torch.zeros_like(context), parts[2]], dim=1)  # (N, E + D + C)
+        both = self._cell(
+            torch.cat([x, alone_x]),  # (2N, E + D + C)
+            tuple(torch.cat([own, alone]) for own, alone in zip(state[:n], state[n : 2 * n])),  # each (2N, H)
+        )
+        logprobs = torch.log_softmax(self.out(self.dropout(both[0])), dim=1)  # (2N, V)
+        w = state[-1]  # (N, 1)
+        mixed = torch.log_softmax((1 - w) * logprobs[:rows] + w * logprobs[rows:], dim=1)  # (N, V)
+        return mixed, (*(s[:rows] for s in both), *(s[rows:] for s in both), w), alpha
+
+    def _cell(self, x: torch.Tensor, state: State) -> State:
+        """The recurrent cell: input (N, E + D [+ C]) and state each (N, H) -> the new state."""
         if self.kind == "gru":
-            new_state: State = (self.cell(x, h),)
-        else:
-            new_state = tuple(self.cell(x, (state[0], state[1])))
-        logits = self.out(self.dropout(new_state[0]))  # (N, V)
-        return logits, new_state, alpha
+            return (self.cell(x, state[0]),)
+        return tuple(self.cell(x, (state[0], state[1])))
 
 
 @dataclass
