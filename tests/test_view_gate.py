@@ -31,11 +31,9 @@ def _one_view_copy(model):
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
-@pytest.mark.parametrize("everyday", [True, False])
-def test_two_view_step_is_the_product_of_its_views(kind: str, everyday: bool) -> None:
+@pytest.mark.parametrize("weights", [(0.4, 0.4, 0.4, 0.4), (0.0, 0.0, 0.0, 0.0), (0.4, 0.4, 0.0, 0.0)])
+def test_two_view_step_is_the_product_of_its_views(kind: str, weights: tuple[float, ...]) -> None:
     model = make_tiny_model(tiny_vocab(), kind, **TWO_VIEW)
-    with torch.no_grad():
-        model.decoder.view_gate.bias.fill_(10.0 if everyday else -10.0)  # every photo everyday, or none
     plain = _one_view_copy(model)
     images = torch.randn(2, 3, *model.config.image_size)  # (2, 3, H, W)
     tokens = torch.tensor([3, 4, 5, 6])  # 2 rows per image
@@ -44,20 +42,24 @@ def test_two_view_step_is_the_product_of_its_views(kind: str, everyday: bool) ->
         rows = lambda t: t.repeat_interleave(2, dim=0)  # noqa: E731  (M, ...) -> (N, ...)
         state = tuple(rows(s) for s in encoded.state)
         n = len(state) // 2
-        assert len(state) == 2 * n + 1 and torch.equal(state[-1], torch.full((4, 1), 0.4 if everyday else 0.0))
-        got, new_state, alpha = model.decoder.step(tokens, state, *encoded.context)
+        assert len(state) == 2 * n + 1 and set(state[-1][:, 0].tolist()) <= {0.0, np.float32(0.4)}
+        w = torch.tensor(weights)[:, None]  # (N, 1): as the gate would set it, per photo
+        got, new_state, alpha = model.decoder.step(tokens, (*state[:-1], w), *encoded.context)
 
         own_logits, own_state, own_alpha = plain.decoder.step(tokens, state[:n], *encoded.context)
         alone_logits, alone_state, _ = plain.decoder.step(tokens, state[n : 2 * n], None, None, encoded.concept)
-    w = 0.4 if everyday else 0.0
     expected = torch.log_softmax(
         (1 - w) * torch.log_softmax(own_logits, 1) + w * torch.log_softmax(alone_logits, 1), dim=1
     )  # (N, V)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(got.exp().sum(1), torch.ones(4), atol=1e-5)  # log-probabilities: softmax is a no-op
-    for a, b in zip(new_state, (*own_state, *alone_state, state[-1])):
+    for a, b in zip(new_state[:n], own_state):
         assert torch.allclose(a, b, atol=1e-6)
-    assert torch.allclose(alpha, own_alpha)
+    # The concept-only view advances on the rows the gate took; elsewhere it is neither run nor read.
+    taken = w[:, 0] > 0
+    for a, advanced, before in zip(new_state[n : 2 * n], alone_state, state[n : 2 * n]):
+        assert torch.allclose(a[taken], advanced[taken], atol=1e-6) and torch.equal(a[~taken], before[~taken])
+    assert torch.equal(new_state[-1], w) and torch.allclose(alpha, own_alpha)
     # The concept-only view's start is the text-only one: no regions, the concept alone.
     assert torch.allclose(state[n], rows(plain.decoder.init(None, encoded.concept)[1][0]))
 

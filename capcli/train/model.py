@@ -204,18 +204,21 @@ class Decoder(nn.Module):
         if not (self.concept_view and features is not None):
             new_state = self._cell(x, state)
             return self.out(self.dropout(new_state[0])), new_state, alpha  # (N, V)
-        # Two views: the concept-only rows read no regions (context 0, as text-only training had it).
-        # Both go through the cell and the output layer as one stack of 2N rows: one product per weight.
-        n, rows = len(state) // 2, h.size(0)
-        alone_x = torch.cat([parts[0], torch.zeros_like(context), parts[2]], dim=1)  # (N, E + D + C)
+        # Two views, on the K rows whose photo the gate took (the others' concept-only state is never
+        # read): those rows read no regions (context 0, as text-only training had it). Both views go
+        # through the cell and the output layer as one stack of N + K rows: one product per weight.
+        n, rows, w = len(state) // 2, h.size(0), state[-1]  # w (N, 1)
+        picked = torch.nonzero(w[:, 0] > 0).squeeze(1)  # (K,)
+        alone_x = torch.cat([parts[0], torch.zeros_like(context), parts[2]], dim=1)[picked]  # (K, E + D + C)
         both = self._cell(
-            torch.cat([x, alone_x]),  # (2N, E + D + C)
-            tuple(torch.cat([own, alone]) for own, alone in zip(state[:n], state[n : 2 * n])),  # each (2N, H)
+            torch.cat([x, alone_x]),  # (N + K, E + D + C)
+            tuple(torch.cat([own, alone[picked]]) for own, alone in zip(state[:n], state[n : 2 * n])),  # (N + K, H)
         )
-        logprobs = torch.log_softmax(self.out(self.dropout(both[0])), dim=1)  # (2N, V)
-        w = state[-1]  # (N, 1)
-        mixed = torch.log_softmax((1 - w) * logprobs[:rows] + w * logprobs[rows:], dim=1)  # (N, V)
-        return mixed, (*(s[:rows] for s in both), *(s[rows:] for s in both), w), alpha
+        logprobs = torch.log_softmax(self.out(self.dropout(both[0])), dim=1)  # (N + K, V)
+        own_lp, alone_lp, wk = logprobs[:rows], logprobs[rows:], w[picked]  # (N, V), (K, V), (K, 1)
+        mixed = torch.log_softmax((1 - wk) * own_lp[picked] + wk * alone_lp, dim=1)  # (K, V)
+        alone_state = (old.index_put((picked,), new[rows:]) for old, new in zip(state[n : 2 * n], both))
+        return own_lp.index_put((picked,), mixed), (*(s[:rows] for s in both), *alone_state, w), alpha
 
     def _cell(self, x: torch.Tensor, state: State) -> State:
         """The recurrent cell: input (N, E + D [+ C]) and state each (N, H) -> the new state."""
