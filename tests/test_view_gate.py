@@ -92,7 +92,7 @@ def two_view_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = make_tiny_model(vocab, **TWO_VIEW)
     with torch.no_grad():  # the gate's threshold between the 6th and 7th of the test's 12 images
         grid, tags = model.grid_and_tags(torch.from_numpy(_images(model.config.image_size)))
-        logits = model.decoder.view_gate(torch.cat([model.features(grid).mean(1), model.decoder.concept_of(tags)], 1))
+        logits = model.decoder.view_gate(model.decoder.summary(model.features(grid), model.decoder.concept_of(tags)))
         model.decoder.view_gate.bias -= logits.sort(dim=0).values[5:7].mean()
     root = tmp_path_factory.mktemp("two-view")
     plain = export_bundle(model, vocab, root / "float", provenance={})

@@ -144,6 +144,16 @@ class Decoder(nn.Module):
         top, classes = probs.topk(self.top_k, dim=1)  # each (B, k)
         return self.concept(classes, top / top.sum(dim=1, keepdim=True))
 
+    def summary(self, features: torch.Tensor | None, concept: torch.Tensor | None = None) -> torch.Tensor:
+        """What the initial state (and the view gate) read: the mean region feature (zeros without a
+        photo) and the concept, (B, D [+ C])."""
+        if features is None:
+            assert concept is not None
+            mean = concept.new_zeros(concept.size(0), self.keys.in_features)  # (B, D)
+        else:
+            mean = features.mean(dim=1)  # (B, D)
+        return mean if concept is None else torch.cat([mean, concept], dim=1)  # (B, D [+ C])
+
     def init(
         self, features: torch.Tensor | None, concept: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, State]:
@@ -155,14 +165,8 @@ class Decoder(nn.Module):
         weight of the second: the photo's own state, the concept-only state, then (B, 1) ``concept_view``
         where the view gate calls the photo an everyday scene, else 0 (see :meth:`step`).
         """
-        if features is None:
-            assert concept is not None
-            keys, mean = None, concept.new_zeros(concept.size(0), self.keys.in_features)  # (B, D)
-        else:
-            keys = self.keys(features).transpose(1, 2).contiguous()  # (B, A, L)
-            mean = features.mean(dim=1)  # (B, D)
-        if concept is not None:
-            mean = torch.cat([mean, concept], dim=1)  # (B, D + C)
+        keys = None if features is None else self.keys(features).transpose(1, 2).contiguous()  # (B, A, L)
+        mean = self.summary(features, concept)  # (B, D [+ C])
         state = tuple(torch.tanh(layer(mean)) for layer in self.init_state)  # each (B, H)
         if self.concept_view and features is not None:
             _, alone = self.init(None, concept)

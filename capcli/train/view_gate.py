@@ -25,7 +25,7 @@ def gate_inputs(model: CaptionModel, features: torch.Tensor, probs: np.ndarray) 
     dec = model.decoder
     classes, weights = top_concepts(probs, dec.top_k)
     concept = dec.concept(torch.from_numpy(classes), torch.from_numpy(weights))  # (N, C)
-    return torch.cat([features.float().mean(dim=1), concept], dim=1).detach()  # (N, D + C)
+    return dec.summary(features.float(), concept).detach()  # (N, D + C)
 
 
 def fit_gate(
