@@ -83,6 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     loaded = checkpoint.load_checkpoint(args.checkpoint)
     model = loaded.model.eval()
+    if model.config.concept_view:
+        parser.error(f"{args.checkpoint}: a two-view checkpoint; the probe mixes views of a one-view decoder")
     data = Path(os.environ.get("DATA", "../shared/data"))
     splits = {
         "everyday": load_split("coco-everyday", data / "coco-everyday", "dev"),

@@ -131,3 +131,25 @@ def test_info_names_the_concept_view(two_view_bundle: Path, tiny_bundle: Path) -
     shown = CliRunner().invoke(main, ["info", "--model", str(two_view_bundle)])
     assert shown.exit_code == 0 and "concept_view:" in shown.output and "0.4" in shown.output
     assert "concept_view" not in CliRunner().invoke(main, ["info", "--model", str(tiny_bundle)]).output
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_the_tutorial_way_decodes_a_two_view_model_as_capcli_does(gated: bool) -> None:
+    """``capcli bench --checkpoint``'s PyTorch loops take the tagger's concept and both views from model.encode."""
+    from capcli import decode
+    from capcli.bench.tutorial import _torch_beam, _torch_greedy
+    from capcli.train.grounded import beam_captions
+
+    vocab = tiny_vocab()
+    model = make_tiny_model(vocab, **{**TWO_VIEW, "concept_view": 0.9})
+    with torch.no_grad():
+        model.decoder.view_gate.bias.fill_(10.0 if gated else -10.0)
+    rules = decode.SearchSpec.runtime(vocab, model.config.max_len)
+    images = torch.randn(4, 3, *model.config.image_size)  # (4, 3, H, W)
+    with torch.no_grad():
+        tutorial = [_torch_greedy(model, model.encode(x[None]), rules, 1) for x in images]
+        encoded = model.encode(images)
+        capcli = beam_captions(model.decoder, encoded.features, encoded.concept, vocab, rules)
+        beams = [_torch_beam(model, model.encode(x[None]), rules, 3) for x in images]
+    assert [[vocab.tokens[i] for i in ids] for ids in tutorial] == capcli
+    assert all(ids and rules.end_id not in ids for ids in beams)

@@ -40,12 +40,11 @@ def run_tutorial(s: Scenario, spec: dict[str, Any]) -> Result:
         with Image.open(path) as image:
             x = transform(image.convert("RGB")).unsqueeze(0).to(device)  # (1, 3, H, W)
         t1 = time.perf_counter()
-        features = model.features(model.backbone_grid(x))  # (1, L, D)
-        keys, state = model.decoder.init(features)  # (1, L, A), each (1, H)
+        encoded = model.encode(x)  # features (1, L, D), keys (1, A, L), state each (1, H)[, concept (1, C)]
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the stage ends when the GPU is done
         t2 = time.perf_counter()
-        ids = search(model, features, keys, state, rules, s.beam)
+        ids = search(model, encoded, rules, s.beam)
         t3 = time.perf_counter()
         return detokenize([vocab.tokens[i] for i in ids]), [t1 - t0, t2 - t1, t3 - t2]
 
@@ -96,14 +95,15 @@ def _history_rules(logprobs: Any, histories: list[list[int]], rules: Any) -> Non
     logprobs[torch.from_numpy(np.isinf(banned)).to(logprobs.device)] = -float("inf")
 
 
-def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, rules: Any, beam: int) -> list[int]:
+def _torch_greedy(model: Any, encoded: Any, rules: Any, beam: int) -> list[int]:
     """Tutorial greedy decoding: one token per step, Python loop, until <end>."""
     import torch
 
-    token = torch.tensor([rules.start_id], device=features.device)
+    token = torch.tensor([rules.start_id], device=encoded.features.device)
+    state = encoded.state
     ids: list[int] = []
     for t in range(rules.max_len):
-        logits, state, _ = model.decoder.step(token, state, features, keys)
+        logits, state, _ = model.decoder.step(token, state, *encoded.context)
         logprobs = torch.log_softmax(logits, dim=1)  # (1, V)
         logprobs[:, list(rules.banned)] = -float("inf")
         if t == 0:
@@ -116,19 +116,19 @@ def _torch_greedy(model: Any, features: Any, keys: Any, state: Any, rules: Any, 
     return ids
 
 
-def _torch_beam(model: Any, features: Any, keys: Any, state: Any, rules: Any, beam: int) -> list[int]:
+def _torch_beam(model: Any, encoded: Any, rules: Any, beam: int) -> list[int]:
     """Tutorial beam search for one image (the sgrvinod way: the beam shrinks as hypotheses end)."""
     import torch
 
-    k, device = beam, features.device  # features (1, L, D) and keys (1, A, L) serve all k rows
-    state = tuple(s.expand(k, -1).contiguous() for s in state)  # each (k, H)
+    k, device = beam, encoded.features.device  # the image's context (features, keys[, concept]) serves all k rows
+    state = tuple(s.expand(k, -1).contiguous() for s in encoded.state)  # each (k, H)
     tokens = torch.full((k,), rules.start_id, device=device)
     scores = torch.zeros(k, device=device)
     scores[1:] = -float("inf")  # the k rows start identical: only one is live
     seqs: list[list[int]] = [[] for _ in range(k)]
     done: list[tuple[float, list[int]]] = []
     for t in range(rules.max_len + 1):
-        logits, state, _ = model.decoder.step(tokens, state, features, keys)
+        logits, state, _ = model.decoder.step(tokens, state, *encoded.context)
         logprobs = torch.log_softmax(logits, dim=1)  # (k, V)
         logprobs[:, list(rules.banned)] = -float("inf")
         if t == 0:

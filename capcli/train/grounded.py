@@ -685,6 +685,7 @@ def beam_captions(
     """Captions (words) of photos given by their region features (N, L, D) [and concepts (N, C)], with the
     runtime's search over a PyTorch decoder step; ``beam`` 1 is greedy."""
     decoder.eval()
+    names = decode.state_names(decoder.kind, bool(decoder.concept_view))
     out: list[list[str]] = []
     for start in range(0, len(features), batch):
         feats = features[start : start + batch].float()  # (b, L, D)
@@ -697,14 +698,14 @@ def beam_captions(
             which = torch.from_numpy(images)
             logits, new, alpha = decoder.step(
                 torch.from_numpy(tokens),
-                (torch.from_numpy(st["h"]),),
+                tuple(torch.from_numpy(st[n]) for n in names),
                 feats[which],
                 keys[which],
                 None if con is None else con[which],
             )
-            return torch.log_softmax(logits, dim=1).numpy(), {"h": new[0].numpy()}, alpha.numpy()
+            return torch.log_softmax(logits, dim=1).numpy(), dict(zip(names, (s.numpy() for s in new))), alpha.numpy()
 
-        initial = {"h": state[0].numpy()}
+        initial = dict(zip(names, (s.numpy() for s in state)))
         hyps = decode.beam_search(step, initial, spec, beam=beam) if beam > 1 else decode.greedy(step, initial, spec)
         out += [vocab.decode(h.ids) for h in hyps]
     return out
