@@ -32,8 +32,6 @@ from capcli.export.search_graph import add_search_graphs
 from torch import nn
 
 from capcli import __version__
-
-# quantize, upgrade and weights import the directory swap from here under its old private names
 from capcli.atomic import move_into_place, temp_dir_beside
 from capcli.bundle import DECODER, ENCODER, FORMAT, FORMAT_VERSION, MODEL_JSON, sha256_bytes
 from capcli.decode import CONCEPT_WEIGHT
