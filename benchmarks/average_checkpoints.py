@@ -23,13 +23,15 @@ from pathlib import Path
 import torch
 
 from capcli.bundle import sha256_bytes
+from capcli.train.model import ModelConfig
 
 
 def average(paths: list[Path], only: tuple[str, ...] = ()) -> dict:
     payloads = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
     last = payloads[-1]
+    config = ModelConfig.from_dict(last["config"])  # a checkpoint from before a field has its default
     for path, payload in zip(paths, payloads):
-        if payload["config"] != last["config"] or payload["vocab"] != last["vocab"]:
+        if ModelConfig.from_dict(payload["config"]) != config or payload["vocab"] != last["vocab"]:
             raise SystemExit(f"{path}: another model config or vocabulary than {paths[-1]}")
     model = {}
     for name, tensor in last["model"].items():

@@ -11,10 +11,10 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "average_checkpoints.py"
 
 
-def checkpoint(path: Path, decoder: float, tagger: float, command: str) -> Path:
+def checkpoint(path: Path, decoder: float, tagger: float, command: str, **config: object) -> Path:
     torch.save(
         {
-            "config": {"decoder": "gru"},
+            "config": {"vocab_size": 2, "decoder": "gru", **config},
             "vocab": ["<pad>", "a"],
             "epoch": 2,
             "model": {
@@ -56,3 +56,15 @@ def test_only_averages_the_named_weights_and_the_provenance_keeps_each_source(tm
     assert "dev_metrics" not in provenance  # the last source's figures are not the mean's
     assert [s["provenance"]["command"] for s in provenance["averaged"]] == ["run a", "run b"]
     assert all(len(s["sha256"]) == 64 for s in provenance["averaged"])
+
+
+def test_a_config_from_before_a_field_matches_its_default_and_another_config_is_refused(tmp_path: Path) -> None:
+    older = checkpoint(tmp_path / "a.pt", 1.0, 1.0, "run a")  # written before ModelConfig.concept_view
+    newer = checkpoint(tmp_path / "b.pt", 3.0, 1.0, "run b", concept_view=0.0)
+    other = checkpoint(tmp_path / "c.pt", 3.0, 1.0, "run c", hidden_dim=64)
+    out = ["-o", str(tmp_path / "mean.pt")]
+    subprocess.run([sys.executable, str(SCRIPT), str(older), str(newer), *out], check=True, capture_output=True)
+    refused = subprocess.run(
+        [sys.executable, str(SCRIPT), str(older), str(other), *out], capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "another model config" in refused.stderr
