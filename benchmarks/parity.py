@@ -3,6 +3,7 @@
     python benchmarks/parity.py                        # search graph vs numpy loop, 320 Flickr8k dev photos
     python benchmarks/parity.py --check float16        # float16 encoder vs float encoder
     python benchmarks/parity.py -n 64 --model DIR --images DIR --device cuda
+    python benchmarks/parity.py --no-repeated-words     # both searches under that rule
 
 ``--check search`` captions every photo with each decoder of the bundle
 (float, int8 on the CPU), greedy and beam 3, once by the numpy loop and once
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from capcli.bundle import INT8_DECODER, load_bundle
+from capcli.decode import Decoding
 from capcli.images import load
 from capcli.runtime import Captioner
 
@@ -43,13 +45,20 @@ def dev_photos(folder: Path, n: int) -> list[Path]:
 
 
 def compare(
-    bundle, pixels: np.ndarray, ways: dict[str, dict[str, Any]], beam: int, batch_size: int, device: str
+    bundle,
+    pixels: np.ndarray,
+    ways: dict[str, dict[str, Any]],
+    beam: int,
+    batch_size: int,
+    device: str,
+    no_repeated_words: bool = False,
 ) -> dict[str, object]:
     """Caption ``pixels`` (N, H, W, 3) uint8 each of the two ``ways`` (Captioner options); what agrees, the first
     difference, each way's seconds (encoder included)."""
     found, seconds = {}, {}
     for name, options in ways.items():
-        captioner = Captioner(bundle, device=device, beam=beam, lanes=1, **options)
+        decoding = Decoding(beam, no_repeated_words=no_repeated_words)
+        captioner = Captioner(bundle, device=device, lanes=1, decoding=decoding, **options)
         captioner.caption(pixels[:2])  # warm-up: session start and CUDA's first-call costs out of the timing
         started = time.perf_counter()
         found[name] = [
@@ -64,6 +73,7 @@ def compare(
     return {
         "ways": ways,
         "beam": beam,
+        **({"no_repeated_words": True} if no_repeated_words else {}),
         "photos": len(pairs),
         "same_captions": len(pairs) - len(differ),
         "same_scores": sum(a[1] == b[1] for a, b in pairs),
@@ -83,6 +93,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("-n", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-repeated-words", action="store_true", help="decode under that rule (capcli caption's)")
     args = parser.parse_args()
     bundle = load_bundle(args.model)
     photos = dev_photos(args.images, args.n)
@@ -96,7 +107,11 @@ def main() -> int:
         ]
     else:
         plans = [{"float": {"precision": "float"}, "float16": {"precision": "float16"}}]
-    checks = [compare(bundle, pixels, ways, beam, args.batch_size, args.device) for ways in plans for beam in (1, 3)]
+    checks = [
+        compare(bundle, pixels, ways, beam, args.batch_size, args.device, args.no_repeated_words)
+        for ways in plans
+        for beam in (1, 3)
+    ]
     identical = all(c["same_captions"] == c["same_scores"] == c["photos"] for c in checks)
     report = {"model": str(bundle.path), "images": str(args.images), "device": args.device, "identical": identical}
     print(json.dumps({**report, "checks": checks}))

@@ -72,6 +72,7 @@ def load(
     min_len: int = 1,
     no_repeat_ngram: int = NO_REPEAT_NGRAM,
     allow_dangling_end: bool = False,
+    no_repeated_words: bool = False,
     num_captions: int = 1,
     sample: bool = False,
     temperature: float | None = None,
@@ -102,6 +103,8 @@ def load(
         min_len: no caption shorter than this many words.
         no_repeat_ngram: a caption never holds the same n words twice (0: off).
         allow_dangling_end: let a caption end on "a", "the", "of" and the like.
+        no_repeated_words: a caption says each word at most once but the articles, prepositions, pronouns
+            and the like of :data:`capcli.decode.REPEATABLE_WORDS` (no "A plate of food on a plate.").
         num_captions: also give each record the beam's ``num_captions`` best captions, best first
             (``"captions"``: ``[{"caption", "score"}, ...]``); at most ``beam``.
         sample: draw each word instead of searching, with ``temperature`` (default 1), nucleus ``top_p``
@@ -128,6 +131,7 @@ def load(
         min_len=min_len,
         no_repeat_ngram=no_repeat_ngram,
         allow_dangling_end=allow_dangling_end,
+        no_repeated_words=no_repeated_words,
         num_captions=num_captions,
         sample=sample,
         temperature=temperature,

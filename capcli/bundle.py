@@ -371,7 +371,8 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     if bundle.concept_dim:
         context["concept"] = (None, bundle.concept_dim)
     if name in SEARCH_GRAPHS.values():
-        inputs: dict[str, Shape] = {**context, **states, **SEARCH_GRAPH_INPUTS, "banned": (v,), "dangling": (v,)}
+        masks = ["banned", "dangling"] + (["say_once"] if meta.get("search", {}).get(name, {}).get("say_once") else [])
+        inputs: dict[str, Shape] = {**context, **states, **SEARCH_GRAPH_INPUTS, **{m: (v,) for m in masks}}
         outputs: dict[str, Shape] = {"ids": (None, None), "lengths": (None,), "scores": (None,), "finished": (None,)}
     elif name == ENCODER:
         inputs = {"image": (None, 3, *bundle.preprocess.size)}

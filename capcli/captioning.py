@@ -51,6 +51,7 @@ class CaptionSettings:
     min_len: int = 1
     no_repeat_ngram: int = NO_REPEAT_NGRAM
     allow_dangling_end: bool = False
+    no_repeated_words: bool = False
     num_captions: int = 1  # > 1: the beam's best captions in each record's "captions"
     sample: bool = False  # with temperature, top_p and seed (None: their defaults)
     temperature: float | None = None
@@ -87,6 +88,7 @@ def load_model(settings: CaptionSettings) -> Model:
         min_len=settings.min_len,
         no_repeat_ngram=settings.no_repeat_ngram,
         allow_dangling_end=settings.allow_dangling_end,
+        no_repeated_words=settings.no_repeated_words,
         num_captions=settings.num_captions,
         sample=settings.sample,
         temperature=settings.temperature,

@@ -24,6 +24,10 @@ Rules shared by both searches (so that beam 1 is exactly greedy):
 - <end> cannot follow a word of ``no_end_after`` (the runtime passes articles,
   prepositions and the like: "a dog runs in the" is not a caption), except
   after ``max_len`` words;
+- a word of ``say_once`` (``--no-repeated-words`` passes every word but the
+  articles, prepositions, pronouns and the like of :data:`REPEATABLE_WORDS`)
+  comes at most once in a caption: "a plate of food on a plate" is not one
+  (a prefix may say a word twice; the words after it keep to the rule);
 - a hypothesis is ranked by its length-normalised score
   ``sum(log p) / len ** length_penalty`` where ``len`` counts the words plus
   the <end> token (the simple "len^alpha" rule, not GNMT's ``((5+len)/6)^alpha``);
@@ -103,6 +107,33 @@ def dangling_ids(vocab: Vocab) -> tuple[int, ...]:
     return tuple(i for i in vocab.encode(DANGLING_WORDS) if i != vocab.unk_id)
 
 
+# Words a caption may say more than once: articles, prepositions, conjunctions, pronouns, auxiliaries and
+# counts.  Any other word (a noun, a colour, a verb) it says once at most: "A plate of food on a plate."
+# is not a caption a person writes.
+REPEATABLE_WORDS = frozenset(
+    """a an the in on of with and or is are was be being has have at to by for from into onto over under
+    near next up down out off around through along behind front top side back while as that this there
+    it its his her their they them he she him who one two three four some other another each s""".split()
+)
+
+
+def say_once_ids(vocab: Vocab) -> tuple[int, ...]:
+    """Ids of the vocabulary's words a caption says at most once: all but the specials and :data:`REPEATABLE_WORDS`."""
+    first = len(vocab.special_ids())
+    return tuple(i for i, w in enumerate(vocab.tokens) if i >= first and w not in REPEATABLE_WORDS)
+
+
+def repeated_words(words: Sequence[str]) -> list[str]:
+    """The words of ``words`` that repeat one said before and are not :data:`REPEATABLE_WORDS`, in order."""
+    seen: set[str] = set()
+    repeats = []
+    for w in words:
+        if w in seen and w not in REPEATABLE_WORDS:
+            repeats.append(w)
+        seen.add(w)
+    return repeats
+
+
 StepFn = Callable[[np.ndarray, State, np.ndarray], tuple[np.ndarray, State, np.ndarray]]
 
 
@@ -132,6 +163,7 @@ class SearchSpec:
     length_penalty: float = 0.7
     no_repeat_ngram: int = 0  # n > 0: a caption never holds the same n words twice
     no_end_after: Sequence[int] = ()  # word ids a caption may not end on
+    say_once: Sequence[int] = ()  # word ids a caption says at most once
     min_len: int = 1  # words before <end> may come (at least 1)
     prefix: tuple[int, ...] = ()  # word ids every caption starts with (at most max_len)
     n_best: int = 1  # hypotheses beam search returns per image (at most the beam width)
@@ -182,6 +214,15 @@ class SearchSpec:
             ok[self.end_id] = True
         return ok
 
+    def said_once_mask(self, vocab_size: int) -> np.ndarray:
+        """(V,) bool: the words of ``say_once`` (made once per spec: every step of every batch reads it)."""
+        cached = self.__dict__.get("_said_once_mask")
+        if cached is None or len(cached) != vocab_size:
+            cached = np.zeros(vocab_size, dtype=bool)
+            cached[list(self.say_once)] = True
+            object.__setattr__(self, "_said_once_mask", cached)
+        return cached
+
     def mask(self, logprobs: np.ndarray, t: int) -> np.ndarray:
         """Log-probabilities (N, V) at step ``t`` with forbidden tokens at -inf."""
         return self.mask_inplace(logprobs.astype(np.float64, copy=True), t)
@@ -206,6 +247,7 @@ class Decoding:
     min_len: int = 1  # no <end> before this many words
     no_repeat_ngram: int = NO_REPEAT_NGRAM  # 0: off
     allow_dangling_end: bool = False  # let a caption end on one of DANGLING_WORDS
+    no_repeated_words: bool = False  # a caption says each word but REPEATABLE_WORDS at most once
     num_captions: int = 1  # the beam's n best, each image
     sampling: Sampling | None = None
     prefix: str = ""  # words every caption starts with
@@ -279,6 +321,7 @@ class Decoding:
             length_penalty=self.length_penalty,
             no_repeat_ngram=self.no_repeat_ngram,
             no_end_after=() if self.allow_dangling_end else dangling_ids(vocab),
+            say_once=say_once_ids(vocab) if self.no_repeated_words else (),
             min_len=self.min_len,
             prefix=tuple(vocab.encode(words)),
             n_best=self.num_captions,
@@ -297,6 +340,12 @@ def block_repeats(scores: np.ndarray, history: np.ndarray, n: int) -> None:
     scores[rows, history[rows, starts + n - 1]] = -np.inf
 
 
+def block_said(scores: np.ndarray, history: np.ndarray, say_once: np.ndarray) -> None:
+    """Set to -inf in ``scores`` (N, V) each word of ``say_once`` ((V,) bool) its row's ``history`` (N, t) holds."""
+    rows, cols = np.nonzero(say_once[history])
+    scores[rows, history[rows, cols]] = -np.inf
+
+
 def block_dangling_end(scores: np.ndarray, history: np.ndarray, spec: SearchSpec) -> None:
     """Set <end> to -inf in ``scores`` (N, V) for the rows whose last word of ``history`` (N, t) may not end."""
     t = history.shape[1]
@@ -310,6 +359,8 @@ def apply_rules(scores: np.ndarray, history: np.ndarray, t: int, spec: SearchSpe
     spec.mask_inplace(scores, t)
     if t >= len(spec.prefix):  # the prefix is forced, even when it repeats itself
         block_repeats(scores, history, spec.no_repeat_ngram)
+        if len(spec.say_once) and t:
+            block_said(scores, history, spec.said_once_mask(scores.shape[1]))
     block_dangling_end(scores, history, spec)
     return scores
 

@@ -54,6 +54,8 @@ class Report:
                 how += f", no repeated {p['no_repeat_ngram']}-grams"
             if p.get("no_end_after"):
                 how += f", no caption ending on {'/'.join(p['no_end_after'][:3])}/..."
+            if p.get("no_repeated_words"):
+                how += ", no noun, colour or verb said twice"
             if p.get("decoding"):
                 how += "".join(f", {name} {value}" for name, value in p["decoding"].items())
         else:
@@ -143,6 +145,7 @@ def caption_split(
         "max_len": captioner.spec.max_len,
         "no_repeat_ngram": captioner.spec.no_repeat_ngram,
         "no_end_after": bundle.vocab.decode(captioner.spec.no_end_after),
+        "no_repeated_words": bool(captioner.spec.say_once),
         "device": captioner.device,
         "decoder": captioner.precision,
         "encoder": captioner.encoder_precision,

@@ -39,8 +39,9 @@ def search_session(
     return ort.InferenceSession(data, options, providers=providers)
 
 
-def search_feeds(spec: SearchSpec, beam: int, vocab_size: int) -> dict[str, np.ndarray]:
-    """The graph's search inputs for ``spec`` (the per-image context and state come from the encoder)."""
+def search_feeds(spec: SearchSpec, beam: int, vocab_size: int, say_once: bool = True) -> dict[str, np.ndarray]:
+    """The graph's search inputs for ``spec`` (the per-image context and state come from the encoder);
+    ``say_once``: the graph takes the mask of words said once (graphs written before that rule do not)."""
     banned = np.zeros(vocab_size, dtype=bool)
     banned[list(spec.banned)] = True
     dangling = np.zeros(vocab_size, dtype=bool)
@@ -64,6 +65,7 @@ def search_feeds(spec: SearchSpec, beam: int, vocab_size: int) -> dict[str, np.n
         **{name: np.array(value, dtype=np.int64) for name, value in scalars.items()},
         "banned": banned,
         "dangling": dangling,
+        **({"say_once": spec.said_once_mask(vocab_size)} if say_once else {}),
         "end_norm": end_norm,
         "partial_norm": partial_norm,
     }

@@ -209,15 +209,24 @@ class Captioner:
         decoder = INT8_DECODER if self.precision == "int8" else DECODER
         graph = self.bundle.search_graph(decoder)
         # The graph's n-gram rule is built in: the one the spec's standard rules name, unless made otherwise.
-        ngram = self.bundle.meta.get("search", {}).get(graph, {}).get("no_repeat_ngram")
-        usable = graph is not None and self.spec.graph_compatible and ngram == self.spec.no_repeat_ngram
+        # Graphs written before the rule of words said once have no input for it: only without that rule.
+        built = self.bundle.meta.get("search", {}).get(graph, {})
+        self._graph_says_once = bool(built.get("say_once"))
+        usable = (
+            graph is not None
+            and self.spec.graph_compatible
+            and built.get("no_repeat_ngram") == self.spec.no_repeat_ngram
+            and (self._graph_says_once or not self.spec.say_once)
+        )
         if search == "graph" and not usable:
-            why = (
-                f"the bundle {self.bundle.path} has no search graph over its {decoder} "
-                "(`capcli export BUNDLE -o NEW --upgrade` adds them)"
-                if graph is None
-                else "these decoding options need the numpy search (it implements only the standard rules)"
-            )
+            if graph is None:
+                why = f"the bundle {self.bundle.path} has no search graph over its {decoder}"
+                why += " (`capcli export BUNDLE -o NEW --upgrade` adds them)"
+            elif self.spec.say_once and not self._graph_says_once:
+                why = f"the bundle {self.bundle.path}'s search graph predates the rule of words said once"
+                why += " (`capcli export BUNDLE -o NEW --upgrade` writes it anew)"
+            else:
+                why = "these decoding options need the numpy search (it implements only the standard rules)"
             raise FatalError(f"--search graph: {why}")
         kind = "cpu" if self._cuda_id is None else "cuda"
         if graph is None or not (search == "graph" or (search == "auto" and usable and GRAPH_BY_DEFAULT[kind])):
@@ -335,7 +344,7 @@ class Captioner:
         they were left)."""
         assert self._search is not None
         feeds = {name: encoded[name] for name in (*self.bundle.context_names, *self.bundle.state_names)}
-        feeds.update(search_feeds(self.spec, self.beam, len(self.bundle.vocab)))
+        feeds.update(search_feeds(self.spec, self.beam, len(self.bundle.vocab), self._graph_says_once))
         ids, _, scores, finished = self._run(self._search, [o.name for o in self._search.get_outputs()], feeds)
         return hypotheses(ids, scores, finished)
 

@@ -4,7 +4,8 @@ One ``run()`` per batch captions it: the decoder step is inlined as the
 loop body, followed by capcli's search, exactly as :mod:`capcli.decode`'s
 beam search implements it (beam width 1 is its greedy search): banned
 specials, no <end> before ``min_len`` words, only <end> after ``max_len``,
-no <end> after a dangling word, n-gram blocking, the two-stage top-k (each
+no <end> after a dangling word, n-gram blocking, no second time for a
+word said once, the two-stage top-k (each
 row's ``2K`` best words, then each image's ``2K`` best extensions, ties by
 lower index as ``numpy.argmax``), <end> within the best K set aside, the
 best finished hypothesis kept by its length-normalised score, the stopping
@@ -25,7 +26,7 @@ is a few tens of kB and the decoder file stays the one copy of the weights.
 
 Inputs (B images): the encoder's context (features, keys[, concept]) and
 initial state (h[, c]); ``beam`` (K), ``max_len``, ``min_len``, ``start_id``,
-``end_id`` (int64 scalars); ``banned`` and ``dangling`` (V,) bool masks;
+``end_id`` (int64 scalars); ``banned``, ``dangling`` and ``say_once`` (V,) bool masks;
 ``end_norm`` and ``partial_norm`` (max_len + 1,) float64, the divisors of a
 hypothesis of t words that ends / that never ends at step t.  Outputs:
 ``ids`` (B, max_len + 1) int64, -1 after the caption; ``lengths`` (B,);
@@ -47,7 +48,7 @@ from capcli.decode import NO_REPEAT_NGRAM
 from capcli.decode import state_names as decoder_state_names
 
 SEARCH_INPUTS = ("beam", "max_len", "min_len", "start_id", "end_id")  # int64 scalars
-MASK_INPUTS = ("banned", "dangling")  # (V,) bool
+MASK_INPUTS = ("banned", "dangling", "say_once")  # (V,) bool
 NORM_INPUTS = ("end_norm", "partial_norm")  # (max_len + 1,) float64
 OUTPUTS = ("ids", "lengths", "scores", "finished")
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inside the search graph
@@ -377,6 +378,9 @@ def _apply_rules(g: _Nodes, o: dict[str, str], t: str, logprobs: str, tokens: st
     if ngram > 0:
         repeated, repeating = _repeats(g, t, hist, ngram)
         words, blocked = g("Concat", words, repeated, axis=1), g("Concat", blocked, repeating, axis=1)
+    # decode.block_said: each word of the row's history that is said once is blocked.
+    said = g("Slice", hist, g.const([0], np.int64), g("Unsqueeze", t, g.const([0], np.int64)), g.const([1], np.int64))
+    words, blocked = g("Concat", words, said, axis=1), g("Concat", blocked, g("Gather", "say_once", said), axis=1)
     # One pass over the row's few words: -inf added to the blocked ones, 0 (no change) to the others.
     penalty = g("Where", blocked, o["neg_inf_f"], g.const(0.0, np.float32))
     return g("ScatterElements", masked, words, penalty, axis=1, reduction="add")
@@ -473,5 +477,6 @@ def add_search_graphs(folder: Path, meta: dict[str, Any]) -> None:
             "decoder": decoder_file,
             "decoder_sha256": sha256_bytes(data),
             "no_repeat_ngram": NO_REPEAT_NGRAM,
+            "say_once": True,  # takes the say_once mask (graphs before it had no such input)
         }
     meta["format_version"] = FORMAT_VERSION

@@ -4,7 +4,8 @@ Format 2 or 3 -> 4 adds the search graphs (:mod:`capcli.export.search_graph`)
 over the bundle's decoders, the other files unchanged; they are checked to
 give the numpy search's captions and scores on the check images (greedy and
 beam 3) before the bundle is moved into place.  A format-4 bundle whose
-graphs are missing or were made from other decoder bytes gets them (re)made.
+graphs are missing, were made from other decoder bytes or predate the rule of
+words said once (:data:`capcli.decode.REPEATABLE_WORDS`) gets them (re)made.
 
 Format 1 (capcli 0.1) -> today's format, graphs included:
 
@@ -140,7 +141,9 @@ def add_graphs(
     """The format-2/3/4 bundle at ``source`` with (new) search graphs, as format 4, at ``out_dir``."""
     src = load_bundle(source)  # validated before anything is written
     decoders = [name for name in SEARCH_GRAPHS if name in src.files]
-    if src.meta["format_version"] == FORMAT_VERSION and all(src.search_graph(name) for name in decoders):
+    graphs = src.meta.get("search", {})
+    current = [src.search_graph(name) and graphs[SEARCH_GRAPHS[name]].get("say_once") for name in decoders]
+    if src.meta["format_version"] == FORMAT_VERSION and all(current):
         raise FatalError(f"{source}: format {FORMAT_VERSION} with its search graphs already: nothing to upgrade")
     target = Path(out_dir)
     _prepare_target(target, overwrite)

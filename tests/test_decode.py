@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from capcli.decode import (
+    REPEATABLE_WORDS,
     Decoding,
     Sampling,
     SearchSpec,
@@ -19,7 +20,9 @@ from capcli.decode import (
     beam_search_n_best,
     draw_tokens,
     greedy,
+    repeated_words,
     sample,
+    say_once_ids,
     search,
 )
 from capcli.errors import UsageError
@@ -244,6 +247,43 @@ def test_no_caption_ends_on_a_dangling_word(beam: int) -> None:
     assert short.ids == [4, 5] and short.finished
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_word_said_once_is_not_said_again(beam: int) -> None:
+    # A table that wants "4 5 4" ("plate of plate") over "4 5 6"; 5 ("of") may repeat: "4 5 4 5 6".
+    v = 7
+
+    def step(tokens: np.ndarray, state: dict, images: np.ndarray) -> tuple[np.ndarray, dict, np.ndarray]:
+        logits = np.full((len(tokens), v), -6.0)
+        logits[tokens == 1, 4] = 0.0  # <start> -> 4
+        logits[tokens == 4, 5] = 0.0  # 4 -> 5
+        logits[tokens == 5, 4] = 0.0  # 5 -> 4 (best) ...
+        logits[tokens == 5, 6] = -2.0  # ... or 6
+        logits[tokens == 4, 2] = -0.5  # 4 -> <end>
+        logits[tokens == 6, 2] = 0.0  # 6 -> <end>
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return logp, state, np.full((len(tokens), 2), 0.5)
+
+    state = {"h": np.zeros((2, 1))}
+    free = SearchSpec(start_id=1, end_id=2, banned=(0, 1, 3), max_len=3, min_len=3)
+    said = replace(free, say_once=(4, 6))
+    for spec, expected in ((free, [4, 5, 4]), (said, [4, 5, 6])):
+        found = greedy(step, state, spec) if beam == 1 else beam_search(step, state, spec, beam=beam)
+        assert [h.ids for h in found] == [expected, expected]
+    # A prefix is forced even when it says a word twice; the words after it keep to the rule.
+    prefixed = beam_search(step, state, replace(said, prefix=(4, 5, 4), max_len=5, min_len=1), beam=beam)[0]
+    assert prefixed.ids == [4, 5, 4, 5, 6]
+
+
+def test_no_repeated_words_says_each_word_once_but_the_repeatable_ones() -> None:
+    vocab = Vocab.build([["a", "plate", "of", "food", "on", "a", "plate", "red", "red"]], min_count=1)
+    once = {vocab.tokens[i] for i in say_once_ids(vocab)}
+    assert once == {"plate", "food", "red"} and not once & REPEATABLE_WORDS
+    assert set(Decoding(no_repeated_words=True).spec(vocab, 9).say_once) == set(say_once_ids(vocab))
+    assert not Decoding().spec(vocab, 9).say_once and not SearchSpec.runtime(vocab, 9).say_once
+    assert repeated_words("a plate of food on a plate".split()) == ["plate"]
+    assert repeated_words("a man and a woman in a red shirt and a red hat".split()) == ["red"]
+
+
 @pytest.mark.parametrize("beam", [1, 2, 3])
 def test_ties_go_to_the_lower_row_then_the_lower_word(beam: int) -> None:
     # Every word equally likely at every step: all captions of a length tie, and the lowest ids win.
@@ -347,7 +387,9 @@ def test_draw_tokens_follows_the_distribution_and_its_nucleus() -> None:
 
 def test_the_spec_knows_whether_it_keeps_to_the_standard_rules() -> None:
     vocab = Vocab.build([["a", "dog"]], min_count=1)
-    standard = Decoding(beam=5, max_len=9, min_len=3, length_penalty=1.0, allow_dangling_end=True).spec(vocab, 20)
+    standard = Decoding(
+        beam=5, max_len=9, min_len=3, length_penalty=1.0, allow_dangling_end=True, no_repeated_words=True
+    ).spec(vocab, 20)
     assert SearchSpec.runtime(vocab, 20).graph_compatible and standard.graph_compatible
     for changed in (
         Decoding(no_repeat_ngram=0),

@@ -16,7 +16,7 @@ from example_photos import example_paths
 
 from capcli.bundle import load_bundle
 from capcli.cli import main
-from capcli.decode import DANGLING_WORDS, block_dangling_end, block_repeats
+from capcli.decode import DANGLING_WORDS, Decoding, block_dangling_end, block_repeats
 from capcli.errors import FatalError
 from capcli.images import load
 from capcli.runtime import CPU, CUDA, ENCODE_CHUNK, Captioner, parse_device
@@ -133,7 +133,7 @@ def test_greedy_equals_greedy_decoding_in_pytorch(tmp_path: Path, images: np.nda
     vocab = tiny_vocab()
     model = make_tiny_model(vocab, "lstm", seed=3)
     bundle = load_bundle(export_bundle(model, vocab, tmp_path / "b"))
-    captioner = Captioner(bundle, device="cpu", beam=1)
+    captioner = Captioner(bundle, device="cpu", decoding=Decoding(beam=1, no_repeated_words=True))
     ours = captioner.caption(images)
     for image, cap in zip(images, ours):
         words: list[int] = []
@@ -148,6 +148,7 @@ def test_greedy_equals_greedy_decoding_in_pytorch(tmp_path: Path, images: np.nda
                 history = np.array([words], dtype=np.int64).reshape(1, len(words))
                 block_repeats(masked, history, captioner.spec.no_repeat_ngram)
                 block_dangling_end(masked, history, captioner.spec)
+                masked[0, [w for w in words if w in captioner.spec.say_once]] = -np.inf  # ... no word said twice
                 token = torch.from_numpy(masked.argmax(axis=1))
                 if int(token) == vocab.end_id:
                     break

@@ -26,7 +26,9 @@ from capcli.errors import FatalError
 from capcli.graph_search import hypotheses, search_feeds, search_session
 
 V = 9  # 4 specials + 5 words
-SPEC = SearchSpec(1, 2, (0, 1, 3), max_len=7, length_penalty=0.7, no_repeat_ngram=3, no_end_after=(4, 5))
+SPEC = SearchSpec(
+    1, 2, (0, 1, 3), max_len=7, length_penalty=0.7, no_repeat_ngram=3, no_end_after=(4, 5), say_once=(6, 8)
+)
 
 
 def table_decoder(seed: int, end_allowed: bool = True, end_score: float | None = None) -> onnx.ModelProto:
@@ -121,6 +123,8 @@ def test_graph_follows_the_spec_options(tmp_path: Path, beam: int) -> None:
         replace(SPEC, max_len=3, length_penalty=0.0),
         replace(SPEC, no_end_after=(), length_penalty=1.3),
         replace(SPEC, min_len=3),
+        replace(SPEC, say_once=()),
+        replace(SPEC, say_once=(4, 5, 6, 7)),
     ):
         ref, got = run_both(tmp_path, table_decoder(3), h, spec, beam)
         assert_same(ref, got)
@@ -223,6 +227,58 @@ def test_options_the_graph_does_not_implement_keep_the_numpy_search(tiny_bundle:
     assert Captioner(bundle, device="cpu", decoding=prefixed).search == "numpy"
     with pytest.raises(FatalError, match="need the numpy search"):
         Captioner(bundle, device="cpu", decoding=prefixed, search="graph")
+
+
+def _before_say_once(bundle: Path, folder: Path) -> Path:
+    """A copy of ``bundle`` whose search graphs are as capcli wrote them before the rule of words said once:
+    no say_once input (here an all-False constant in its place), model.json's entries without "say_once"."""
+    import json
+
+    from capcli.bundle import sha256_bytes
+
+    shutil.copytree(bundle, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    for graph in SEARCH_GRAPHS.values():
+        if graph not in meta["files"]:
+            continue
+        model = onnx.load(str(folder / graph), load_external_data=False)
+        mask = next(i for i in model.graph.input if i.name == "say_once")
+        size = mask.type.tensor_type.shape.dim[0].dim_value
+        model.graph.input.remove(mask)
+        none = numpy_helper.from_array(np.zeros(size, dtype=bool), "say_once")
+        model.graph.node.insert(0, helper.make_node("Constant", [], ["say_once"], value=none))
+        onnx.save(model, str(folder / graph))
+        meta["files"][graph]["sha256"] = sha256_bytes((folder / graph).read_bytes())
+        del meta["search"][graph]["say_once"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_graph_from_before_the_rule_of_words_said_once(tmp_path: Path, tiny_bundle: Path) -> None:
+    """It serves all but --no-repeated-words (there auto keeps numpy, --search graph says why); --upgrade remakes it."""
+    from click.testing import CliRunner
+
+    from capcli.bundle import load_bundle
+    from capcli.cli import main
+    from capcli.decode import Decoding
+    from capcli.runtime import Captioner
+
+    old = load_bundle(_before_say_once(tiny_bundle, tmp_path / "old"))
+    images = np.random.default_rng(1).standard_normal((4, 3, *old.preprocess.size)).astype(np.float32)
+    graph = Captioner(old, device="cpu", search="graph")
+    numpy_ = Captioner(old, device="cpu", search="numpy")
+    assert [c.tokens for c in graph.caption(images)] == [c.tokens for c in numpy_.caption(images)]
+    once = Decoding(no_repeated_words=True)
+    assert Captioner(old, device="cpu", decoding=once).search == "numpy"
+    with pytest.raises(FatalError, match="predates the rule of words said once.*--upgrade"):
+        Captioner(old, device="cpu", decoding=once, search="graph")
+    result = CliRunner().invoke(main, ["export", str(old.path), "-o", str(tmp_path / "new"), "--upgrade"])
+    assert result.exit_code == 0, result.output
+    new = load_bundle(tmp_path / "new")
+    assert new.meta["search"][SEARCH_GRAPHS[DECODER]]["say_once"] is True
+    said = Captioner(new, device="cpu", decoding=once, search="graph").caption(images)
+    by_numpy = Captioner(new, device="cpu", decoding=once, search="numpy").caption(images)
+    assert [(c.tokens, c.score) for c in said] == [(c.tokens, c.score) for c in by_numpy]
 
 
 def test_caption_search_option_gives_the_same_records(tmp_path: Path, tiny_bundle: Path, photos: Path) -> None:

@@ -111,6 +111,12 @@ DECODING_OPTIONS: list[Decorator] = [
         help="Let a caption end on a, the, of, in and the like (by default such an ending is not allowed).",
     ),
     click.option(
+        "--no-repeated-words",
+        is_flag=True,
+        help="A caption says each noun, colour and verb once: only articles, prepositions, pronouns and the like "
+        'may repeat (no "A plate of food on a plate.").',
+    ),
+    click.option(
         "--num-captions",
         type=click.IntRange(min=1),
         metavar="N",
