@@ -167,9 +167,10 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
             epochs=1,
             lr=1e-3,
             hallucination_penalty=0.5,
+            repeat_penalty=0.5,
         )
     )
-    assert 0 <= scst["history"][0]["train_reward"] and "train_reward" in scst["history"][0]
+    assert np.isfinite(scst["history"][0]["train_reward"])  # CIDEr-D less the penalties: may fall below 0
     tuned = checkpoint.load(tmp_path / "scst" / "last.pt")
     best = checkpoint.load(tmp_path / "straight" / "best.pt")
     assert tuned["vocab"] == payload["vocab"]
@@ -423,6 +424,25 @@ def test_hallucination_penalty_counts_objects_no_reference_mentions() -> None:
         "a man with a pizza".split(),  # unit 1: unpenalised
     ]
     assert penalty(np.array([0, 0, 0, 1]), words).tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_repeat_penalty_counts_words_said_again_and_adds_to_the_others() -> None:
+    from capcli.train import scst
+    from capcli.train.grounded import Unit, hallucination_penalty, repeat_penalty
+
+    words = [
+        "a plate of food on a plate".split(),  # plate again: once
+        "a dog and a dog and a dog".split(),  # dog twice again
+        "a man on a bench in the park with a dog".split(),  # a, on, in, with may repeat
+    ]
+    rows = np.zeros(3, dtype=int)
+    assert repeat_penalty(0.5)(rows, words).tolist() == [0.5, 1.0, 0.0]
+    five = [["a", "plate", "of", "food"]] * 5
+    both = scst.summed(
+        [hallucination_penalty([Unit("flickr8k", 0, np.zeros(1), np.zeros(1), five)], 1.0), repeat_penalty(0.5)]
+    )
+    assert both(rows, words).tolist() == [0.5, 2.0, 3.0]  # no reference names a dog, a person or a bench
+    assert scst.summed([]) is None
 
 
 def test_one_reference_photos_are_penalised_only_for_the_objects_named() -> None:

@@ -100,6 +100,15 @@ def _objects(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     help="The penalty per --one-reference-objects object on those photos [default: --hallucination-penalty].",
 )
 @click.option(
+    "--repeat-penalty",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="--objective cider: reward taken off a sampled caption per word it says again that a caption says "
+    'once (a noun, a colour, a verb: "A plate of food on a plate." pays once; articles, prepositions and '
+    "the like may repeat).",
+)
+@click.option(
     "--xent-weight",
     type=click.FloatRange(min=0.0),
     default=0.0,

@@ -89,6 +89,7 @@ class GroundedOptions:
     hallucination_penalty: float = 0.0  # cider objective: reward taken off per object no reference mentions
     one_reference_objects: list[str] = field(default_factory=list)  # ... penalised on one-reference photos too
     one_reference_penalty: float | None = None  # ... their weight there; None: hallucination_penalty
+    repeat_penalty: float = 0.0  # cider objective: reward taken off per word said again (decode.repeated_words)
     xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
     reward_df: str = "pooled"  # cider objective: CIDEr-D document frequencies "pooled" over all photos | "per-set"
     distill: bool = False  # cider objective: the Flickr8k photos' cross-entropy targets the init model's captions
@@ -299,7 +300,7 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
             )
         groups = [DATA_SET[u.part] for u in units] if options.reward_df == "per-set" else None
         reward = CiderD([u.references for u in units], mark_end=True, groups=groups)
-        penalty = (
+        penalties = [
             hallucination_penalty(
                 units,
                 options.hallucination_penalty,
@@ -307,8 +308,10 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
                 one_reference_weight=options.one_reference_penalty,
             )
             if options.hallucination_penalty or (options.one_reference_objects and options.one_reference_penalty)
-            else None
-        )
+            else None,
+            repeat_penalty(options.repeat_penalty) if options.repeat_penalty else None,
+        ]
+        penalty = scst.summed([p for p in penalties if p is not None])
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
         console.print(f"self-critical: {len(units):,} photos a epoch, {options.samples} samples each")
     else:
@@ -616,6 +619,16 @@ def hallucination_penalty(
                 named = set(objects_in(" ".join(w))) - known[r]
                 out[i] = weight * len(named) if only is None else few * len(named & only)
         return out
+
+    return penalty
+
+
+def repeat_penalty(weight: float) -> scst.Penalty:
+    """``weight`` per word a sampled caption says again that a caption should say once
+    (:func:`capcli.decode.repeated_words`: "A plate of food on a plate." pays once)."""
+
+    def penalty(rows: np.ndarray, words: list[list[str]]) -> np.ndarray:
+        return np.array([weight * len(decode.repeated_words(w)) for w in words])
 
     return penalty
 

@@ -113,6 +113,13 @@ def advantages(rewards: np.ndarray, k: int) -> np.ndarray:
 Penalty = Callable[[np.ndarray, list[list[str]]], np.ndarray]
 
 
+def summed(penalties: Sequence[Penalty]) -> Penalty | None:
+    """One penalty that is the sum of ``penalties``; None when there are none."""
+    if len(penalties) <= 1:
+        return penalties[0] if penalties else None
+    return lambda rows, words: sum(p(rows, words) for p in penalties)
+
+
 def self_critical_loss(
     sampler: nn.Module,
     inputs: torch.Tensor,
