@@ -59,6 +59,7 @@ from capcli.bundle import (
     read_meta_json,
     sha256_bytes,
 )
+from capcli.decode import Decoding
 from capcli.errors import FatalError
 from capcli.train.model import Decoder, ModelConfig
 
@@ -173,23 +174,27 @@ def add_graphs(
 
 def compare_searches(folder: Path, images: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:
     """How many captions (and scores) the bundle's search graphs give as the numpy search does, per decoder
-    precision and beam width, on up to 3 check images."""
+    precision and beam width (beam 3 also under ``--no-repeated-words``), on up to 3 check images."""
     from capcli.runtime import Captioner
 
     bundle = load_bundle(folder)
     pixels, inputs = check_pixels(images, bundle.preprocess, COMPARE_IMAGES, COMPARE_IMAGES)
     checks = []
     for precision in ("float", "int8") if bundle.has_int8_decoder else ("float",):
-        for beam in (1, 3):
+        for beam, once in ((1, False), (3, False), (3, True)):
+            decoding = Decoding(beam, no_repeated_words=once)
             found = [
                 [
                     (c.tokens, c.score)
-                    for c in Captioner(bundle, "cpu", beam, lanes=1, precision=precision, search=search).caption(pixels)
+                    for c in Captioner(
+                        bundle, "cpu", lanes=1, precision=precision, decoding=decoding, search=search
+                    ).caption(pixels)
                 ]
                 for search in ("numpy", "graph")
             ]
             same = sum(a == b for a, b in zip(*found))
-            checks.append({"precision": precision, "beam": beam, "captions": len(pixels), "same": same})
+            rule = {"no_repeated_words": True} if once else {}
+            checks.append({"precision": precision, "beam": beam, **rule, "captions": len(pixels), "same": same})
     return {"inputs": inputs, "checks": checks}
 
 

@@ -198,7 +198,11 @@ def test_upgrade_adds_the_search_graphs_to_a_format_3_bundle(tmp_path: Path, tin
     assert new.meta["format_version"] == FORMAT_VERSION and new.search_graph(DECODER) == SEARCH_GRAPHS[DECODER]
     assert (tmp_path / "new" / DECODER).read_bytes() == (tmp_path / "old" / DECODER).read_bytes()
     checks = new.provenance["upgrade"]["search_parity"]["checks"]
-    assert [(c["beam"], c["same"]) for c in checks] == [(1, 3), (3, 3)]
+    assert [(c["beam"], c.get("no_repeated_words", False), c["same"]) for c in checks] == [
+        (1, False, 3),
+        (3, False, 3),
+        (3, True, 3),
+    ]
     assert (tmp_path / "new" / SEARCH_GRAPHS[DECODER]).stat().st_size < 100_000  # the weights stay in decoder.onnx
 
 

@@ -172,7 +172,11 @@ def _echo_upgrade(path: Path) -> None:
     upgrade = json.loads((path / "model.json").read_text(encoding="utf-8"))["provenance"]["upgrade"]
     if "search_parity" in upgrade:  # format 2 to 4: search graphs (re)written
         checks = upgrade["search_parity"]["checks"]
-        same = ", ".join(f"{c['precision']} beam {c['beam']}: {c['same']}/{c['captions']}" for c in checks)
+        same = ", ".join(
+            f"{c['precision']} beam {c['beam']}{' no repeated words' if c.get('no_repeated_words') else ''}: "
+            f"{c['same']}/{c['captions']}"
+            for c in checks
+        )
         click.echo(
             f"upgraded from format {upgrade['from_format']}: search graphs written; their captions and scores equal "
             f"the numpy search's on {upgrade['search_parity']['inputs']} ({same})",
