@@ -109,6 +109,11 @@ class Bundle:
         made_from = self.meta.get("search", {}).get(name, {}).get("decoder_sha256")
         return name if name in self.files and made_from == self.meta["files"][decoder]["sha256"] else None
 
+    def says_once(self, graph: str | None) -> bool:
+        """Whether the search graph ``graph`` (a file name) takes the ``say_once`` mask of ``--no-repeated-words``
+        (graphs written before that rule do not)."""
+        return bool(graph and self.meta.get("search", {}).get(graph, {}).get("say_once"))
+
     @property
     def state_names(self) -> tuple[str, ...]:
         """Recurrent state tensors: encoder outputs and decoder inputs (``*_out`` outputs)."""
@@ -371,7 +376,7 @@ def _check_signature(bundle: Bundle, name: str, sig: Signature) -> None:
     if bundle.concept_dim:
         context["concept"] = (None, bundle.concept_dim)
     if name in SEARCH_GRAPHS.values():
-        masks = ["banned", "dangling"] + (["say_once"] if meta.get("search", {}).get(name, {}).get("say_once") else [])
+        masks = ["banned", "dangling"] + (["say_once"] if bundle.says_once(name) else [])
         inputs: dict[str, Shape] = {**context, **states, **SEARCH_GRAPH_INPUTS, **{m: (v,) for m in masks}}
         outputs: dict[str, Shape] = {"ids": (None, None), "lengths": (None,), "scores": (None,), "finished": (None,)}
     elif name == ENCODER:

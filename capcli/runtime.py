@@ -210,12 +210,12 @@ class Captioner:
         graph = self.bundle.search_graph(decoder)
         # The graph's n-gram rule is built in: the one the spec's standard rules name, unless made otherwise.
         # Graphs written before the rule of words said once have no input for it: only without that rule.
-        built = self.bundle.meta.get("search", {}).get(graph, {})
-        self._graph_says_once = bool(built.get("say_once"))
+        ngram = self.bundle.meta.get("search", {}).get(graph, {}).get("no_repeat_ngram")
+        self._graph_says_once = self.bundle.says_once(graph)
         usable = (
             graph is not None
             and self.spec.graph_compatible
-            and built.get("no_repeat_ngram") == self.spec.no_repeat_ngram
+            and ngram == self.spec.no_repeat_ngram
             and (self._graph_says_once or not self.spec.say_once)
         )
         if search == "graph" and not usable:

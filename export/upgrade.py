@@ -142,8 +142,7 @@ def add_graphs(
     """The format-2/3/4 bundle at ``source`` with (new) search graphs, as format 4, at ``out_dir``."""
     src = load_bundle(source)  # validated before anything is written
     decoders = [name for name in SEARCH_GRAPHS if name in src.files]
-    graphs = src.meta.get("search", {})
-    current = [src.search_graph(name) and graphs[SEARCH_GRAPHS[name]].get("say_once") for name in decoders]
+    current = [src.says_once(src.search_graph(name)) for name in decoders]  # also made from these decoder bytes
     if src.meta["format_version"] == FORMAT_VERSION and all(current):
         raise FatalError(f"{source}: format {FORMAT_VERSION} with its search graphs already: nothing to upgrade")
     target = Path(out_dir)
