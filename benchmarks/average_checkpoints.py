@@ -24,6 +24,7 @@ import torch
 
 from capcli.bundle import sha256_bytes
 from capcli.train.model import ModelConfig
+from capcli.train.record import carried_over
 
 
 def average(paths: list[Path], only: tuple[str, ...] = ()) -> dict:
@@ -45,7 +46,7 @@ def average(paths: list[Path], only: tuple[str, ...] = ()) -> dict:
     # The sources' own records (commands, times, quick dev figures) stay whole under "averaged"; only what
     # holds for the mean too (its data, the machine) is lifted to the top.
     sources = [q.get("provenance", {}) for q in payloads]
-    provenance = {key: sources[-1][key] for key in ("data", "repeat", "hardware") if key in sources[-1]}
+    provenance = carried_over(sources[-1])
     provenance["recipe"] = "weight average"
     provenance["averaged"] = [
         {"file": str(p), "sha256": sha256_bytes(p.read_bytes()), "epoch": q.get("epoch"), "provenance": source}

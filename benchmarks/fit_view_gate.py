@@ -20,6 +20,7 @@ from capcli.bundle import sha256_bytes
 from capcli.datasets import load_split
 from capcli.train import checkpoint
 from capcli.train.grounded import encode_split
+from capcli.train.record import carried_over
 from capcli.train.view_gate import everyday_share, fit_gate, gate_inputs, with_concept_view
 
 
@@ -49,8 +50,7 @@ def main() -> None:
     for name, share in shares.items():
         print(f"{name}: {share:.1%} called everyday")
     out = with_concept_view(payload, gate, args.weight)
-    provenance = {k: v for k, v in payload.get("provenance", {}).items() if k in ("data", "repeat", "hardware")}
-    out["provenance"] = provenance | {
+    out["provenance"] = carried_over(payload.get("provenance", {})) | {
         "recipe": "view gate",
         "concept_view": args.weight,
         "gate": {"fitted_on": "flickr8k train (0) against coco-everyday train (1)", "called_everyday": shares},

@@ -36,6 +36,12 @@ def hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def carried_over(provenance: dict[str, Any]) -> dict[str, Any]:
+    """What of a checkpoint's provenance still holds for a checkpoint made from it without training (a weight
+    average, a fitted view gate): its data, their repeats, the machine; not its commands, times or figures."""
+    return {key: provenance[key] for key in ("data", "repeat", "hardware") if key in provenance}
+
+
 class RunInfo:
     """Facts about a run: its command, data, hardware and time.
 
