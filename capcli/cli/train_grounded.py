@@ -128,8 +128,8 @@ def _objects(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     "--distill",
     is_flag=True,
     help="--objective cider: the cross-entropy term (--xent-weight) of each Flickr8k photo targets the --init "
-    "captioner's own beam-3 caption of it instead of a reference (sequence-level knowledge distillation), so the "
-    "grounded decoder learns what the Flickr8k model says about its photos.",
+    "captioner's own beam-3 caption of it, saying no word twice, instead of a reference (sequence-level knowledge "
+    "distillation), so the grounded decoder learns what the Flickr8k model says about its photos.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
