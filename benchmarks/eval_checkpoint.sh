@@ -7,7 +7,8 @@
 # runs/eval/NAME-{everyday,flickr8k}.{json,jsonl,txt}: beam 3 on the CPU with
 # the int8 decoder, pycocoevalcap with the PTB tokenizer, all references, and
 # CHAIR object hallucination. DATA (default ../shared/data) holds flickr8k/
-# and coco-everyday/. A shipping candidate needs Flickr8k CIDEr >= 0.62 and
+# and coco-everyday/; EVAL_ARGS (word-split) adds capcli eval options, e.g.
+# EVAL_ARGS=--no-repeated-words. A shipping candidate needs Flickr8k CIDEr >= 0.62 and
 # everyday CIDEr >= 0.60 (README, "The shipped model").
 set -euo pipefail
 [ $# -eq 2 ] || { sed -n 2,10p "$0"; exit 2; }
@@ -21,7 +22,7 @@ for set in everyday flickr8k; do
         everyday) args=(--dataset coco-everyday --data "$data/coco-everyday") ;;
         flickr8k) args=(--dataset flickr8k --data "$data/flickr8k") ;;
     esac
-    $capcli eval --model "runs/bundles/$name" "${args[@]}" --split dev --beam 3 --device cpu \
+    $capcli eval --model "runs/bundles/$name" "${args[@]}" --split dev --beam 3 --device cpu ${EVAL_ARGS:-} \
         --json-out "runs/eval/$name-$set.json" --captions-out "runs/eval/$name-$set.jsonl" \
         | tee "runs/eval/$name-$set.txt"
 done
