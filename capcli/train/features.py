@@ -8,7 +8,9 @@ fine-tuned top blocks) is computed in batches, stored as float16
 The key hashes everything the numbers depend on: the frozen module's weights,
 the preprocessing, and the image list (path, size, mtime).  Both files are
 written under temporary names and ``os.replace``d, the sidecar last, so a
-half-written cache is never found.  Images that fail to decode get zero rows
+half-written cache is never found.  A new entry replaces one made for the
+same paths before their files changed (a data set copied anew), so the cache
+does not grow by a data set's worth each time.  Images that fail to decode get zero rows
 and are listed in the sidecar (``failed``) for the trainer to drop.
 
 Pixels are read with :mod:`capcli.images`, the very code the runtime uses, so
@@ -61,11 +63,15 @@ def module_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(identity: dict[str, Any], preprocess: dict[str, Any], paths: Sequence[Path]) -> str:
+def cache_key(
+    identity: dict[str, Any], preprocess: dict[str, Any], paths: Sequence[Path], *, files_as_they_are: bool = True
+) -> str:
+    """The entry's key; with ``files_as_they_are=False``, the key of the paths alone (not their sizes
+    and mtimes), which the entries made for earlier states of the same files share."""
     files = []
     for path in paths:
         st = path.stat()
-        files.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+        files.append([str(path.resolve()), *((st.st_size, st.st_mtime_ns) if files_as_they_are else ())])
     blob = json.dumps({"version": FORMAT_VERSION, "module": identity, "preprocess": preprocess, "images": files})
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -98,9 +104,11 @@ def cached_features(
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
     failed = _compute(module, preprocess, paths, npy, device, batch_size, workers, console, label)
+    paths_key = cache_key(identity, pre_dict, paths, files_as_they_are=False)
     sidecar = {
         "format_version": FORMAT_VERSION,
         "key": key,
+        "paths_key": paths_key,
         "count": len(paths),
         "failed": failed,
         "module": identity,
@@ -109,7 +117,27 @@ def cached_features(
     atomic_write_text(meta, json.dumps(sidecar, indent=1))
     found = _open(npy, meta, len(paths))
     assert found is not None
+    dropped = _drop_superseded(cache_dir, key, paths_key)
+    if console and dropped:
+        console.print(f"{label}: removed {dropped} cache entries made before these images' files changed")
     return found
+
+
+def _drop_superseded(cache_dir: Path, key: str, paths_key: str) -> int:
+    """Remove the entries other than ``key`` made for the same paths (``paths_key``); how many went."""
+    dropped = 0
+    for meta in cache_dir.glob("*.json"):
+        if meta.stem == key:
+            continue
+        try:
+            superseded = json.loads(meta.read_text()).get("paths_key") == paths_key
+        except (OSError, ValueError):
+            continue
+        if superseded:
+            meta.unlink(missing_ok=True)  # the sidecar first: an entry without one is never read
+            meta.with_suffix(".npy").unlink(missing_ok=True)
+            dropped += 1
+    return dropped
 
 
 def _open(npy: Path, meta: Path, count: int) -> CachedFeatures | None:
