@@ -313,7 +313,7 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
         ]
         penalty = scst.summed([p for p in penalties if p is not None])
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
-        console.print(f"self-critical: {len(units):,} photos a epoch, {options.samples} samples each")
+        console.print(f"self-critical: {len(units):,} photos an epoch, {options.samples} samples each")
     else:
         steps_per_epoch = _steps_per_epoch(parts, options)
     trainable = [p for p in model.decoder.parameters()]
