@@ -3,7 +3,7 @@
     python benchmarks/parity.py                        # search graph vs numpy loop, 320 Flickr8k dev photos
     python benchmarks/parity.py --check float16        # float16 encoder vs float encoder
     python benchmarks/parity.py -n 64 --model DIR --images DIR --device cuda
-    python benchmarks/parity.py --no-repeated-words     # both searches under that rule
+    python benchmarks/parity.py --repeated-words        # both searches with repeats allowed (not the default)
 
 ``--check search`` captions every photo with each decoder of the bundle
 (float, int8 on the CPU), greedy and beam 3, once by the numpy loop and once
@@ -51,7 +51,7 @@ def compare(
     beam: int,
     batch_size: int,
     device: str,
-    no_repeated_words: bool = False,
+    no_repeated_words: bool = True,
 ) -> dict[str, object]:
     """Caption ``pixels`` (N, H, W, 3) uint8 each of the two ``ways`` (Captioner options); what agrees, the first
     difference, each way's seconds (encoder included)."""
@@ -73,7 +73,7 @@ def compare(
     return {
         "ways": ways,
         "beam": beam,
-        **({"no_repeated_words": True} if no_repeated_words else {}),
+        "no_repeated_words": no_repeated_words,
         "photos": len(pairs),
         "same_captions": len(pairs) - len(differ),
         "same_scores": sum(a[1] == b[1] for a, b in pairs),
@@ -93,7 +93,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("-n", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--no-repeated-words", action="store_true", help="decode under that rule (capcli caption's)")
+    parser.add_argument(
+        "--repeated-words", action="store_true", help="let any word come again (capcli caption --repeated-words)"
+    )
     args = parser.parse_args()
     bundle = load_bundle(args.model)
     photos = dev_photos(args.images, args.n)
@@ -108,7 +110,7 @@ def main() -> int:
     else:
         plans = [{"float": {"precision": "float"}, "float16": {"precision": "float16"}}]
     checks = [
-        compare(bundle, pixels, ways, beam, args.batch_size, args.device, args.no_repeated_words)
+        compare(bundle, pixels, ways, beam, args.batch_size, args.device, not args.repeated_words)
         for ways in plans
         for beam in (1, 3)
     ]

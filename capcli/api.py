@@ -72,7 +72,7 @@ def load(
     min_len: int = 1,
     no_repeat_ngram: int = NO_REPEAT_NGRAM,
     allow_dangling_end: bool = False,
-    no_repeated_words: bool = False,
+    no_repeated_words: bool = True,
     num_captions: int = 1,
     sample: bool = False,
     temperature: float | None = None,
@@ -104,7 +104,8 @@ def load(
         no_repeat_ngram: a caption never holds the same n words twice (0: off).
         allow_dangling_end: let a caption end on "a", "the", "of" and the like.
         no_repeated_words: a caption says each word at most once but the articles, prepositions, pronouns
-            and the like of :data:`capcli.decode.REPEATABLE_WORDS` (no "A plate of food on a plate.").
+            and the like of :data:`capcli.decode.REPEATABLE_WORDS` (no "A plate of food on a plate."); ``False``
+            lets any word come again.
         num_captions: also give each record the beam's ``num_captions`` best captions, best first
             (``"captions"``: ``[{"caption", "score"}, ...]``); at most ``beam``.
         sample: draw each word instead of searching, with ``temperature`` (default 1), nucleus ``top_p``

@@ -51,7 +51,7 @@ class CaptionSettings:
     min_len: int = 1
     no_repeat_ngram: int = NO_REPEAT_NGRAM
     allow_dangling_end: bool = False
-    no_repeated_words: bool = False
+    no_repeated_words: bool = True
     num_captions: int = 1  # > 1: the beam's best captions in each record's "captions"
     sample: bool = False  # with temperature, top_p and seed (None: their defaults)
     temperature: float | None = None

@@ -24,9 +24,9 @@ Rules shared by both searches (so that beam 1 is exactly greedy):
 - <end> cannot follow a word of ``no_end_after`` (the runtime passes articles,
   prepositions and the like: "a dog runs in the" is not a caption), except
   after ``max_len`` words;
-- a word of ``say_once`` (``--no-repeated-words`` passes every word but the
-  articles, prepositions, pronouns and the like of :data:`REPEATABLE_WORDS`)
-  comes at most once in a caption: "a plate of food on a plate" is not one
+- a word of ``say_once`` (the runtime passes every word but the articles,
+  prepositions, pronouns and the like of :data:`REPEATABLE_WORDS`; ``--repeated-words``
+  passes none) comes at most once in a caption: "a plate of food on a plate" is not one
   (a prefix may say a word twice; the words after it keep to the rule);
 - a hypothesis is ranked by its length-normalised score
   ``sum(log p) / len ** length_penalty`` where ``len`` counts the words plus
@@ -177,13 +177,15 @@ class SearchSpec:
     @classmethod
     def runtime(cls, vocab: Vocab, max_len: int, length_penalty: float = 0.7) -> SearchSpec:
         """The rules capcli captions by: the vocabulary's specials banned, no repeated
-        :data:`NO_REPEAT_NGRAM`-grams, no caption ending on one of :data:`DANGLING_WORDS`."""
+        :data:`NO_REPEAT_NGRAM`-grams, no caption ending on one of :data:`DANGLING_WORDS`, no word but
+        :data:`REPEATABLE_WORDS` said twice."""
         return cls.for_vocab(
             vocab,
             max_len,
             length_penalty=length_penalty,
             no_repeat_ngram=NO_REPEAT_NGRAM,
             no_end_after=dangling_ids(vocab),
+            say_once=say_once_ids(vocab),
         )
 
     @property
@@ -247,7 +249,7 @@ class Decoding:
     min_len: int = 1  # no <end> before this many words
     no_repeat_ngram: int = NO_REPEAT_NGRAM  # 0: off
     allow_dangling_end: bool = False  # let a caption end on one of DANGLING_WORDS
-    no_repeated_words: bool = False  # a caption says each word but REPEATABLE_WORDS at most once
+    no_repeated_words: bool = True  # a caption says each word but REPEATABLE_WORDS at most once
     num_captions: int = 1  # the beam's n best, each image
     sampling: Sampling | None = None
     prefix: str = ""  # words every caption starts with

@@ -224,7 +224,7 @@ class Captioner:
                 why += " (`capcli export BUNDLE -o NEW --upgrade` adds them)"
             elif self.spec.say_once and not self._graph_says_once:
                 why = f"the bundle {self.bundle.path}'s search graph predates the rule of words said once"
-                why += " (`capcli export BUNDLE -o NEW --upgrade` writes it anew)"
+                why += " (`capcli export BUNDLE -o NEW --upgrade` writes it anew; --repeated-words uses it as it is)"
             else:
                 why = "these decoding options need the numpy search (it implements only the standard rules)"
             raise FatalError(f"--search graph: {why}")

@@ -279,7 +279,8 @@ def test_no_repeated_words_says_each_word_once_but_the_repeatable_ones() -> None
     once = {vocab.tokens[i] for i in say_once_ids(vocab)}
     assert once == {"plate", "food", "red"} and not once & REPEATABLE_WORDS
     assert set(Decoding(no_repeated_words=True).spec(vocab, 9).say_once) == set(say_once_ids(vocab))
-    assert not Decoding().spec(vocab, 9).say_once and not SearchSpec.runtime(vocab, 9).say_once
+    assert Decoding().spec(vocab, 9).say_once == SearchSpec.runtime(vocab, 9).say_once == say_once_ids(vocab)
+    assert not Decoding(no_repeated_words=False).spec(vocab, 9).say_once
     assert repeated_words("a plate of food on a plate".split()) == ["plate"]
     assert repeated_words("a man and a woman in a red shirt and a red hat".split()) == ["red"]
 

@@ -18,6 +18,7 @@ pytest.importorskip("torch")
 def test_checkpoint_to_int8_and_float16_bundle(tmp_path: Path, photos: Path) -> None:
     from tiny_bundle import make_tiny_checkpoint
 
+    from capcli.decode import Decoding
     from capcli.runtime import Captioner
 
     checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
@@ -41,16 +42,23 @@ def test_checkpoint_to_int8_and_float16_bundle(tmp_path: Path, photos: Path) -> 
     assert "--float16-weights" in weights["command"]
     assert f16.meta["provenance"]["parity"]["max_abs_diff"]  # the 32-bit export was checked against PyTorch
 
-    # Same captions and nearly the same numbers, float and int8 decoders alike.
+    # Same captions and nearly the same numbers, float and int8 decoders alike. With repeats allowed: a tiny
+    # random model's words are near-ties, and the rule against repeats brings more of them into play (the
+    # graphs below are checked under the rule, and export compares a real model's 16-bit weights on photos).
     pixels = np.random.default_rng(0).standard_normal((4, 3, *f32.preprocess.size)).astype(np.float32)
+    repeats = Decoding(no_repeated_words=False)
     for precision in ("float", "int8"):
-        a = Captioner(f32, device="cpu", precision=precision).caption(pixels)
-        b = Captioner(f16, device="cpu", precision=precision).caption(pixels)
+        a = Captioner(f32, device="cpu", precision=precision, decoding=repeats).caption(pixels)
+        b = Captioner(f16, device="cpu", precision=precision, decoding=repeats).caption(pixels)
         assert [c.text for c in a] == [c.text for c in b]
         assert np.allclose([c.score for c in a], [c.score for c in b], atol=1e-2)
         # The search graphs read the new decoder's weights: the same captions and scores as the numpy loop.
-        graph = Captioner(f16, device="cpu", precision=precision, search="graph").caption(pixels)
-        assert [(c.text, c.score) for c in graph] == [(c.text, c.score) for c in b]
+        for decoding in (repeats, Decoding()):
+            graph = Captioner(f16, device="cpu", precision=precision, decoding=decoding, search="graph")
+            by_numpy = Captioner(f16, device="cpu", precision=precision, decoding=decoding, search="numpy")
+            assert [(c.text, c.score) for c in graph.caption(pixels)] == [
+                (c.text, c.score) for c in by_numpy.caption(pixels)
+            ]
 
 
 def test_a_bundle_can_be_stored_in_float16_alone(tiny_bundle: Path, tmp_path: Path) -> None:

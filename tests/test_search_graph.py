@@ -194,14 +194,15 @@ def test_upgrade_adds_the_search_graphs_to_a_format_3_bundle(tmp_path: Path, tin
         Captioner(old, device="cpu", search="graph")
     result = CliRunner().invoke(main, ["export", str(old.path), "-o", str(tmp_path / "new"), "--upgrade"])
     assert result.exit_code == 0, result.output
+    assert "search graphs written" in result.output and "float beam 3 repeats allowed: 3/3" in result.output
     new = load_bundle(tmp_path / "new")
     assert new.meta["format_version"] == FORMAT_VERSION and new.search_graph(DECODER) == SEARCH_GRAPHS[DECODER]
     assert (tmp_path / "new" / DECODER).read_bytes() == (tmp_path / "old" / DECODER).read_bytes()
     checks = new.provenance["upgrade"]["search_parity"]["checks"]
-    assert [(c["beam"], c.get("no_repeated_words", False), c["same"]) for c in checks] == [
-        (1, False, 3),
-        (3, False, 3),
+    assert [(c["beam"], c["no_repeated_words"], c["same"]) for c in checks] == [
+        (1, True, 3),
         (3, True, 3),
+        (3, False, 3),
     ]
     assert (tmp_path / "new" / SEARCH_GRAPHS[DECODER]).stat().st_size < 100_000  # the weights stay in decoder.onnx
 
@@ -259,7 +260,8 @@ def _before_say_once(bundle: Path, folder: Path) -> Path:
 
 
 def test_a_graph_from_before_the_rule_of_words_said_once(tmp_path: Path, tiny_bundle: Path) -> None:
-    """It serves all but --no-repeated-words (there auto keeps numpy, --search graph says why); --upgrade remakes it."""
+    """It serves --repeated-words; under the default rule auto keeps numpy and --search graph says why;
+    --upgrade remakes it."""
     from click.testing import CliRunner
 
     from capcli.bundle import load_bundle
@@ -269,13 +271,14 @@ def test_a_graph_from_before_the_rule_of_words_said_once(tmp_path: Path, tiny_bu
 
     old = load_bundle(_before_say_once(tiny_bundle, tmp_path / "old"))
     images = np.random.default_rng(1).standard_normal((4, 3, *old.preprocess.size)).astype(np.float32)
-    graph = Captioner(old, device="cpu", search="graph")
-    numpy_ = Captioner(old, device="cpu", search="numpy")
+    repeats = Decoding(no_repeated_words=False)
+    graph = Captioner(old, device="cpu", decoding=repeats, search="graph")
+    numpy_ = Captioner(old, device="cpu", decoding=repeats, search="numpy")
     assert [c.tokens for c in graph.caption(images)] == [c.tokens for c in numpy_.caption(images)]
-    once = Decoding(no_repeated_words=True)
-    assert Captioner(old, device="cpu", decoding=once).search == "numpy"
+    once = Decoding()  # the default: no word said twice
+    assert once.no_repeated_words and Captioner(old, device="cpu", decoding=once).search == "numpy"
     with pytest.raises(FatalError, match="predates the rule of words said once.*--upgrade"):
-        Captioner(old, device="cpu", decoding=once, search="graph")
+        Captioner(old, device="cpu", search="graph")
     result = CliRunner().invoke(main, ["export", str(old.path), "-o", str(tmp_path / "new"), "--upgrade"])
     assert result.exit_code == 0, result.output
     new = load_bundle(tmp_path / "new")

@@ -80,17 +80,19 @@ def _torch_device(device: str) -> Any:
 
 
 def _history_rules(logprobs: Any, histories: list[list[int]], rules: Any) -> None:
-    """capcli's rules that look back (no repeated trigram, no dangling last word) on a torch (rows, V) tensor."""
+    """capcli's rules that look back (no repeated trigram, no word said twice, no dangling last word) on a torch
+    (rows, V) tensor."""
     import numpy as np
     import torch
 
-    from capcli.decode import block_dangling_end, block_repeats
+    from capcli.decode import block_dangling_end, block_repeats, block_said
 
     if not histories[0]:
         return
     words = np.array(histories, dtype=np.int64)  # (rows, t)
     banned = np.zeros(tuple(logprobs.shape))
     block_repeats(banned, words, rules.no_repeat_ngram)
+    block_said(banned, words, rules.said_once_mask(banned.shape[1]))
     block_dangling_end(banned, words, rules)
     logprobs[torch.from_numpy(np.isinf(banned)).to(logprobs.device)] = -float("inf")
 

@@ -172,9 +172,9 @@ def _echo_upgrade(path: Path) -> None:
     upgrade = json.loads((path / "model.json").read_text(encoding="utf-8"))["provenance"]["upgrade"]
     if "search_parity" in upgrade:  # format 2 to 4: search graphs (re)written
         checks = upgrade["search_parity"]["checks"]
+        rule = {True: "no repeated words", False: "repeats allowed"}  # checks written before session 19 lack the key
         same = ", ".join(
-            f"{c['precision']} beam {c['beam']}{' no repeated words' if c.get('no_repeated_words') else ''}: "
-            f"{c['same']}/{c['captions']}"
+            f"{c['precision']} beam {c['beam']} {rule[bool(c.get('no_repeated_words'))]}: {c['same']}/{c['captions']}"
             for c in checks
         )
         click.echo(

@@ -111,10 +111,11 @@ DECODING_OPTIONS: list[Decorator] = [
         help="Let a caption end on a, the, of, in and the like (by default such an ending is not allowed).",
     ),
     click.option(
-        "--no-repeated-words",
-        is_flag=True,
+        "--no-repeated-words/--repeated-words",
+        default=True,
+        show_default=True,
         help="A caption says each noun, colour and verb once: only articles, prepositions, pronouns and the like "
-        'may repeat (no "A plate of food on a plate.").',
+        'may repeat (no "A plate of food on a plate."); --repeated-words lets any word come again.',
     ),
     click.option(
         "--num-captions",

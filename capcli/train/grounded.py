@@ -734,14 +734,12 @@ def caption_dev(model: CaptionModel, dev: DevSet, vocab: Vocab, spec: decode.Sea
 
 def teacher_captions(init: str, features: torch.Tensor, max_len: int, beam: int = 3) -> list[list[str]]:
     """The ``init`` captioner's own beam-search captions (words) of photos given by its region features (N, L, D):
-    the targets of sequence-level knowledge distillation (Kim & Rush 2016). They say no word twice
-    (``--no-repeated-words``), so the student is not taught "A man is riding a bike on a bike."."""
+    the targets of sequence-level knowledge distillation (Kim & Rush 2016), with the runtime's rules: they say
+    no word twice, so the student is not taught "A man is riding a bike on a bike."."""
     teacher = checkpoint.load_checkpoint(init)
     if teacher.model.config.grounded:
         raise FatalError(f"{init}: --distill needs a captioner without a concept input as --init")
-    spec = dataclasses.replace(
-        decode.SearchSpec.runtime(teacher.vocab, max_len), say_once=decode.say_once_ids(teacher.vocab)
-    )
+    spec = decode.SearchSpec.runtime(teacher.vocab, max_len)
     return beam_captions(teacher.model.decoder, features, None, teacher.vocab, spec, beam=beam)
 
 
