@@ -8,7 +8,7 @@
 # the int8 decoder, pycocoevalcap with the PTB tokenizer, all references, and
 # CHAIR object hallucination. DATA (default ../shared/data) holds flickr8k/
 # and coco-everyday/; EVAL_ARGS (word-split) adds capcli eval options, e.g.
-# EVAL_ARGS=--no-repeated-words. A shipping candidate needs Flickr8k CIDEr >= 0.62 and
+# EVAL_ARGS=--repeated-words. A shipping candidate needs Flickr8k CIDEr >= 0.62 and
 # everyday CIDEr >= 0.60 (README, "The shipped model").
 set -euo pipefail
 [ $# -eq 2 ] || { sed -n 2,10p "$0"; exit 2; }

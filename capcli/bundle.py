@@ -110,8 +110,8 @@ class Bundle:
         return name if name in self.files and made_from == self.meta["files"][decoder]["sha256"] else None
 
     def says_once(self, graph: str | None) -> bool:
-        """Whether the search graph ``graph`` (a file name) takes the ``say_once`` mask of ``--no-repeated-words``
-        (graphs written before that rule do not)."""
+        """Whether the search graph ``graph`` (a file name) takes the ``say_once`` mask of the rule against
+        repeated words (graphs written before that rule do not)."""
         return bool(graph and self.meta.get("search", {}).get(graph, {}).get("say_once"))
 
     @property
