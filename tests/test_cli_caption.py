@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -505,6 +506,7 @@ def make_cases(folder: Path) -> dict[str, str | None]:
         "truncated.jpg": (encode(noise, "JPEG")[:300], "truncated"),
         "truncated.png": (encode(noise, "PNG")[:1000], "truncated"),
         "bomb.png": (png_claiming(100_000, 100_000), "too_large"),
+        "past-pillow-limit.png": (png_claiming(10_000, 9_000), "too_large"),  # Pillow only warns on these
         "over-limit.png": (encode(Image.new("L", (300, 300)), "PNG"), "too_large"),  # --max-pixels 50000
         "photo.heic": (struct.pack(">I", 24) + b"ftypheic" + bytes(12), "unsupported_format"),
         "rotated.jpg": (encode(halves(), "JPEG", exif=exif.tobytes()), None),
@@ -530,8 +532,11 @@ def make_cases(folder: Path) -> dict[str, str | None]:
 def test_every_awkward_case_in_one_run(tmp_path: Path, fake) -> None:
     expected = make_cases(tmp_path / "cases")
     out = tmp_path / "out.jsonl"
-    result = run(str(tmp_path / "cases"), "-o", str(out), "--max-pixels", "50000")
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        result = run(str(tmp_path / "cases"), "-o", str(out), "--max-pixels", "50000")
     assert result.exit_code == 3, result.output
+    assert not [w for w in warned if issubclass(w.category, Image.DecompressionBombWarning)]  # the record says it
     records = read_records(str(out), "jsonl")
     assert sorted(Path(r["source"]).name for r in records) == sorted(expected)  # one record per file
     got = {Path(r["source"]).name: r.get("error_kind") for r in records}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from typing import Any
 
 import click
@@ -99,6 +100,9 @@ def main() -> None:
       3    finished, but some inputs produced error records
       130  interrupted (Ctrl-C); output ends on a whole line
     """
+    # Pillow warns on opening an image past its bomb limit; capcli checks --max-pixels itself (a too_large
+    # record, or, under a larger --max-pixels, the caption asked for), so in the CLI the warning is noise.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", module=r"PIL\.")
 
 
 # Each module adds its command(s) to ``main`` on import.
