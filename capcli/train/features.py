@@ -63,17 +63,19 @@ def module_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(
-    identity: dict[str, Any], preprocess: dict[str, Any], paths: Sequence[Path], *, files_as_they_are: bool = True
-) -> str:
-    """The entry's key; with ``files_as_they_are=False``, the key of the paths alone (not their sizes
-    and mtimes), which the entries made for earlier states of the same files share."""
+def cache_keys(identity: dict[str, Any], preprocess: dict[str, Any], paths: Sequence[Path]) -> tuple[str, str]:
+    """The entry's key (over each image's path, size and mtime) and the key of the paths alone, which the
+    entries made for earlier states of the same files share."""
     files = []
     for path in paths:
         st = path.stat()
-        files.append([str(path.resolve()), *((st.st_size, st.st_mtime_ns) if files_as_they_are else ())])
-    blob = json.dumps({"version": FORMAT_VERSION, "module": identity, "preprocess": preprocess, "images": files})
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+        files.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+
+    def digest(images: list[Any]) -> str:
+        blob = json.dumps({"version": FORMAT_VERSION, "module": identity, "preprocess": preprocess, "images": images})
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    return digest(files), digest([f[0] for f in files])
 
 
 def cached_features(
@@ -95,7 +97,7 @@ def cached_features(
     ``preprocess`` is applied by ``capcli.images`` exactly as at caption time.
     """
     pre_dict = preprocess.to_dict()
-    key = cache_key(identity, pre_dict, paths)
+    key, paths_key = cache_keys(identity, pre_dict, paths)
     npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     found = _open(npy, meta, len(paths))
     if found is not None:
@@ -104,7 +106,6 @@ def cached_features(
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
     failed = _compute(module, preprocess, paths, npy, device, batch_size, workers, console, label)
-    paths_key = cache_key(identity, pre_dict, paths, files_as_they_are=False)
     sidecar = {
         "format_version": FORMAT_VERSION,
         "key": key,
