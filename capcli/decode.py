@@ -176,17 +176,10 @@ class SearchSpec:
 
     @classmethod
     def runtime(cls, vocab: Vocab, max_len: int, length_penalty: float = 0.7) -> SearchSpec:
-        """The rules capcli captions by: the vocabulary's specials banned, no repeated
-        :data:`NO_REPEAT_NGRAM`-grams, no caption ending on one of :data:`DANGLING_WORDS`, no word but
+        """The rules capcli captions by, a default :class:`Decoding`'s: the vocabulary's specials banned, no
+        repeated :data:`NO_REPEAT_NGRAM`-grams, no caption ending on one of :data:`DANGLING_WORDS`, no word but
         :data:`REPEATABLE_WORDS` said twice."""
-        return cls.for_vocab(
-            vocab,
-            max_len,
-            length_penalty=length_penalty,
-            no_repeat_ngram=NO_REPEAT_NGRAM,
-            no_end_after=dangling_ids(vocab),
-            say_once=say_once_ids(vocab),
-        )
+        return Decoding(length_penalty=length_penalty).spec(vocab, max_len)
 
     @property
     def graph_compatible(self) -> bool:
