@@ -199,21 +199,37 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
         reference_xent().backward()
         optimizer.step()
     assert reference_xent() < 0.5 * before
-    mixed = grounded.train_grounded(
-        _options(
-            data,
-            tmp_path / "mixed",
-            objective="cider",
-            start=str(tmp_path / "scst" / "best.pt"),
-            epochs=1,
-            lr=1e-3,
-            xent_weight=0.5,
-            reward_df="per-set",
+    said_once_rules = []  # what the sampler was asked to say once, batch by batch
+    sample = grounded.scst.sample
+
+    def spy(decoder: torch.nn.Module, spec: grounded.decode.SearchSpec, *rest: object) -> object:
+        said_once_rules.append(tuple(spec.say_once))
+        return sample(decoder, spec, *rest)
+
+    grounded.scst.sample = spy  # type: ignore[assignment]
+    try:
+        mixed = grounded.train_grounded(
+            _options(
+                data,
+                tmp_path / "mixed",
+                objective="cider",
+                start=str(tmp_path / "scst" / "best.pt"),
+                epochs=1,
+                lr=1e-3,
+                xent_weight=0.5,
+                reward_df="per-set",
+                sample_said_once=True,
+            )
         )
-    )
+    finally:
+        grounded.scst.sample = sample  # type: ignore[assignment]
     assert np.isfinite(mixed["history"][0]["train_reward"])
     mixed_payload = checkpoint.load(tmp_path / "mixed" / "last.pt")
+    assert said_once_rules and set(said_once_rules) == {grounded.decode.say_once_ids(start.vocab)}
     assert mixed_payload["options"]["xent_weight"] == 0.5 and mixed_payload["options"]["reward_df"] == "per-set"
+    assert (
+        mixed_payload["options"]["sample_said_once"] and "--sample-said-once" in mixed_payload["provenance"]["command"]
+    )
     assert "--reward-df per-set" in mixed_payload["provenance"]["command"]
     # Distillation: a unit's target replaces the reference the cross-entropy term would draw.
     taught = grounded.Unit("text", -1, unit.classes, unit.weights, [["the", "yellow"]], target=["a", "red", "square"])

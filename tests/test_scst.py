@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -138,9 +139,15 @@ def _inputs(model: CaptionModel, n: int) -> torch.Tensor:
 
 
 def _teacher_forced_logprobs(
-    model: CaptionModel, inputs: torch.Tensor, images: torch.Tensor, tokens: torch.Tensor, vocab: Vocab
+    model: CaptionModel,
+    inputs: torch.Tensor,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    vocab: Vocab,
+    say_once: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """The log-probabilities the model gives ``tokens`` (rows of ``images``) under the sampling rules."""
+    """The log-probabilities the model gives ``tokens`` (rows of ``images``) under the sampling rules, words of
+    ``say_once`` barred once drawn."""
     _, tuned = model.frozen_and_trainable_backbone()
     max_len = model.config.max_len
     grid = tuned(inputs).flatten(2).transpose(1, 2)[images]  # (B, L, C)
@@ -152,7 +159,11 @@ def _teacher_forced_logprobs(
     if max_len < logits.shape[1]:
         allowed[max_len] = False
         allowed[max_len, vocab.end_id] = True
-    logprobs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=2)
+    once = torch.zeros(len(vocab), dtype=torch.bool)
+    once[list(say_once)] = True
+    drawn = torch.nn.functional.one_hot(tokens, len(vocab)).bool() & once  # (B, T, V)
+    said = torch.cat([torch.zeros_like(drawn[:, :1]), drawn.cumsum(dim=1)[:, :-1] > 0], dim=1)  # before step t
+    logprobs = torch.log_softmax(logits.masked_fill(~allowed | said, float("-inf")), dim=2)
     chosen = logprobs.gather(2, tokens.clamp(min=vocab.end_id).unsqueeze(2)).squeeze(2)  # pads: any valid id
     return torch.where(tokens == 0, torch.zeros_like(chosen), chosen)
 
@@ -221,9 +232,10 @@ def test_sampler_rows_are_image_major_and_differentiable() -> None:
     assert tokens.shape[0] == logps.shape[0] == 3 * k
 
     owner = torch.arange(3).repeat_interleave(k)  # image-major: 0,0,0,0,0,1,1,...
+    once = tuple(sampler.spec.say_once)  # the runtime's: no word but the articles and the like said twice
     with torch.no_grad():
-        expected = _teacher_forced_logprobs(model, inputs, owner, tokens, vocab)
-        wrong = _teacher_forced_logprobs(model, inputs, torch.arange(3).repeat(k), tokens, vocab)  # image-minor
+        expected = _teacher_forced_logprobs(model, inputs, owner, tokens, vocab, once)
+        wrong = _teacher_forced_logprobs(model, inputs, torch.arange(3).repeat(k), tokens, vocab, once)  # image-minor
     torch.testing.assert_close(logps.detach(), expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(expected, wrong, atol=1e-3)  # the images differ enough to tell the layouts apart
 
@@ -232,6 +244,34 @@ def test_sampler_rows_are_image_major_and_differentiable() -> None:
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert model.decoder.out.weight.grad.abs().sum() > 0
     assert model.decoder.embed.weight.grad[[vocab.pad_id, vocab.unk_id]].abs().sum() == 0  # never fed in
+
+
+def test_sampler_says_a_said_once_word_once_and_scores_it_from_what_was_left() -> None:
+    """A model that wants "dog" above all, then "a", never <end>: without the rule every caption is "dog dog ..";
+    with "dog" said once, each caption is "dog" then "a"s (articles may repeat), and each step's log-probability
+    is the drawn word's among the words still allowed to its row."""
+    max_len = 5
+    model, vocab = _tiny_model(max_len)
+    model.eval()
+    _, tuned = model.frozen_and_trainable_backbone()
+    dog, a = vocab.encode(["dog", "a"])
+    once = tuple(i for i in range(4, len(vocab)) if i != a)
+    inputs = _inputs(model, 3)
+    with torch.no_grad():
+        model.decoder.out.bias[dog], model.decoder.out.bias[a], model.decoder.out.bias[vocab.end_id] = 30.0, 24.0, -20.0
+    rules = dataclasses.replace(search_spec(vocab, model.config), say_once=())
+    torch.manual_seed(3)
+    tokens, _ = scst.Sampler(model, tuned, rules, len(vocab))(inputs, 4)
+    assert (tokens[:, :max_len] == dog).all()
+
+    said_once = scst.Sampler(model, tuned, dataclasses.replace(rules, say_once=once), len(vocab))
+    tokens, logps = said_once(inputs, 4)
+    _check_rows(tokens, logps, vocab, max_len)
+    assert tokens[:, :max_len].tolist() == [[dog] + [a] * (max_len - 1)] * 12
+    owner = torch.arange(3).repeat_interleave(4)
+    expected = _teacher_forced_logprobs(model, inputs, owner, tokens, vocab, once)
+    torch.testing.assert_close(logps.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert (logps[:, 1:max_len] > -1e-3).all()  # "a" is nearly certain once "dog" is barred (not e^-6 of it)
 
 
 def test_words_of_cuts_at_end() -> None:
@@ -359,9 +399,16 @@ def test_xent_run_of_two_steps(xent_run: tuple[Path, Path]) -> None:
 
 
 def test_cider_run_starts_from_the_init_checkpoint(
-    scst_data: Path, xent_run: tuple[Path, Path], tmp_path: Path
+    scst_data: Path, xent_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     init_dir, cache = xent_run
+    said_once_rules = []  # train's samples may repeat words, as they did before the runtime's rule
+    sample = scst.sample
+    monkeypatch.setattr(
+        scst,
+        "sample",
+        lambda decoder, spec, *rest: said_once_rules.append(spec.say_once) or sample(decoder, spec, *rest),
+    )
     init = checkpoint.load(init_dir / "best.pt")
     xent_command = json.loads((init_dir / "train.json").read_text())["command"]
     assert init["provenance"]["command"] == xent_command
@@ -404,6 +451,7 @@ def test_cider_run_starts_from_the_init_checkpoint(
     assert {k for k in changed if k.startswith("backbone.")} <= top_stage
     assert not {"backbone.stages.0.0.weight", "backbone.stages.1.0.weight"} & changed
 
+    assert said_once_rules and set(said_once_rules) == {()}
     # The recorded command is the run's effective one.
     assert "--objective cider" in record["command"] and "--samples 3" in record["command"]
     assert "--hidden-dim 64" in record["command"] and "--hidden-dim 48" not in record["command"]

@@ -109,6 +109,12 @@ def _objects(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     "the like may repeat).",
 )
 @click.option(
+    "--sample-said-once",
+    is_flag=True,
+    help="--objective cider: sampled captions say no word twice, as capcli's default decoding does, so the "
+    "rewards (and penalties) act on the words that take a repeat's place.",
+)
+@click.option(
     "--xent-weight",
     type=click.FloatRange(min=0.0),
     default=0.0,

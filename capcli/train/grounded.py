@@ -90,6 +90,7 @@ class GroundedOptions:
     one_reference_objects: list[str] = field(default_factory=list)  # ... penalised on one-reference photos too
     one_reference_penalty: float | None = None  # ... their weight there; None: hallucination_penalty
     repeat_penalty: float = 0.0  # cider objective: reward taken off per word said again (decode.repeated_words)
+    sample_said_once: bool = False  # cider objective: samples say no word twice, as capcli's default decoding
     xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
     reward_df: str = "pooled"  # cider objective: CIDEr-D document frequencies "pooled" over all photos | "per-set"
     distill: bool = False  # cider objective: the Flickr8k photos' cross-entropy targets the init model's captions
@@ -650,7 +651,9 @@ def _scst_epoch(
     reward, penalty = rewards
     rng = np.random.default_rng(options.seed * 100_003 + epoch)
     plan = _unit_plan(units, options, rng)
-    spec = decode.SearchSpec.for_vocab(vocab, options.max_len)
+    spec = decode.SearchSpec.for_vocab(
+        vocab, options.max_len, say_once=decode.say_once_ids(vocab) if options.sample_said_once else ()
+    )
     allowed = scst.allowed_tokens(spec, len(vocab))
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]

@@ -276,7 +276,8 @@ def _start(
     optimizer = _optimizer(model, tuned, options)
     scheduler = one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
     forward: nn.Module = (
-        scst.Sampler(model, tuned, search_spec(vocab, config), len(vocab)).to(device)
+        # Samples may say a word twice, as before the runtime's rule against it (recorded recipes stay the same).
+        scst.Sampler(model, tuned, dataclasses.replace(search_spec(vocab, config), say_once=()), len(vocab)).to(device)
         if self_critical
         else Forward(model, tuned)
     )

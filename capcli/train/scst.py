@@ -9,8 +9,8 @@ follows the policy gradient ``-(r - b) * sum_t log p(w_t)``.  The baseline
 and an unbiased estimate.
 
 Sampling obeys the runtime's rules (``decode.SearchSpec``): banned specials are
-never drawn, the first word is not <end>, and <end> is forced after
-``max_len`` words.
+never drawn, the first word is not <end>, <end> is forced after ``max_len``
+words, and a word of the spec's ``say_once`` is not drawn again.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def sample(
 
     features (N, L, D), or None for images known by their concept (N, C) alone;
     ``allowed`` (3, V): the tokens allowed at the first step, the steps between,
-    and after ``spec.max_len`` words (see :class:`Sampler`).
+    and after ``spec.max_len`` words (see :class:`Sampler`).  Words of
+    ``spec.say_once`` a row has drawn are barred from it, and its
+    log-probabilities are those of the distribution it was drawn from.
     """
     keys, state = decoder.init(features, concept)  # (N, A, L), each (N, H)
     state = tuple(s.repeat_interleave(k, 0) for s in state)  # each (N*k, H): k rows per image
@@ -70,10 +72,15 @@ def sample(
     device = state[0].device
     tokens = torch.full((rows,), spec.start_id, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
+    once = torch.from_numpy(spec.said_once_mask(allowed.size(1))).to(device) if len(spec.say_once) else None  # (V,)
+    said = torch.zeros(rows, allowed.size(1), dtype=torch.bool, device=device) if once is not None else None
+    every = torch.arange(rows, device=device)
     words, logps = [], []
     for t in range(spec.max_len + 1):
         logits, state, _ = decoder.step(tokens, state, features, keys, concept)
         ok = allowed[0 if t == 0 else 2 if t == spec.max_len else 1]  # (V,)
+        if said is not None:
+            ok = ok & ~said  # (N*k, V): <end> is never barred, so each row keeps a token to draw
         logprobs = torch.log_softmax(logits.float().masked_fill(~ok, float("-inf")), dim=1)  # (N*k, V)
         with torch.no_grad():
             drawn = torch.multinomial(logprobs.exp(), 1).squeeze(1)  # (N*k,)
@@ -82,6 +89,8 @@ def sample(
         words.append(drawn.masked_fill(done, 0))
         logps.append(torch.where(done, torch.zeros_like(chosen), chosen))
         done = done | (drawn == spec.end_id)
+        if said is not None:
+            said[every, drawn] |= once[drawn]  # finished rows draw <end>, which is never said once
         tokens = drawn
         if bool(done.all()):  # one device sync a step: stop as soon as every caption has ended
             break
