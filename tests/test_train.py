@@ -205,16 +205,23 @@ def test_feature_cache_is_keyed_and_reused(tiny_data: tuple[Path, dict[str, str]
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     mixed = cached_features(backbone, identity, pre, [paths[0], broken, paths[1]], **kw)
     assert mixed.failed == (1,) and not mixed.array[1].any() and np.array_equal(mixed.array[2], first.array[1])
-    # Files that changed (a data set copied anew) make a new entry, which replaces the one made before.
+    # Files copied anew with the same bytes (new mtimes): the entry is renamed to the new key, not recomputed.
     (tmp_path / "copy").mkdir()
     mine = [Path(shutil.copy(p, tmp_path / "copy")) for p in paths]
     before = cached_features(backbone, identity, pre, mine, **kw)
     others = {p.name for p in tmp_path.glob("*.npy")} - {before.path.name}
     os.utime(mine[0], ns=(mine[0].stat().st_atime_ns, mine[0].stat().st_mtime_ns + 10**9))
-    after = cached_features(backbone, identity, pre, mine, **kw)
-    assert after.path != before.path and np.array_equal(after.array, first.array)
+    touched = cached_features(torch.nn.Identity(), identity, pre, mine, **kw)
+    assert touched.path != before.path and np.array_equal(touched.array, first.array)
     assert not before.path.exists() and not before.path.with_suffix(".json").exists()
-    assert {p.name for p in tmp_path.glob("*.npy")} == {*others, after.path.name}  # other image lists' stay
+    assert {p.name for p in tmp_path.glob("*.npy")} == {*others, touched.path.name}  # other image lists' stay
+    # Files whose bytes changed make a new entry, which replaces the one made before.
+    shutil.copy(paths[1], mine[0])
+    after = cached_features(backbone, identity, pre, mine, **kw)
+    assert after.path != touched.path and np.array_equal(after.array[0], first.array[1])
+    assert np.array_equal(after.array[1:], first.array[1:])
+    assert not touched.path.exists() and not touched.path.with_suffix(".json").exists()
+    assert {p.name for p in tmp_path.glob("*.npy")} == {*others, after.path.name}
     with torch.no_grad():
         torch.nn.init.zeros_(next(backbone.parameters()))
     assert module_fingerprint(backbone) != identity["weights"]
