@@ -116,7 +116,9 @@ def _options(data: dict[str, Path], out: Path, **kw):
     return GroundedOptions(**{**base, **kw})
 
 
-def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_path: Path) -> None:
+def test_grounded_training_runs_resumes_and_exports(
+    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from capcli.export import export_bundle
 
     from capcli.train import grounded
@@ -206,23 +208,20 @@ def test_grounded_training_runs_resumes_and_exports(data: dict[str, Path], tmp_p
         said_once_rules.append(tuple(spec.say_once))
         return sample(decoder, spec, *rest)
 
-    grounded.scst.sample = spy  # type: ignore[assignment]
-    try:
-        mixed = grounded.train_grounded(
-            _options(
-                data,
-                tmp_path / "mixed",
-                objective="cider",
-                start=str(tmp_path / "scst" / "best.pt"),
-                epochs=1,
-                lr=1e-3,
-                xent_weight=0.5,
-                reward_df="per-set",
-                sample_said_once=True,
-            )
+    monkeypatch.setattr(grounded.scst, "sample", spy)
+    mixed = grounded.train_grounded(
+        _options(
+            data,
+            tmp_path / "mixed",
+            objective="cider",
+            start=str(tmp_path / "scst" / "best.pt"),
+            epochs=1,
+            lr=1e-3,
+            xent_weight=0.5,
+            reward_df="per-set",
+            sample_said_once=True,
         )
-    finally:
-        grounded.scst.sample = sample  # type: ignore[assignment]
+    )
     assert np.isfinite(mixed["history"][0]["train_reward"])
     mixed_payload = checkpoint.load(tmp_path / "mixed" / "last.pt")
     assert said_once_rules and set(said_once_rules) == {grounded.decode.say_once_ids(start.vocab)}

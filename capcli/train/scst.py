@@ -73,8 +73,7 @@ def sample(
     tokens = torch.full((rows,), spec.start_id, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     once = torch.from_numpy(spec.said_once_mask(allowed.size(1))).to(device) if len(spec.say_once) else None  # (V,)
-    said = torch.zeros(rows, allowed.size(1), dtype=torch.bool, device=device) if once is not None else None
-    every = torch.arange(rows, device=device)
+    said = torch.zeros(rows, allowed.size(1), dtype=torch.bool, device=device) if once is not None else None  # (N*k, V)
     words, logps = [], []
     for t in range(spec.max_len + 1):
         logits, state, _ = decoder.step(tokens, state, features, keys, concept)
@@ -90,7 +89,7 @@ def sample(
         logps.append(torch.where(done, torch.zeros_like(chosen), chosen))
         done = done | (drawn == spec.end_id)
         if said is not None:
-            said[every, drawn] |= once[drawn]  # finished rows draw <end>, which is never said once
+            said[torch.arange(rows, device=device), drawn] |= once[drawn]  # finished rows draw <end>: never once
         tokens = drawn
         if bool(done.all()):  # one device sync a step: stop as soon as every caption has ended
             break
