@@ -20,7 +20,8 @@ from tiny_bundle import TINY_TRAINING as TINY  # noqa: E402
 from capcli.errors import FatalError  # noqa: E402
 from capcli.text import Vocab, tokenize  # noqa: E402
 from capcli.train import checkpoint, scst  # noqa: E402
-from capcli.train.loop import ARCHITECTURE, TrainOptions, search_spec, train  # noqa: E402
+from capcli.train.dev import search_spec  # noqa: E402
+from capcli.train.loop import ARCHITECTURE, TrainOptions, train  # noqa: E402
 from capcli.train.model import CaptionModel, ModelConfig  # noqa: E402
 from capcli.train.reward import CiderD  # noqa: E402
 

@@ -49,11 +49,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from capcli.atomic import atomic_write_text
 from capcli.datasets import Split, load_split
+from capcli.decode import Decoding
 from capcli.errors import FatalError
 from capcli.text import Vocab, tokenize
 from capcli.train import checkpoint, scst
 from capcli.train.data import TrainData, batches, prepare
-from capcli.train.dev import evaluate, search_spec
+from capcli.train.dev import evaluate
 from capcli.train.distributed import Ranks, session
 from capcli.train.features import default_cache_dir, module_fingerprint
 from capcli.train.model import CaptionModel
@@ -276,8 +277,9 @@ def _start(
     optimizer = _optimizer(model, tuned, options)
     scheduler = one_cycle(optimizer, options.epochs * steps_per_epoch, options.warmup)
     forward: nn.Module = (
-        # Samples may say a word twice, as before the runtime's rule against it (recorded recipes stay the same).
-        scst.Sampler(model, tuned, dataclasses.replace(search_spec(vocab, config), say_once=()), len(vocab)).to(device)
+        # The runtime's rules with --repeated-words: samples may say a word twice, as before that rule became the
+        # default (recorded recipes stay the same).
+        scst.Sampler(model, tuned, Decoding(no_repeated_words=False).spec(vocab, config.max_len), len(vocab)).to(device)
         if self_critical
         else Forward(model, tuned)
     )
