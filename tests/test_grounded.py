@@ -171,12 +171,14 @@ def test_grounded_training_runs_resumes_and_exports(
             lr=1e-3,
             hallucination_penalty=0.5,
             repeat_penalty=0.5,
+            unseen_trigram_penalty=0.5,
         )
     )
     assert np.isfinite(scst["history"][0]["train_reward"])  # CIDEr-D less the penalties: may fall below 0
     tuned = checkpoint.load(tmp_path / "scst" / "last.pt")
     best = checkpoint.load(tmp_path / "straight" / "best.pt")
     assert tuned["vocab"] == payload["vocab"]
+    assert "--unseen-trigram-penalty 0.5" in tuned["provenance"]["command"]
     assert tuned["provenance"]["started_from"]["epochs"] == best["provenance"]["epochs"]
     assert not torch.equal(tuned["model"]["decoder.out.weight"], best["model"]["decoder.out.weight"])
     with pytest.raises(FatalError, match="pass its best.pt as start"):
@@ -462,6 +464,19 @@ def test_repeat_penalty_counts_words_said_again_and_adds_to_the_others() -> None
     )
     assert both(rows, words).tolist() == [0.5, 2.0, 3.0]  # no reference names a dog, a person or a bench
     assert scst.summed([]) is None
+
+
+def test_unseen_trigram_penalty_counts_phrasing_no_training_sentence_has() -> None:
+    from capcli.train.grounded import unseen_trigram_penalty
+
+    corpus = ["a living room with a couch".split(), "a man is sitting on a bed".split()]
+    words = [
+        "a living room with a couch".split(),  # every trigram seen
+        "a living room is sitting on a bed".split(),  # "room is sitting", "living room is"
+        "a man is sitting on a".split(),  # "on a <end>": a dangling end
+        "a man".split(),  # "a man <end>"
+    ]
+    assert unseen_trigram_penalty(corpus, 0.5)(np.zeros(4, dtype=int), words).tolist() == [0.0, 1.0, 0.5, 0.5]
 
 
 def test_one_reference_photos_are_penalised_only_for_the_objects_named() -> None:

@@ -109,6 +109,15 @@ def _objects(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     "the like may repeat).",
 )
 @click.option(
+    "--unseen-trigram-penalty",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="--objective cider: reward taken off a sampled caption per trigram (its start and end included) that "
+    'no training sentence has: phrasing the corpus never uses, mostly a template gone wrong ("A living room '
+    'is sitting on a bed." pays for "room is sitting").',
+)
+@click.option(
     "--sample-said-once",
     is_flag=True,
     help="--objective cider: sampled captions say no word twice, as capcli's default decoding does, so the "

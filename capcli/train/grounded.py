@@ -53,6 +53,7 @@ from capcli.train.concepts import ConceptModel, top_concepts
 from capcli.train.features import cached_features, module_fingerprint
 from capcli.train.loop import one_cycle
 from capcli.train.model import CaptionModel, region_grid
+from capcli.train.phrasing import seen_trigrams, training_text, unseen_trigrams
 from capcli.train.record import hardware
 from capcli.train.reward import CiderD
 from capcli.train.tagger import build_tagger, labels_for
@@ -90,6 +91,7 @@ class GroundedOptions:
     one_reference_objects: list[str] = field(default_factory=list)  # ... penalised on one-reference photos too
     one_reference_penalty: float | None = None  # ... their weight there; None: hallucination_penalty
     repeat_penalty: float = 0.0  # cider objective: reward taken off per word said again (decode.repeated_words)
+    unseen_trigram_penalty: float = 0.0  # cider objective: ... per trigram no training sentence has (phrasing)
     sample_said_once: bool = False  # cider objective: samples say no word twice, as capcli's default decoding
     xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
     reward_df: str = "pooled"  # cider objective: CIDEr-D document frequencies "pooled" over all photos | "per-set"
@@ -226,8 +228,7 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
         console.print(split.describe())
     console.print(f"caption-only text: {sum(map(len, text.values())):,} sentences of {len(text):,} photos")
 
-    train_text = [tokenize(c) for name in ("flickr8k", "everyday") for s in splits[name].samples for c in s.captions]
-    train_text += [tokenize(c) for caps in text.values() for c in caps]
+    train_text = training_text([splits["flickr8k"], splits["everyday"]], text)
     if options.objective == "cider" and not options.start:
         raise FatalError("self-critical training (objective cider) continues a grounded run: pass its best.pt as start")
     start = state or (checkpoint.load(options.start) if options.start else None)
@@ -311,6 +312,9 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
             if options.hallucination_penalty or (options.one_reference_objects and options.one_reference_penalty)
             else None,
             repeat_penalty(options.repeat_penalty) if options.repeat_penalty else None,
+            unseen_trigram_penalty(train_text, options.unseen_trigram_penalty)
+            if options.unseen_trigram_penalty
+            else None,
         ]
         penalty = scst.summed([p for p in penalties if p is not None])
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
@@ -630,6 +634,17 @@ def repeat_penalty(weight: float) -> scst.Penalty:
 
     def penalty(rows: np.ndarray, words: list[list[str]]) -> np.ndarray:
         return np.array([weight * len(decode.repeated_words(w)) for w in words])
+
+    return penalty
+
+
+def unseen_trigram_penalty(sentences: list[list[str]], weight: float) -> scst.Penalty:
+    """``weight`` per trigram of a sampled caption, its start and end included, that no training sentence has
+    (:mod:`capcli.train.phrasing`: "A living room is sitting on a bed." pays for "room is sitting")."""
+    seen = seen_trigrams(sentences)
+
+    def penalty(rows: np.ndarray, words: list[list[str]]) -> np.ndarray:
+        return np.array([weight * len(unseen_trigrams(w, seen)) for w in words])
 
     return penalty
 
