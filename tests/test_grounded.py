@@ -222,6 +222,7 @@ def test_grounded_training_runs_resumes_and_exports(
             xent_weight=0.5,
             reward_df="per-set",
             sample_said_once=True,
+            sample_phrasing=1.0,
         )
     )
     assert np.isfinite(mixed["history"][0]["train_reward"])
@@ -232,6 +233,7 @@ def test_grounded_training_runs_resumes_and_exports(
         mixed_payload["options"]["sample_said_once"] and "--sample-said-once" in mixed_payload["provenance"]["command"]
     )
     assert "--reward-df per-set" in mixed_payload["provenance"]["command"]
+    assert "--sample-phrasing 1.0" in mixed_payload["provenance"]["command"]
     # Distillation: a unit's target replaces the reference the cross-entropy term would draw.
     taught = grounded.Unit("text", -1, unit.classes, unit.weights, [["the", "yellow"]], target=["a", "red", "square"])
     said = grounded.Unit("text", -1, unit.classes, unit.weights, [["a", "red", "square"]])
@@ -477,6 +479,21 @@ def test_unseen_trigram_penalty_counts_phrasing_no_training_sentence_has() -> No
         "a man".split(),  # "a man <end>"
     ]
     assert unseen_trigram_penalty(corpus, 0.5)(np.zeros(4, dtype=int), words).tolist() == [0.0, 1.0, 0.5, 0.5]
+
+
+def test_phrase_penalty_spares_the_words_that_follow_two_words_in_a_training_sentence() -> None:
+    from capcli.text import Vocab
+    from capcli.train.phrasing import NO_WORD, PhrasePenalty
+
+    vocab = Vocab(("<pad>", "<start>", "<end>", "<unk>", *"a dog cat runs sits".split()))
+    a, dog, cat, runs, sits = vocab.encode("a dog cat runs sits".split())
+    phrasing = PhrasePenalty.build(["a dog runs".split(), "a cat sits".split(), "a zebra runs".split()], vocab, 2.0)
+    before = np.array([NO_WORD, vocab.start_id, a, dog, a])
+    last = np.array([vocab.start_id, a, dog, runs, runs])
+    out = phrasing(before, last, len(vocab))  # (5, V)
+    spared = [set(np.flatnonzero(row == 0).tolist()) for row in out]
+    assert spared == [{a}, {dog, cat}, {runs}, {vocab.end_id}, set()]  # "zebra" is no word of the vocabulary
+    assert set(out[out > 0].tolist()) == {2.0}
 
 
 def test_one_reference_photos_are_penalised_only_for_the_objects_named() -> None:

@@ -275,6 +275,33 @@ def test_sampler_says_a_said_once_word_once_and_scores_it_from_what_was_left() -
     assert (logps[:, 1:max_len] > -1e-3).all()  # "a" is nearly certain once "dog" is barred (not e^-6 of it)
 
 
+def test_sampler_under_a_phrase_penalty_keeps_to_the_training_sentences_trigrams() -> None:
+    """The model that wants "dog" above all: with a heavy penalty on words making a trigram no training sentence
+    has, every sample is the one sentence the corpus allows, each word drawn from the penalised distribution."""
+    from capcli.train.model import region_grid
+    from capcli.train.phrasing import PhrasePenalty
+
+    max_len = 5
+    model, vocab = _tiny_model(max_len)
+    model.eval()
+    _, tuned = model.frozen_and_trainable_backbone()
+    dog, a = vocab.encode(["dog", "a"])
+    with torch.no_grad():
+        model.decoder.out.bias[dog], model.decoder.out.bias[a], model.decoder.out.bias[vocab.end_id] = 30.0, 24.0, -20.0
+        features = model.features(region_grid(tuned(_inputs(model, 3))))  # (3, L, D)
+    rules = dataclasses.replace(search_spec(vocab, model.config), say_once=())
+    allowed = scst.allowed_tokens(rules, len(vocab))
+    torch.manual_seed(3)
+    tokens, _ = scst.sample(model.decoder, rules, allowed, features, 4)
+    assert (tokens[:, :max_len] == dog).all()
+
+    phrasing = PhrasePenalty.build(["a dog runs on the grass".split()], vocab, 100.0)
+    tokens, logps = scst.sample(model.decoder, rules, allowed, features, 4, phrasing=phrasing)
+    _check_rows(tokens, logps, vocab, max_len)
+    assert scst.words_of(tokens.numpy(), vocab) == [["a", "dog", "runs", "on", "the"]] * 12  # cut at max_len
+    assert (logps[:, :max_len] > -1e-3).all()  # each word is all but certain once the others cost 100
+
+
 def test_words_of_cuts_at_end() -> None:
     vocab = Vocab(("<pad>", "<start>", "<end>", "<unk>", *WORDS))
     a, dog, runs = vocab.encode(["a", "dog", "runs"])

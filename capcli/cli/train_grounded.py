@@ -124,6 +124,15 @@ def _objects(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     "rewards (and penalties) act on the words that take a repeat's place.",
 )
 @click.option(
+    "--sample-phrasing",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    metavar="W",
+    help="--objective cider: draw the samples with W taken off the log-probability of each word that would make "
+    "a trigram no training sentence has, so that the rewards act on the phrasing that takes its place.",
+)
+@click.option(
     "--xent-weight",
     type=click.FloatRange(min=0.0),
     default=0.0,

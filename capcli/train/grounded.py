@@ -53,7 +53,7 @@ from capcli.train.concepts import ConceptModel, top_concepts
 from capcli.train.features import cached_features, module_fingerprint
 from capcli.train.loop import one_cycle
 from capcli.train.model import CaptionModel, region_grid
-from capcli.train.phrasing import seen_trigrams, training_text, unseen_trigrams
+from capcli.train.phrasing import PhrasePenalty, seen_trigrams, training_text, unseen_trigrams
 from capcli.train.record import hardware
 from capcli.train.reward import CiderD
 from capcli.train.tagger import build_tagger, labels_for
@@ -93,6 +93,7 @@ class GroundedOptions:
     repeat_penalty: float = 0.0  # cider objective: reward taken off per word said again (decode.repeated_words)
     unseen_trigram_penalty: float = 0.0  # cider objective: ... per trigram no training sentence has (phrasing)
     sample_said_once: bool = False  # cider objective: samples say no word twice, as capcli's default decoding
+    sample_phrasing: float = 0.0  # cider objective: sampled words making an unseen trigram cost this (phrasing)
     xent_weight: float = 0.0  # cider objective: weight of a reference's cross-entropy beside the policy gradient
     reward_df: str = "pooled"  # cider objective: CIDEr-D document frequencies "pooled" over all photos | "per-set"
     distill: bool = False  # cider objective: the Flickr8k photos' cross-entropy targets the init model's captions
@@ -317,6 +318,7 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
             else None,
         ]
         penalty = scst.summed([p for p in penalties if p is not None])
+        phrasing = PhrasePenalty.build(train_text, vocab, options.sample_phrasing) if options.sample_phrasing else None
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
         console.print(f"self-critical: {len(units):,} photos an epoch, {options.samples} samples each")
     else:
@@ -346,7 +348,17 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
         torch.manual_seed(options.seed * 1_009 + epoch)
         if self_critical:
             train_stats = _scst_epoch(
-                model, features, units, (reward, penalty), vocab, options, optimizer, scheduler, epoch, console
+                model,
+                features,
+                units,
+                (reward, penalty),
+                vocab,
+                options,
+                optimizer,
+                scheduler,
+                epoch,
+                console,
+                phrasing,
             )
         else:
             train_stats = _epoch(model, features, parts, options, optimizer, scheduler, epoch, console)
@@ -660,9 +672,10 @@ def _scst_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
     console: Console,
+    phrasing: PhrasePenalty | None = None,
 ) -> dict[str, float]:
     """One self-critical pass: ``samples`` captions per photo, each pushed by how much its CIDEr-D (less the
-    penalty, if any) beats the others'."""
+    penalty, if any) beats the others'; ``phrasing``: drawn with unseen trigrams made unlikely."""
     reward, penalty = rewards
     rng = np.random.default_rng(options.seed * 100_003 + epoch)
     plan = _unit_plan(units, options, rng)
@@ -683,7 +696,7 @@ def _scst_epoch(
         )  # (B, C)
 
         def sampler(_: None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return scst.sample(model.decoder, spec, allowed, feats, k, concept)
+            return scst.sample(model.decoder, spec, allowed, feats, k, concept, phrasing)
 
         loss, rewards = scst.self_critical_loss(sampler, None, batch, options.samples, reward, vocab, penalty)
         loss = loss / (len(batch) * options.samples)

@@ -10,7 +10,9 @@ and an unbiased estimate.
 
 Sampling obeys the runtime's rules (``decode.SearchSpec``): banned specials are
 never drawn, the first word is not <end>, <end> is forced after ``max_len``
-words, and a word of the spec's ``say_once`` is not drawn again.
+words, and a word of the spec's ``say_once`` is not drawn again; a
+:class:`~capcli.train.phrasing.PhrasePenalty` can make phrasing that no
+training sentence uses unlikely.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from capcli import decode
 from capcli.text import Vocab
 from capcli.train.model import CaptionModel, region_grid
+from capcli.train.phrasing import NO_WORD, PhrasePenalty
 from capcli.train.reward import CiderD
 
 
@@ -57,14 +60,16 @@ def sample(
     features: torch.Tensor | None,
     k: int,
     concept: torch.Tensor | None = None,
+    phrasing: PhrasePenalty | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` sampled captions for each of N images: tokens (N*k, T) and their log-probabilities (N*k, T).
 
     features (N, L, D), or None for images known by their concept (N, C) alone;
     ``allowed`` (3, V): the tokens allowed at the first step, the steps between,
     and after ``spec.max_len`` words (see :class:`Sampler`).  Words of
-    ``spec.say_once`` a row has drawn are barred from it, and its
-    log-probabilities are those of the distribution it was drawn from.
+    ``spec.say_once`` a row has drawn are barred from it, ``phrasing`` takes its
+    penalty off words that would make a trigram no training sentence has, and
+    the log-probabilities are those of the distribution a word was drawn from.
     """
     keys, state = decoder.init(features, concept)  # (N, A, L), each (N, H)
     state = tuple(s.repeat_interleave(k, 0) for s in state)  # each (N*k, H): k rows per image
@@ -74,9 +79,14 @@ def sample(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     once = torch.from_numpy(spec.said_once_mask(allowed.size(1))).to(device) if len(spec.say_once) else None  # (V,)
     said = torch.zeros(rows, allowed.size(1), dtype=torch.bool, device=device) if once is not None else None  # (N*k, V)
+    before = np.full(rows, NO_WORD)  # (N*k,) the word before each row's last, for phrasing
     words, logps = [], []
     for t in range(spec.max_len + 1):
         logits, state, _ = decoder.step(tokens, state, features, keys, concept)
+        if phrasing is not None:
+            last = tokens.cpu().numpy()
+            logits = logits.float() - torch.from_numpy(phrasing(before, last, logits.size(1))).to(device)  # (N*k, V)
+            before = last
         ok = allowed[0 if t == 0 else 2 if t == spec.max_len else 1]  # (V,)
         if said is not None:
             ok = ok & ~said  # (N*k, V): <end> is never barred, so each row keeps a token to draw
