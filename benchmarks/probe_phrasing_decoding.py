@@ -3,11 +3,12 @@
     python benchmarks/probe_phrasing_decoding.py [--model BUNDLE] 0 1 3 20
 
 For each weight W, both dev sets are captioned as ``capcli eval`` does (beam 3, the default decoding,
-the numpy search on the CPU), except that every step takes W off the log-probability of each word that,
-after the hypothesis's last two words (its start and end included), makes a trigram that no training sentence
-has (``capcli.train.phrasing``); then scored on the full protocol, with the count of captions that still
-have such a trigram.  One JSON line per weight.  Not part of capcli: what it found is in
-docs/grounded-training.md (session 21).  DATA (default ../shared/data) holds flickr8k/ and coco-everyday/.
+the numpy search on the CPU) with ``--unseen-trigram-penalty W`` (the bundle's trigram table, which
+``capcli export --trigrams-from`` writes: every step takes W off the log-probability of each word that,
+after the hypothesis's last two words, its start and end included, makes a trigram no training sentence
+has); then scored on the full protocol, with the count of captions that still have such a trigram.  One
+JSON line per weight.  What it found is in docs/grounded-training.md (sessions 21 and 22).  DATA
+(default ../shared/data) holds flickr8k/ and coco-everyday/.
 """
 
 from __future__ import annotations
@@ -18,38 +19,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from capcli import runtime
-from capcli.bundle import load_bundle
 from capcli.datasets import load_split, load_text_captions
 from capcli.evaluation import caption_split, score
 from capcli.text import tokenize
-from capcli.train.phrasing import NO_WORD, PhrasePenalty, seen_trigrams, training_text, unseen_trigrams
-
-NUMPY_SEARCH, STEP = runtime.Captioner._numpy_search, runtime.Captioner.step
-
-
-def patch(phrasing: PhrasePenalty) -> None:
-    """Make the numpy search carry each row's previous word in its state and penalise unseen continuations."""
-
-    def search_with_previous(self: Any, encoded: Any, state: dict, indices: Any) -> Any:
-        rows = len(next(iter(state.values())))
-        return NUMPY_SEARCH(self, encoded, {**state, "previous": np.full(rows, NO_WORD)}, indices)
-
-    def penalised_step(self: Any, tokens: np.ndarray, state: dict, context: Any) -> Any:
-        previous = state["previous"]
-        logprobs, new_state, alpha = STEP(self, tokens, {k: v for k, v in state.items() if k != "previous"}, context)
-        logprobs = logprobs - phrasing(previous, tokens, logprobs.shape[1])  # (N, V)
-        return logprobs, {**new_state, "previous": np.asarray(tokens)}, alpha
-
-    runtime.Captioner._numpy_search, runtime.Captioner.step = search_with_previous, penalised_step
+from capcli.train.phrasing import seen_trigrams, training_text, unseen_trigrams
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", nargs="+", type=float)
-    parser.add_argument("--model", default=None, help="a bundle [default: the packaged model]")
+    parser.add_argument("--model", default=None, help="a bundle with a trigram table [default: the packaged model]")
     args = parser.parse_args()
     data = Path(os.environ.get("DATA", "../shared/data"))
     paired = [
@@ -60,14 +39,13 @@ def main() -> None:
         "everyday": load_split("coco-everyday", data / "coco-everyday", "dev"),
         "flickr8k": load_split("flickr8k", data / "flickr8k", "dev"),
     }
-    bundle = load_bundle(args.model)
-    sentences = training_text(paired, load_text_captions(data / "coco-everyday" / "text-captions.csv"))
-    seen = seen_trigrams(sentences)
+    seen = seen_trigrams(training_text(paired, load_text_captions(data / "coco-everyday" / "text-captions.csv")))
     for weight in args.weights:
-        patch(PhrasePenalty.build(sentences, bundle.vocab, weight))
         out: dict[str, Any] = {"weight": weight}
         for name, split in dev.items():
-            hyps, protocol = caption_split(split, args.model, device="cpu", search="numpy", no_repeated_words=True)
+            hyps, protocol = caption_split(
+                split, args.model, device="cpu", search="numpy", unseen_trigram_penalty=weight
+            )
             m = score(split, hyps, protocol, meteor=False).metrics
             odd = sum(bool(unseen_trigrams(tokenize(c), seen)) for c in hyps.captions.values())
             out[name] = {

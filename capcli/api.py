@@ -79,6 +79,7 @@ def load(
     top_p: float | None = None,
     seed: int | None = None,
     prefix: str = "",
+    unseen_trigram_penalty: float = 0.0,
     search: str = "auto",
 ) -> Model:
     """Load a model bundle and return a :class:`Model` ready to caption.
@@ -112,13 +113,17 @@ def load(
             (default 1) and ``seed`` (default 0): an input's caption depends only on the seed and its
             index in ``inputs``, not on the batch.
         prefix: words every caption starts with ("a photo of"); each must be in the model's vocabulary.
+        unseen_trigram_penalty: taken off the log-probability of each word that would make a trigram (its
+            two words before included, and the start and end) no sentence of the model's training text has
+            ("A living room is sitting on a bed."); 3 leaves almost none.  Needs the bundle's trigram
+            table; the numpy search runs it.  0: off.
         search: ``"numpy"`` (the step-by-step search, with attention maps), ``"graph"`` (the bundle's
             search graph: the whole decode loop in one onnxruntime call, the same captions, no attention
             maps) or ``"auto"`` (the graph where it was measured faster and the options allow it).
 
     Raises:
         capcli.errors.UsageError: a bad ``device`` or decoding option (named as its command-line option),
-            a prefix word the model does not know.
+            a prefix word the model does not know, ``unseen_trigram_penalty`` for a bundle without a trigram table.
         capcli.errors.FatalError: no model, a broken bundle, CUDA asked for but not usable.
     """
     from capcli.bundle import load_bundle
@@ -139,6 +144,7 @@ def load(
         top_p=top_p,
         seed=seed,
         prefix=prefix,
+        unseen_trigram_penalty=unseen_trigram_penalty,
     )
     bundle = load_bundle(str(model) if model is not None else None)
     from capcli.runtime import Captioner  # onnxruntime: imported only here

@@ -6,9 +6,11 @@ step), ``model.json`` (format in the README) and, optionally,
 runtime prefers on the CPU (``capcli export --quantize`` adds it), and
 (format 4) ``search.onnx`` / ``search.int8.onnx``: the whole decode loop over
 one of those decoders as one graph, its weights read from the decoder file
-(see :mod:`capcli.graph_search`).  :func:`load_bundle` checks
+(see :mod:`capcli.graph_search`), and ``trigrams.npy``: the trigrams of the
+model's training text as word ids, for ``--unseen-trigram-penalty`` (see
+:mod:`capcli.phrasing`; ``capcli export --trigrams-from`` adds it).  :func:`load_bundle` checks
 everything a run depends on before any image is touched -- the JSON, the
-format version, the sha256 of each ONNX file, and the ONNX graphs' input and
+format version, the sha256 of each file, the trigram table's word ids, and the ONNX graphs' input and
 output shapes against the vocabulary, grid and sizes that ``model.json``
 declares -- and raises :class:`~capcli.errors.BundleError` naming the file and
 the problem.  The ONNX bytes that were checked are the bytes the runtime loads.
@@ -25,10 +27,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from capcli import store
 from capcli.decode import CONCEPT_WEIGHT, STATE_NAMES, state_names
 from capcli.errors import BundleError, UsageError
 from capcli.onnxinfo import Shape, Signature, read_signature
+from capcli.phrasing import read_table
 from capcli.text import SPECIALS, Vocab
 
 FORMAT = "capcli-bundle"
@@ -46,6 +51,7 @@ ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 INT8_DECODER = "decoder.int8.onnx"  # optional: the decoder step with int8 weights, for CPUs
 # optional (format 4): the decode loop over each decoder as one graph, its weights external data in the decoder file
 SEARCH_GRAPHS = {DECODER: "search.onnx", INT8_DECODER: "search.int8.onnx"}
+TRIGRAMS = "trigrams.npy"  # optional: the training text's trigrams as word ids (capcli.phrasing), any format
 # The arithmetic a run uses: auto takes the int8 decoder on the CPU when there is one; float16 is the float
 # decoder behind an encoder computing in float16 (capcli.float16)
 PRECISIONS = ("auto", "float", "int8", "float16")
@@ -86,9 +92,12 @@ class Bundle:
     decoder: str  # "gru" | "lstm"
     max_len: int  # words, not counting <end>
     provenance: dict[str, Any]
-    files: Mapping[str, bytes] = field(repr=False)  # checked ONNX bytes by file name
+    files: Mapping[str, bytes] = field(repr=False)  # checked bytes by file name: the ONNX graphs and TRIGRAMS
     tag_labels: tuple[str, ...] = ()  # names of the encoder's "tags" classes; () = the bundle has no tagger
     concept_dim: int = 0  # width of the per-image "concept" decoder input; 0 = none
+    trigrams: np.ndarray | None = field(
+        default=None, repr=False, compare=False
+    )  # (M, 3) TRIGRAMS' word ids; None: no table
 
     @property
     def has_tags(self) -> bool:
@@ -98,6 +107,11 @@ class Bundle:
     def context_names(self) -> tuple[str, ...]:
         """Per-image decoder inputs, computed once by the encoder and bound to every step."""
         return ("features", "keys", "concept") if self.concept_dim else ("features", "keys")
+
+    @property
+    def data_files(self) -> tuple[str, ...]:
+        """Files no graph is made from (the trigram table): a rewritten bundle carries them as they are."""
+        return tuple(name for name in self.files if name == TRIGRAMS)
 
     @property
     def has_int8_decoder(self) -> bool:
@@ -184,17 +198,28 @@ def load_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
         raise BundleError(f"model bundle {str(root)!r} (from {origin}) {what}")
     meta = _check_version(read_meta_json(root / MODEL_JSON), root / MODEL_JSON)
     spec = _parse_meta(meta, root / MODEL_JSON)
-    optional = (INT8_DECODER, *SEARCH_GRAPHS.values())
+    optional = (INT8_DECODER, *SEARCH_GRAPHS.values(), TRIGRAMS)
     names = (ENCODER, DECODER, *(name for name in optional if name in meta["files"]))
     files = {name: read_checked(root / name, meta) for name in names}
-    bundle = Bundle(root, meta, files=files, **spec)
+    bundle = Bundle(root, meta, files=files, trigrams=_trigrams(files, root, len(spec["vocab"])), **spec)
     for name, data in files.items():
+        if name == TRIGRAMS:
+            continue
         try:
             signature = read_signature(data)
         except ValueError as exc:
             raise BundleError(f"{root / name}: not a readable ONNX model ({exc})") from None
         _check_signature(bundle, name, signature)
     return bundle
+
+
+def _trigrams(files: Mapping[str, bytes], root: Path, vocab_size: int) -> np.ndarray | None:
+    if TRIGRAMS not in files:
+        return None
+    try:
+        return read_table(files[TRIGRAMS], vocab_size)
+    except ValueError as exc:
+        raise BundleError(f"{root / TRIGRAMS}: not a trigram table of this vocabulary: {exc}") from None
 
 
 def install_bundle(name: str, path: str | os.PathLike[str], *, force: bool = False) -> Path:
@@ -306,7 +331,7 @@ def _parse_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     if not (
         isinstance(files, dict)
         and all(isinstance(files.get(n), dict) for n in (ENCODER, DECODER))
-        and all(isinstance(files.get(name, {}), dict) for name in (INT8_DECODER, *SEARCH_GRAPHS.values()))
+        and all(isinstance(files.get(name, {}), dict) for name in (INT8_DECODER, *SEARCH_GRAPHS.values(), TRIGRAMS))
     ):
         raise bad("files", f'{{"{ENCODER}": {{"sha256": hex}}, "{DECODER}": {{"sha256": hex}}}}')
     provenance = meta.get("provenance", {})

@@ -58,6 +58,7 @@ class CaptionSettings:
     top_p: float | None = None
     seed: int | None = None
     prefix: str = ""
+    unseen_trigram_penalty: float = 0.0  # > 0: off each word making a trigram the training text lacks
     device: str = "auto"
     precision: str = "auto"  # decoder: int8 on the CPU when the bundle has one, else float
     workers: int = DEFAULT_WORKERS
@@ -95,6 +96,7 @@ def load_model(settings: CaptionSettings) -> Model:
         top_p=settings.top_p,
         seed=settings.seed,
         prefix=settings.prefix,
+        unseen_trigram_penalty=settings.unseen_trigram_penalty,
         search="numpy" if settings.attention_dir else settings.search,
     )
 

@@ -28,6 +28,9 @@ Rules shared by both searches (so that beam 1 is exactly greedy):
   prepositions, pronouns and the like of :data:`REPEATABLE_WORDS`; ``--repeated-words``
   passes none) comes at most once in a caption: "a plate of food on a plate" is not one
   (a prefix may say a word twice; the words after it keep to the rule);
+- a ``phrasing`` rule (``--unseen-trigram-penalty``, :class:`capcli.phrasing.PhraseRule`) takes its weight
+  off each word, after the prefix, that would make a trigram no training sentence has with the row's two
+  last words (<start> before the first); the score keeps the penalty;
 - a hypothesis is ranked by its length-normalised score
   ``sum(log p) / len ** length_penalty`` where ``len`` counts the words plus
   the <end> token (the simple "len^alpha" rule, not GNMT's ``((5+len)/6)^alpha``);
@@ -53,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from capcli.errors import UsageError
+from capcli.phrasing import PhraseRule, last_two
 from capcli.text import tokenize
 
 if TYPE_CHECKING:
@@ -168,6 +172,7 @@ class SearchSpec:
     prefix: tuple[int, ...] = ()  # word ids every caption starts with (at most max_len)
     n_best: int = 1  # hypotheses beam search returns per image (at most the beam width)
     sampling: Sampling | None = None  # draw words (see :func:`sample`) instead of searching
+    phrasing: PhraseRule | None = None  # a penalty on words making a trigram no training sentence has
 
     @classmethod
     def for_vocab(cls, vocab: Vocab, max_len: int, **rules: Any) -> SearchSpec:
@@ -185,10 +190,14 @@ class SearchSpec:
     def graph_compatible(self) -> bool:
         """Whether this spec keeps to the standard rules of :meth:`runtime`, which a search built into an
         ONNX graph implements (:mod:`capcli.graph_search`): :data:`NO_REPEAT_NGRAM` blocking, no prefix,
-        one hypothesis, no sampling.  ``max_len``, ``min_len``, ``length_penalty``, ``banned`` and
-        ``no_end_after`` are the graph's inputs, so any values go."""
+        one hypothesis, no sampling, no phrasing rule (ONNX has no lookup for its table).  ``max_len``,
+        ``min_len``, ``length_penalty``, ``banned`` and ``no_end_after`` are the graph's inputs, so any values go."""
         return (
-            self.no_repeat_ngram == NO_REPEAT_NGRAM and not self.prefix and self.n_best == 1 and self.sampling is None
+            self.no_repeat_ngram == NO_REPEAT_NGRAM
+            and not self.prefix
+            and self.n_best == 1
+            and self.sampling is None
+            and self.phrasing is None
         )
 
     def normalise(self, logprob: np.ndarray | float, length: np.ndarray | int) -> np.ndarray | float:
@@ -246,6 +255,7 @@ class Decoding:
     num_captions: int = 1  # the beam's n best, each image
     sampling: Sampling | None = None
     prefix: str = ""  # words every caption starts with
+    unseen_trigram_penalty: float = 0.0  # > 0: off each word making a trigram the model's training text lacks
 
     def __post_init__(self) -> None:
         problems = [
@@ -256,6 +266,7 @@ class Decoding:
             (self.max_len is not None and self.min_len > self.max_len, "--min-len cannot exceed --max-len"),
             (self.no_repeat_ngram < 0, "--no-repeat-ngram must be at least 0 (0: off)"),
             (self.num_captions < 1, "--num-captions must be at least 1"),
+            (not self.unseen_trigram_penalty >= 0, "--unseen-trigram-penalty must be at least 0 (0: off)"),
             (
                 self.num_captions > self.beam,
                 (
@@ -294,11 +305,13 @@ class Decoding:
             raise UsageError(f"{flags}: only with --sample (without it the beam search picks the words)")
         return cls(sampling=Sampling(**given) if sample else None, **options)
 
-    def spec(self, vocab: Vocab, max_len: int) -> SearchSpec:
-        """The search rules for ``vocab``; ``max_len``: the model's, used unless this decoding sets one.
+    def spec(self, vocab: Vocab, max_len: int, trigrams: np.ndarray | None = None) -> SearchSpec:
+        """The search rules for ``vocab``; ``max_len``: the model's, used unless this decoding sets one;
+        ``trigrams``: the model's trigram table (:mod:`capcli.phrasing`), when its bundle has one.
 
-        Raises :class:`~capcli.errors.UsageError` for prefix words outside the vocabulary, and for a
-        prefix or ``min_len`` longer than the captions may be.
+        Raises :class:`~capcli.errors.UsageError` for prefix words outside the vocabulary, for a
+        prefix or ``min_len`` longer than the captions may be, and for ``unseen_trigram_penalty``
+        without a table.
         """
         longest = self.max_len or max_len
         words = tokenize(self.prefix)
@@ -310,6 +323,12 @@ class Decoding:
             )
         if len(words) > longest or self.min_len > longest:
             raise UsageError(f"--prefix and --min-len must fit in the longest caption ({longest} words; see --max-len)")
+        if self.unseen_trigram_penalty and trigrams is None:
+            raise UsageError(
+                "--unseen-trigram-penalty: the model has no trigram table of its training text (trigrams.npy; "
+                "`capcli export BUNDLE -o NEW --trigrams-from DATASET=DIR` adds one)"
+            )
+        phrasing = PhraseRule(trigrams, self.unseen_trigram_penalty) if self.unseen_trigram_penalty else None
         return SearchSpec.for_vocab(
             vocab,
             longest,
@@ -321,6 +340,7 @@ class Decoding:
             prefix=tuple(vocab.encode(words)),
             n_best=self.num_captions,
             sampling=self.sampling,
+            phrasing=phrasing,
         )
 
 
@@ -353,6 +373,8 @@ def apply_rules(scores: np.ndarray, history: np.ndarray, t: int, spec: SearchSpe
     """Every rule of ``spec`` at step ``t`` on ``scores`` (N, V), given each row's ``history`` (N, t); returns it."""
     spec.mask_inplace(scores, t)
     if t >= len(spec.prefix):  # the prefix is forced, even when it repeats itself
+        if spec.phrasing is not None:
+            scores -= spec.phrasing(*last_two(history, spec.start_id), scores.shape[1])  # (N, V)
         block_repeats(scores, history, spec.no_repeat_ngram)
         if len(spec.say_once) and t:
             block_said(scores, history, spec.said_once_mask(scores.shape[1]))

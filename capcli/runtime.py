@@ -142,7 +142,8 @@ class Captioner:
         self.encoder_precision = "float16" if precision == "float16" else "float"  # the encoder's arithmetic
         self.decoding = decoding
         self.beam = decoding.beam
-        self.spec = decoding.spec(bundle.vocab, bundle.max_len)  # UsageError: a prefix word the model lacks
+        # UsageError: a prefix word the model lacks, a phrasing rule without a table
+        self.spec = decoding.spec(bundle.vocab, bundle.max_len, bundle.trigrams)
         kind, device_id = parse_device(device)
         self.cuda_problem: str | None = None  # why CUDA is not used, when it was tried
         self.threads: int | None = None  # onnxruntime intra-op threads on the CPU; None under CUDA

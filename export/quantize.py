@@ -87,7 +87,7 @@ def quantize_bundle(
         "tool": f"onnxruntime {onnxruntime.__version__} quantize_dynamic",
     }
     with temp_dir_beside(target) as tmp:
-        for name in (ENCODER, DECODER):
+        for name in (ENCODER, DECODER, *src.data_files):
             (tmp / name).write_bytes(src.files[name])
         quantize_dynamic(
             tmp / DECODER,

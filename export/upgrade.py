@@ -149,7 +149,7 @@ def add_graphs(
     _prepare_target(target, overwrite)
     with temp_dir_beside(target) as tmp:
         meta = copy.deepcopy(src.meta)
-        for name in (ENCODER, *decoders):
+        for name in (ENCODER, *decoders, *src.data_files):
             (tmp / name).write_bytes(src.files[name])
         for name in SEARCH_GRAPHS.values():
             meta["files"].pop(name, None)  # stale ones are made anew

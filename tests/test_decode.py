@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -26,6 +27,7 @@ from capcli.decode import (
     search,
 )
 from capcli.errors import UsageError
+from capcli.phrasing import PhraseRule, trigram_table
 from capcli.text import Vocab
 
 V = 7  # 4 specials + 3 words
@@ -68,15 +70,19 @@ def initial_state(images: list[int]) -> dict[str, np.ndarray]:
     return {"prefix": prefix}
 
 
-def exhaustive(image: int, spec: SearchSpec) -> tuple[list[int], float]:
-    """Best finished caption by scoring every allowed sequence."""
+def exhaustive(
+    image: int, spec: SearchSpec, cost: Callable[[tuple[int, ...]], float] = lambda ids: 0.0
+) -> tuple[list[int], float]:
+    """Best finished caption by scoring every allowed sequence; ``cost``: taken off each token (given the
+    ids so far, <start> <start> first, and the token) of its log-probability."""
     best: tuple[list[int], float] = ([], -np.inf)
     for n in range(1, spec.max_len + 1):
         for words in itertools.product(WORDS, repeat=n):
             total = 0.0
+            padded = (1, 1, *words, 2)
             for t in range(n + 1):
                 logprobs, _ = _table(image, tuple(words[:t]), True)
-                total += float(logprobs[words[t]] if t < n else logprobs[2])
+                total += float(logprobs[words[t]] if t < n else logprobs[2]) - cost(padded[: t + 3])
             score = total / (n + 1) ** spec.length_penalty
             if score > best[1]:
                 best = (list(words), score)
@@ -399,6 +405,9 @@ def test_the_spec_knows_whether_it_keeps_to_the_standard_rules() -> None:
         Decoding(prefix="a dog"),
     ):
         assert not changed.spec(vocab, 20).graph_compatible
+    table = trigram_table([["a", "dog"]], vocab)
+    assert not Decoding(unseen_trigram_penalty=3).spec(vocab, 20, table).graph_compatible
+    assert Decoding().spec(vocab, 20, table).graph_compatible  # a table alone asks for nothing
 
 
 def test_decoding_checks_its_options() -> None:
@@ -408,6 +417,7 @@ def test_decoding_checks_its_options() -> None:
         (dict(sampling=Sampling(temperature=0)), "--temperature"),
         (dict(sampling=Sampling(top_p=1.5)), "--top-p"),
         (dict(min_len=5, max_len=4), "--min-len"),
+        (dict(unseen_trigram_penalty=-1.0), "--unseen-trigram-penalty must be at least 0"),
     ):
         with pytest.raises(UsageError, match=words):
             Decoding(**wrong)
@@ -422,3 +432,40 @@ def test_decoding_spec_names_prefix_words_outside_the_vocabulary() -> None:
         Decoding(prefix="a zebra of xylophone").spec(vocab, 9)
     with pytest.raises(UsageError, match="longest caption"):
         Decoding(prefix="a photo of a dog").spec(vocab, 4)
+
+
+# --- a penalty on phrasing no training sentence uses ------------------------------------------------------------
+
+# The training text's trigrams as ids, each sentence read as <start> <start> ... <end>: "4 5 6", "5 4", "6".
+PHRASES = np.array(
+    sorted({(1, 1, 4), (1, 4, 5), (4, 5, 6), (5, 6, 2), (1, 1, 5), (1, 5, 4), (5, 4, 2), (1, 1, 6), (1, 6, 2)})
+)
+
+
+@pytest.mark.parametrize("weight", [0.5, 2.0])
+@pytest.mark.parametrize("image", range(4))
+def test_a_wide_beam_under_a_phrase_rule_is_the_exhaustive_search_with_its_cost(image: int, weight: float) -> None:
+    seen = {tuple(row) for row in PHRASES.tolist()}
+    spec = replace(SPEC, phrasing=PhraseRule(PHRASES, weight))
+    words, score = exhaustive(image, spec, lambda ids: 0.0 if ids[-3:] in seen else weight)
+    hyp = beam_search(make_step(), initial_state([image]), spec, beam=30)[0]
+    assert hyp.ids == words and hyp.score == pytest.approx(score, rel=1e-5)  # the score keeps the penalty
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_heavy_phrase_rule_leaves_only_the_training_phrasing(beam: int) -> None:
+    spec = replace(SPEC, phrasing=PhraseRule(PHRASES, 100.0))
+    for hyp in beam_search(make_step(), initial_state(list(range(8))), spec, beam=beam):
+        assert hyp.ids in ([4, 5, 6], [5, 4], [6])
+    free = beam_search(make_step(), initial_state(list(range(8))), SPEC, beam=beam)
+    assert any(h.ids not in ([4, 5, 6], [5, 4], [6]) for h in free)  # the random tables want other captions
+
+
+def test_the_phrase_rule_needs_the_models_table() -> None:
+    vocab = Vocab.build([["a", "dog", "runs"]], min_count=1)
+    table = trigram_table([["a", "dog", "runs"]], vocab)
+    spec = Decoding(unseen_trigram_penalty=3.0).spec(vocab, 9, table)
+    assert spec.phrasing is not None and spec.phrasing.weight == 3.0
+    assert Decoding().spec(vocab, 9, table).phrasing is None
+    with pytest.raises(UsageError, match="no trigram table"):
+        Decoding(unseen_trigram_penalty=3.0).spec(vocab, 9)

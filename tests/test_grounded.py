@@ -481,16 +481,17 @@ def test_unseen_trigram_penalty_counts_phrasing_no_training_sentence_has() -> No
     assert unseen_trigram_penalty(corpus, 0.5)(np.zeros(4, dtype=int), words).tolist() == [0.0, 1.0, 0.5, 0.5]
 
 
-def test_phrase_penalty_spares_the_words_that_follow_two_words_in_a_training_sentence() -> None:
+def test_phrase_rule_spares_the_words_that_follow_two_words_in_a_training_sentence() -> None:
+    from capcli.phrasing import PhraseRule
     from capcli.text import Vocab
-    from capcli.train.phrasing import NO_WORD, PhrasePenalty
 
     vocab = Vocab(("<pad>", "<start>", "<end>", "<unk>", *"a dog cat runs sits".split()))
     a, dog, cat, runs, sits = vocab.encode("a dog cat runs sits".split())
-    phrasing = PhrasePenalty.build(["a dog runs".split(), "a cat sits".split(), "a zebra runs".split()], vocab, 2.0)
-    before = np.array([NO_WORD, vocab.start_id, a, dog, a])
-    last = np.array([vocab.start_id, a, dog, runs, runs])
-    out = phrasing(before, last, len(vocab))  # (5, V)
+    start = vocab.start_id
+    rule = PhraseRule.from_sentences(["a dog runs".split(), "a cat sits".split(), "a zebra runs".split()], vocab, 2.0)
+    before = np.array([start, start, a, dog, a])
+    last = np.array([start, a, dog, runs, runs])
+    out = rule(before, last, len(vocab))  # (5, V)
     spared = [set(np.flatnonzero(row == 0).tolist()) for row in out]
     assert spared == [{a}, {dog, cat}, {runs}, {vocab.end_id}, set()]  # "zebra" is no word of the vocabulary
     assert set(out[out > 0].tolist()) == {2.0}

@@ -278,8 +278,8 @@ def test_sampler_says_a_said_once_word_once_and_scores_it_from_what_was_left() -
 def test_sampler_under_a_phrase_penalty_keeps_to_the_training_sentences_trigrams() -> None:
     """The model that wants "dog" above all: with a heavy penalty on words making a trigram no training sentence
     has, every sample is the one sentence the corpus allows, each word drawn from the penalised distribution."""
+    from capcli.phrasing import PhraseRule
     from capcli.train.model import region_grid
-    from capcli.train.phrasing import PhrasePenalty
 
     max_len = 5
     model, vocab = _tiny_model(max_len)
@@ -295,7 +295,7 @@ def test_sampler_under_a_phrase_penalty_keeps_to_the_training_sentences_trigrams
     tokens, _ = scst.sample(model.decoder, rules, allowed, features, 4)
     assert (tokens[:, :max_len] == dog).all()
 
-    phrasing = PhrasePenalty.build(["a dog runs on the grass".split()], vocab, 100.0)
+    phrasing = PhraseRule.from_sentences(["a dog runs on the grass".split()], vocab, 100.0)
     tokens, logps = scst.sample(model.decoder, rules, allowed, features, 4, phrasing=phrasing)
     _check_rows(tokens, logps, vocab, max_len)
     assert scst.words_of(tokens.numpy(), vocab) == [["a", "dog", "runs", "on", "the"]] * 12  # cut at max_len

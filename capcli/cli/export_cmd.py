@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import click
@@ -60,6 +61,16 @@ from capcli.cli import main
     "chooses it; with --force an installed NAME is replaced.",
 )
 @click.option(
+    "--trigrams-from",
+    "trigram_data",
+    multiple=True,
+    metavar="DATASET=DIR",
+    callback=lambda ctx, param, value: [_dataset_folder(v) for v in value],
+    help="Also write trigrams.npy, the trigrams of the model's training text, which --unseen-trigram-penalty "
+    "reads: the train split of each data set named (repeatable; DATASET as `capcli train --dataset` takes it), "
+    "and coco-everyday's text-captions.csv. CHECKPOINT may then also be an existing bundle directory.",
+)
+@click.option(
     "--upgrade",
     is_flag=True,
     help="CHECKPOINT is an older bundle: add the search graphs (format 2 or 3, checked to caption as the numpy "
@@ -76,6 +87,7 @@ def export_command(
     float16: bool,
     upgrade: bool,
     install: str | None,
+    trigram_data: list[tuple[str, str]],
 ) -> None:
     """Export CHECKPOINT (a `capcli train` checkpoint) as a model bundle.
 
@@ -101,10 +113,16 @@ def export_command(
     A format 2 or 3 bundle gains the search graphs (the decode loop as one
     graph over each decoder, their weights read from the decoder files),
     written only when they caption the check images as the numpy search does.
+
+    \b
+    With --trigrams-from, the bundle also gets trigrams.npy: every trigram
+    of the sentences the model was trained on, as its word ids, for
+    `capcli caption --unseen-trigram-penalty` (a bundle's table is replaced).
     """
     try:
         from capcli.export import export_checkpoint
         from capcli.export.quantize import quantize_bundle
+        from capcli.export.trigrams import trigram_bundle
         from capcli.export.upgrade import upgrade_bundle
         from capcli.export.weights import float16_bundle
     except ModuleNotFoundError as exc:
@@ -116,11 +134,14 @@ def export_command(
     for image in images:
         command += ["--check-images", image]
     command += ["--quantize"] * quantize + ["--float16-weights"] * float16 + ["--upgrade"] * upgrade
+    for dataset, folder in trigram_data:
+        command += ["--trigrams-from", f"{dataset}={folder}"]
     recorded = shlex.join(command)
     is_bundle = Path(checkpoint).is_dir()
-    if is_bundle and not (quantize or float16 or upgrade):
+    if is_bundle and not (quantize or float16 or upgrade or trigram_data):
         raise click.UsageError(
-            "CHECKPOINT is a directory: only --quantize, --float16-weights or --upgrade make a bundle from a bundle"
+            "CHECKPOINT is a directory: only --quantize, --float16-weights, --upgrade or --trigrams-from make a "
+            "bundle from a bundle"
         )
     if upgrade and not is_bundle:
         raise click.UsageError("--upgrade converts a bundle directory, not a checkpoint (export it anew instead)")
@@ -146,24 +167,54 @@ def export_command(
     # capcli errors become "Error: ..." and exit 1 in capcli.cli.Command.
     # Each stage writes the next one's source; only the last writes the output.
     from_bundle = is_bundle and not upgrade
-    transforms = [t for t, on in ((quantize_bundle, quantize), (float16_bundle, float16)) if on]
+    kept = {"overwrite": force, "command": recorded}
+    transforms = [
+        t
+        for t, on in (
+            (partial(quantize_bundle, images=images, **kept), quantize),
+            (partial(float16_bundle, images=images, **kept), float16),
+            (partial(trigram_bundle, data=trigram_data, **kept), bool(trigram_data)),
+        )
+        if on
+    ]
     Path(out_dir).absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(out_dir).absolute().parent, prefix=".export-") as tmp:
         outs = [Path(tmp) / str(i) for i in range(len(transforms) - from_bundle)] + [Path(out_dir)]
         path = Path(checkpoint) if from_bundle else export_to(outs.pop(0))
         for transform in transforms:
-            path = transform(path, outs.pop(0), images=images, overwrite=force, command=recorded)
+            path = transform(path, outs.pop(0))
     if upgrade:
         _echo_upgrade(path)
     if quantize:
         _echo_quantization(path)
     if float16:
         _echo_float16(path)
+    if trigram_data:
+        _echo_trigrams(path)
     click.echo(f"bundle written to {path}", err=True)
     if install is not None:
         from capcli.bundle import install_bundle
 
         click.echo(f"installed as {install!r} at {install_bundle(install, path, force=force)}", err=True)
+
+
+def _dataset_folder(value: str) -> tuple[str, str]:
+    """``DATASET=DIR`` -> (DATASET, DIR); BadParameter naming what is wrong."""
+    from capcli.datasets import DATASETS
+
+    dataset, sep, folder = value.partition("=")
+    if not sep or dataset not in DATASETS or not Path(folder).exists():
+        raise click.BadParameter(
+            f"{value!r}: expected DATASET=DIR with DATASET one of {', '.join(DATASETS)} and DIR a data set folder"
+        )
+    return dataset, folder
+
+
+def _echo_trigrams(path: Path) -> None:
+    import json
+
+    t = json.loads((path / "model.json").read_text(encoding="utf-8"))["provenance"]["trigrams"]
+    click.echo(f"trigram table: {t['trigrams']:,} trigrams of {t['sentences']:,} training sentences", err=True)
 
 
 def _echo_upgrade(path: Path) -> None:

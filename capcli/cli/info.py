@@ -73,6 +73,8 @@ def info_command(model: str | None, device: str, as_json: bool) -> None:
             "encoder_input": "uint8 pixels" if captioner.takes_pixels else "float32",  # what goes to the device
             "search": captioner.search,  # the decode loop --search auto takes here
             "search_graphs": [graph for graph in map(bundle.search_graph, SEARCH_GRAPHS) if graph],
+            # the trigram table's size, which --unseen-trigram-penalty needs
+            **({"trigrams": len(bundle.trigrams)} if bundle.trigrams is not None else {}),
         }
     )
     if captioner.cuda_problem:

@@ -159,6 +159,17 @@ DECODING_OPTIONS: list[Decorator] = [
         default="",
         help='Words every caption starts with, e.g. "a photo of" (each must be in the model\'s vocabulary).',
     ),
+    click.option(
+        "--unseen-trigram-penalty",
+        type=click.FloatRange(min=0.0),
+        metavar="W",
+        default=0.0,
+        show_default=True,
+        help="Take W off the log-probability of each word that would make three words in a row (start and end "
+        "included) that no sentence of the model's training text has, mostly a template gone wrong (\"A living "
+        "room is sitting on a bed.\"); 3 leaves almost none. Needs the bundle's trigram table (the shipped model "
+        "has one); runs the numpy search. 0: off.",
+    ),
 ]
 
 

@@ -46,6 +46,7 @@ from capcli.decode import NO_REPEAT_NGRAM, dangling_ids
 from capcli.errors import FatalError
 from capcli.hallucination import hallucination, objects_in
 from capcli.metrics import quick_scores
+from capcli.phrasing import PhraseRule
 from capcli.text import Vocab, detokenize, tokenize
 from capcli.train import checkpoint, scst
 from capcli.train.backbones import preprocess_for
@@ -53,7 +54,7 @@ from capcli.train.concepts import ConceptModel, top_concepts
 from capcli.train.features import cached_features, module_fingerprint
 from capcli.train.loop import one_cycle
 from capcli.train.model import CaptionModel, region_grid
-from capcli.train.phrasing import PhrasePenalty, seen_trigrams, training_text, unseen_trigrams
+from capcli.train.phrasing import seen_trigrams, training_text, unseen_trigrams
 from capcli.train.record import hardware
 from capcli.train.reward import CiderD
 from capcli.train.tagger import build_tagger, labels_for
@@ -318,7 +319,9 @@ def train_grounded(options: GroundedOptions, resume: bool = False, console: Cons
             else None,
         ]
         penalty = scst.summed([p for p in penalties if p is not None])
-        phrasing = PhrasePenalty.build(train_text, vocab, options.sample_phrasing) if options.sample_phrasing else None
+        phrasing = (
+            PhraseRule.from_sentences(train_text, vocab, options.sample_phrasing) if options.sample_phrasing else None
+        )
         steps_per_epoch = len(_unit_plan(units, options, np.random.default_rng(0)))
         console.print(f"self-critical: {len(units):,} photos an epoch, {options.samples} samples each")
     else:
@@ -672,7 +675,7 @@ def _scst_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
     console: Console,
-    phrasing: PhrasePenalty | None = None,
+    phrasing: PhraseRule | None = None,
 ) -> dict[str, float]:
     """One self-critical pass: ``samples`` captions per photo, each pushed by how much its CIDEr-D (less the
     penalty, if any) beats the others'; ``phrasing``: drawn with unseen trigrams made unlikely."""

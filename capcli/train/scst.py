@@ -11,7 +11,7 @@ and an unbiased estimate.
 Sampling obeys the runtime's rules (``decode.SearchSpec``): banned specials are
 never drawn, the first word is not <end>, <end> is forced after ``max_len``
 words, and a word of the spec's ``say_once`` is not drawn again; a
-:class:`~capcli.train.phrasing.PhrasePenalty` can make phrasing that no
+:class:`~capcli.phrasing.PhraseRule` can make phrasing that no
 training sentence uses unlikely.
 """
 
@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from capcli import decode
+from capcli.phrasing import PhraseRule
 from capcli.text import Vocab
 from capcli.train.model import CaptionModel, region_grid
-from capcli.train.phrasing import NO_WORD, PhrasePenalty
 from capcli.train.reward import CiderD
 
 
@@ -60,7 +60,7 @@ def sample(
     features: torch.Tensor | None,
     k: int,
     concept: torch.Tensor | None = None,
-    phrasing: PhrasePenalty | None = None,
+    phrasing: PhraseRule | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` sampled captions for each of N images: tokens (N*k, T) and their log-probabilities (N*k, T).
 
@@ -79,7 +79,7 @@ def sample(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     once = torch.from_numpy(spec.said_once_mask(allowed.size(1))).to(device) if len(spec.say_once) else None  # (V,)
     said = torch.zeros(rows, allowed.size(1), dtype=torch.bool, device=device) if once is not None else None  # (N*k, V)
-    before = np.full(rows, NO_WORD)  # (N*k,) the word before each row's last, for phrasing
+    before = np.full(rows, spec.start_id)  # (N*k,) the word before each row's last (<start> at first), for phrasing
     words, logps = [], []
     for t in range(spec.max_len + 1):
         logits, state, _ = decoder.step(tokens, state, features, keys, concept)
