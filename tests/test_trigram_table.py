@@ -91,6 +91,18 @@ def test_quantize_carries_the_table(phrased: Path, tmp_path: Path) -> None:
     assert quantized.has_int8_decoder and quantized.files[TRIGRAMS] == load_bundle(phrased).files[TRIGRAMS]
 
 
+def test_an_export_from_a_checkpoint_writes_the_table_too(data: Path, tmp_path: Path) -> None:
+    from tiny_bundle import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["export", str(checkpoint), "-o", str(out), "--trigrams-from", f"csv={data}"])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(out)
+    assert bundle.trigrams is not None
+    np.testing.assert_array_equal(bundle.trigrams, trigram_table(map(tokenize, CAPTIONS), bundle.vocab))
+
+
 def test_a_table_of_another_vocabulary_is_refused(phrased: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(phrased, broken)
