@@ -79,7 +79,8 @@ def sample(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     once = torch.from_numpy(spec.said_once_mask(allowed.size(1))).to(device) if len(spec.say_once) else None  # (V,)
     said = torch.zeros(rows, allowed.size(1), dtype=torch.bool, device=device) if once is not None else None  # (N*k, V)
-    before = np.full(rows, spec.start_id)  # (N*k,) the word before each row's last (<start> at first), for phrasing
+    # (N*k,) the word before each row's last (<start> at first), for phrasing
+    before = np.full(rows, spec.start_id) if phrasing is not None else None
     words, logps = [], []
     for t in range(spec.max_len + 1):
         logits, state, _ = decoder.step(tokens, state, features, keys, concept)
