@@ -95,9 +95,8 @@ class Bundle:
     files: Mapping[str, bytes] = field(repr=False)  # checked bytes by file name: the ONNX graphs and TRIGRAMS
     tag_labels: tuple[str, ...] = ()  # names of the encoder's "tags" classes; () = the bundle has no tagger
     concept_dim: int = 0  # width of the per-image "concept" decoder input; 0 = none
-    trigrams: np.ndarray | None = field(
-        default=None, repr=False, compare=False
-    )  # (M, 3) TRIGRAMS' word ids; None: no table
+    # (M, 3) TRIGRAMS' word ids, sorted; None: the bundle has no table
+    trigrams: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_tags(self) -> bool:
