@@ -79,6 +79,7 @@ def sample(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     once = torch.from_numpy(spec.said_once_mask(allowed.size(1))).to(device) if len(spec.say_once) else None  # (V,)
     said = torch.zeros(rows, allowed.size(1), dtype=torch.bool, device=device) if once is not None else None  # (N*k, V)
+    every = torch.arange(rows, device=device)
     # (N*k,) the word before each row's last (<start> at first), for phrasing
     before = np.full(rows, spec.start_id) if phrasing is not None else None
     words, logps = [], []
@@ -100,7 +101,7 @@ def sample(
         logps.append(torch.where(done, torch.zeros_like(chosen), chosen))
         done = done | (drawn == spec.end_id)
         if said is not None:
-            said[torch.arange(rows, device=device), drawn] |= once[drawn]  # finished rows draw <end>: never once
+            said[every, drawn] |= once[drawn]  # finished rows draw <end>, which is never said once
         tokens = drawn
         if bool(done.all()):  # one device sync a step: stop as soon as every caption has ended
             break
